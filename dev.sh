@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# One entry point for a fresh machine (Python 3.11, pip, git):
+#   ./dev.sh demo   set up .venv, then run the main job on the embedded default
+#   ./dev.sh test   set up .venv, then run the whole test suite
+#   ./dev.sh setup  only (re)create .venv from requirements.lock
+set -euo pipefail
+cd "$(dirname "$0")"
+ROOT=$(pwd)
+VENV="$ROOT/.venv"
+PYTHON_BIN=${PYTHON:-python3.11}
+command -v "$PYTHON_BIN" >/dev/null 2>&1 || PYTHON_BIN=python3
+
+setup() {
+  local stamp="$VENV/.installed"
+  # Reinstall only when the lock or the project metadata changed.
+  if [ -f "$stamp" ] && [ "$stamp" -nt requirements.lock ] && [ "$stamp" -nt pyproject.toml ]; then
+    return 0
+  fi
+  "$PYTHON_BIN" - <<'PY'
+import sys
+if sys.version_info[:2] != (3, 11):
+    sys.exit(f"error: Python 3.11 is required, found {sys.version.split()[0]} (set PYTHON=/path/to/python3.11)")
+PY
+  echo "setting up $VENV (pinned by requirements.lock)..." >&2
+  [ -x "$VENV/bin/python" ] || "$PYTHON_BIN" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install --quiet --upgrade "pip>=24"
+  # requirements.lock is a constraints file: every transitive package is pinned.
+  # torch==2.13.0 takes the CPU build on machines that carry it locally.
+  "$VENV/bin/python" -m pip install --quiet -c requirements.lock -e ".[dev]"
+  touch "$stamp"
+}
+
+cmd=${1:-help}
+shift || true
+case "$cmd" in
+  setup) setup ;;
+  demo)  setup; PATH="$VENV/bin:$PATH" exec "$VENV/bin/python" -m pipelines demo "$@" ;;
+  test)  setup; PATH="$VENV/bin:$PATH" exec "$VENV/bin/python" -m pytest "$@" ;;
+  *) echo "usage: ./dev.sh {demo|test|setup}" >&2; exit 2 ;;
+esac

@@ -1,0 +1,140 @@
+"""Typed view of `params.yaml`, the single source of truth for stage configuration.
+
+Inputs: a YAML file (default `params.yaml` in the working directory) and optional overrides.
+Outputs: frozen pydantic models, one per `params.yaml` section. Unknown keys, wrong types
+and inconsistent values raise `ConfigError` with a one-line message naming the key.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipelines.errors import ConfigError
+
+PII_KINDS = ("email", "phone", "card", "iban")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataParams(_Section):
+    """The data contract shared by every stage."""
+
+    raw: str = "data/raw"
+    task: Literal["classification", "causal_lm"] = "classification"
+    text_column: str = "text"
+    label_column: str = "label"
+    prompt_column: str = "prompt"
+    response_column: str = "response"
+    messages_column: str = "messages"
+    pii_policy: Literal["fail", "redact"] = "redact"
+    pii_detectors: tuple[Literal["email", "phone", "card", "iban"], ...] = PII_KINDS
+
+
+class LengthBounds(_Section):
+    min: int = Field(1, ge=0)
+    max: int = Field(10_000, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "LengthBounds":
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        return self
+
+
+class ValidateParams(_Section):
+    """Rules of the `validate` stage (a Great Expectations suite is built from them)."""
+
+    report_dir: str = "reports/validate"
+    quarantine_path: str = "data/quarantine.jsonl"
+    text_length: LengthBounds = LengthBounds()
+    allowed_labels: tuple[str, ...] | None = None
+    min_examples_per_label: int = Field(3, ge=1)
+    max_imbalance_ratio: float | None = Field(100.0, ge=1.0)
+    max_duplicate_rate: float = Field(0.2, ge=0.0, le=1.0)
+    quarantine_tolerance: float = Field(0.01, ge=0.0, le=1.0)
+
+
+class SplitFractions(_Section):
+    train: float = Field(0.8, gt=0.0, le=1.0)
+    validation: float = Field(0.1, ge=0.0, lt=1.0)
+    test: float = Field(0.1, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> "SplitFractions":
+        total = self.train + self.validation + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + validation + test must be 1.0, got {total:g}")
+        return self
+
+
+class PrepareParams(_Section):
+    """Options of the `prepare` stage."""
+
+    output_dir: str = "data/prepared"
+    seed: int = 42
+    split: SplitFractions = SplitFractions()
+    unicode_form: Literal["NFC", "NFKC"] = "NFKC"
+    lowercase: bool = False
+    drop_duplicates: bool = True
+
+
+class Params(_Section):
+    """All sections of params.yaml that the data stages read. Later stages add theirs."""
+
+    data: DataParams = DataParams()
+    validate_: ValidateParams = Field(ValidateParams(), alias="validate")
+    prepare: PrepareParams = PrepareParams()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def _describe(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]).replace("validate_", "validate")
+    if first["type"] == "extra_forbidden":
+        return f"{source}: unknown key '{loc}'"
+    return f"{source}: invalid value for '{loc}': {first['msg']}"
+
+
+OTHER_STAGE_SECTIONS = ("train", "evaluate", "gate", "promote", "registry", "serve", "lineage")
+
+
+def parse_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:
+    """Validate a params mapping; raise ConfigError naming the first bad key."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    # Sections owned by later stages (train, evaluate, ...) are validated by their own modules.
+    mine = {k: v for k, v in raw.items() if k not in OTHER_STAGE_SECTIONS}
+    try:
+        return Params.model_validate(mine)
+    except ValidationError as err:
+        raise ConfigError(_describe(err, source)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml; a missing file means all defaults."""
+    path = Path(path)
+    if not path.exists():
+        return Params()
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    return parse_params(raw, str(path))
+
+
+def with_overrides(model: _Section, **overrides: Any) -> Any:
+    """Return a copy of a section with the non-None overrides applied and re-validated."""
+    values = {k: v for k, v in overrides.items() if v is not None}
+    if not values:
+        return model
+    merged = {**model.model_dump(), **values}
+    try:
+        return type(model).model_validate(merged)
+    except ValidationError as err:
+        raise ConfigError(_describe(err, "command line")) from None
