@@ -134,10 +134,10 @@ def generate(rows: int, seed: int = 0, faulty: bool = False) -> pd.DataFrame:
 
 
 def _plant_faults(frame: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
-    """Break about 10% of rows in the ways real drops break."""
+    """Break about 20% of rows in the ways real drops break."""
     frame = frame.astype(object)
     n = len(frame)
-    bad = rng.choice(n, size=max(8, n // 10), replace=False)
+    bad = rng.choice(n, size=max(8, n // 5), replace=False)
     for j, i in enumerate(bad):
         kind = j % 6
         if kind == 0:

@@ -111,7 +111,9 @@ def validation_frame(frame: pd.DataFrame, data: DataParams) -> pd.DataFrame:
         key = out[keys[0]] if len(keys) == 1 else out[keys].astype(str).agg("\x1f".join, axis=1)
         out["_duplicate"] = key.duplicated(keep="first") & key.notna()
     if data.task == "classification" and {data.text_column, data.label_column} <= set(out.columns):
-        label, text = out[data.label_column], out[data.text_column]
+        # Class statistics use the label as prepare will write it (stripped): a stray space is
+        # reported by label_well_formed, not as a fake extra class.
+        label, text = out[data.label_column].str.strip(), out[data.text_column]
         counts = label.map(label.value_counts())
         out["_label_count"] = counts.astype("Float64")
         out["_imbalance"] = (counts.max() / counts).astype("Float64")
@@ -197,7 +199,7 @@ def _label_checks(vframe: pd.DataFrame, data: DataParams, rules: ValidateParams)
     import great_expectations.expectations as gxe
 
     col = data.label_column
-    counts = vframe[col].value_counts()
+    counts = vframe[col].str.strip().value_counts()
     checks = [
         Check("label_not_null", gxe.ExpectColumnValuesToNotBeNull(column=col), "row", col),
         Check("label_well_formed", gxe.ExpectColumnValuesToMatchRegex(column=col, regex=LABEL_FORM), "row", col,

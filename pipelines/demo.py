@@ -1,0 +1,90 @@
+"""The main job on the embedded default: sample data -> DVC-tracked raw drop -> `dvc repro`.
+
+Inputs: the project checkout (dvc.yaml, params.yaml, .dvc/ with the local default remote).
+Outputs, all git-ignored except the two DVC lineage files: `data/raw/` (generated drop),
+`data/raw.dvc` and `dvc.lock` (lineage, yours to commit), `data/quarantine.jsonl`,
+`data/prepared/`, `reports/validate/`, `.dvc/cache/` and the remote `.dvc-storage/`.
+With `faulty_drop`, a faulty weekly drop is added, shown to be stopped by `validate` (the
+prepared data stays as it was), then removed again.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from pipelines.config import load_params
+from pipelines.errors import CheckFailed, ConfigError
+from pipelines.sample_data import write_sample
+
+DEMO_ROWS = 2000
+
+
+def _dvc(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           "DVC_NO_ANALYTICS": "1", "GX_ANALYTICS_ENABLED": "False"}
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], env=env, text=True, capture_output=True)
+    if check and proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()
+        raise CheckFailed(f"`dvc {' '.join(args)}` failed: {tail[-1] if tail else proc.returncode}")
+    return proc
+
+
+def run_demo(faulty_drop: bool = False) -> dict:
+    """Run the data half of the lifecycle in the current checkout; return a summary."""
+    if not Path("dvc.yaml").exists() or not Path(".dvc").is_dir():
+        raise ConfigError("run the demo from the project root (dvc.yaml and .dvc/ not found here)")
+    params = load_params()
+    raw = Path(params.data.raw)
+    drop = write_sample(raw, rows=DEMO_ROWS, seed=0)
+    _say(f"sample drop: {drop} ({DEMO_ROWS} rows, deterministic)")
+    _dvc("add", "--quiet", str(raw))
+    repro = _dvc("repro")
+    ran = [ln for ln in repro.stdout.splitlines() if ln.startswith(("Running stage", "Stage '"))]
+    _say("dvc repro: " + "; ".join(ran))
+    _dvc("push", "--quiet")
+    summary = _summary(params)
+    if faulty_drop:
+        summary["faulty_drop"] = _faulty_round(raw)
+    _say(json.dumps(summary, indent=2))
+    return summary
+
+
+def _faulty_round(raw: Path) -> dict:
+    """Add a faulty drop, show validate stopping it, then restore the good state."""
+    bad = write_sample(raw, rows=300, seed=7, faulty=True)
+    try:
+        _dvc("add", "--quiet", str(raw))
+        proc = _dvc("repro", check=False)
+        verdict = [ln for ln in proc.stderr.splitlines() if ln.startswith(("FAILED", "error:", "row-level"))]
+        _say(f"faulty drop {bad}: dvc repro exit {proc.returncode}; validate said:\n  " + "\n  ".join(verdict))
+        return {"path": str(bad), "repro_exit": proc.returncode, "failures": verdict}
+    finally:
+        bad.unlink(missing_ok=True)
+        _dvc("add", "--quiet", str(raw))
+        _dvc("repro")
+
+
+def _summary(params) -> dict:
+    result = json.loads((Path(params.validate_.report_dir) / "result.json").read_text(encoding="utf-8"))
+    card = json.loads((Path(params.prepare.output_dir) / "data_card.json").read_text(encoding="utf-8"))
+    return {
+        "validation": {"status": result["status"], "rows": result["rows"],
+                       "report": str(Path(params.validate_.report_dir) / "result.json"),
+                       "data_docs": str(Path(params.validate_.report_dir) / "data_docs" / "index.html")},
+        "prepared": {"dir": params.prepare.output_dir,
+                     "splits": {k: v["rows"] for k, v in card["splits"].items()},
+                     "labels": card["num_labels"], "dropped": card["dropped"], "pii_redacted": card["pii_redactions"]},
+        "lineage": {"dvc.lock": "dvc.lock", "raw": f"{params.data.raw}.dvc", "remote": _remote_url()},
+    }
+
+
+def _remote_url() -> str:
+    proc = _dvc("remote", "list", check=False)
+    return proc.stdout.strip().splitlines()[0] if proc.stdout.strip() else ""
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
