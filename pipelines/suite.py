@@ -77,13 +77,16 @@ def pii_expectation(**kwargs):
     return _PII_EXPECTATION(**kwargs)
 
 
-def text_columns(frame: pd.DataFrame, data: DataParams) -> list[str]:
-    """The free-text columns the contract checks for this task."""
+def text_columns(frame: pd.DataFrame, data: DataParams) -> dict[str, str]:
+    """The free-text columns the contract checks for this task, keyed by role.
+
+    Check names use the role (`text_not_null`), so they stay stable whatever the columns are called.
+    """
     if data.task == "classification":
-        return [data.text_column]
+        return {"text": data.text_column}
     if data.messages_column in frame.columns and data.prompt_column not in frame.columns:
-        return ["_messages_text"]
-    return [data.prompt_column, data.response_column]
+        return {"messages": "_messages_text"}
+    return {"prompt": data.prompt_column, "response": data.response_column}
 
 
 def required_columns(frame: pd.DataFrame, data: DataParams) -> list[str]:
@@ -100,13 +103,13 @@ def validation_frame(frame: pd.DataFrame, data: DataParams) -> pd.DataFrame:
     for col in required_columns(frame, data):
         if col in frame.columns:
             out[col] = frame[col] if col == data.messages_column else frame[col].astype("string")
-    if data.task == "causal_lm" and "_messages_text" in text_columns(frame, data):
+    if data.task == "causal_lm" and "messages" in text_columns(frame, data):
         parsed = frame[data.messages_column].map(parse_messages)
         out["_messages_ok"] = parsed.map(_messages_ok)
         out["_messages_text"] = parsed.map(
             lambda m: "\n".join(str(t.get("content", "")) for t in m if isinstance(t, dict)) if m else None
         ).astype("string")
-    keys = [c for c in text_columns(frame, data) if c in out.columns]
+    keys = [c for c in text_columns(frame, data).values() if c in out.columns]
     if keys:
         key = out[keys[0]] if len(keys) == 1 else out[keys].astype(str).agg("\x1f".join, axis=1)
         out["_duplicate"] = key.duplicated(keep="first") & key.notna()
@@ -159,8 +162,9 @@ def build_checks(frame: pd.DataFrame, vframe: pd.DataFrame, data: DataParams,
     if data.task == "causal_lm" and "_messages_ok" in vframe.columns:
         checks.append(Check("messages_well_formed", gxe.ExpectColumnValuesToBeInSet(
             column="_messages_ok", value_set=[True]), "row", data.messages_column))
-    for col in (c for c in text_columns(frame, data) if c in vframe.columns):
-        checks += _text_checks(col, data, rules)
+    for role, col in text_columns(frame, data).items():
+        if col in vframe.columns:
+            checks += _text_checks(role, col, data, rules)
     if data.task == "classification" and data.label_column in vframe.columns:
         checks += _label_checks(vframe, data, rules)
     if "_duplicate" in vframe.columns:
@@ -172,21 +176,21 @@ def build_checks(frame: pd.DataFrame, vframe: pd.DataFrame, data: DataParams,
     return checks
 
 
-def _text_checks(col: str, data: DataParams, rules: ValidateParams) -> list[Check]:
+def _text_checks(role: str, col: str, data: DataParams, rules: ValidateParams) -> list[Check]:
     import great_expectations.expectations as gxe
 
     bounds = rules.text_length
     checks = [
-        Check(f"{col}_not_null", gxe.ExpectColumnValuesToNotBeNull(column=col), "row", col),
-        Check(f"{col}_not_blank", gxe.ExpectColumnValuesToNotMatchRegex(column=col, regex=BLANK), "row", col),
-        Check(f"{col}_length", gxe.ExpectColumnValueLengthsToBeBetween(
+        Check(f"{role}_not_null", gxe.ExpectColumnValuesToNotBeNull(column=col), "row", col),
+        Check(f"{role}_not_blank", gxe.ExpectColumnValuesToNotMatchRegex(column=col, regex=BLANK), "row", col),
+        Check(f"{role}_length", gxe.ExpectColumnValueLengthsToBeBetween(
             column=col, min_value=bounds.min, max_value=bounds.max), "row", col,
             explain=lambda r: f"{r.get('unexpected_count')} rows outside {bounds.min}..{bounds.max} characters"),
     ]
     fail = data.pii_policy == "fail"
     for kind in data.pii_detectors:
         checks.append(Check(
-            f"pii_{kind}_in_{col}", pii_expectation(column=col, pii_kind=kind, mostly=1.0 if fail else 0.0),
+            f"pii_{kind}_in_{role}", pii_expectation(column=col, pii_kind=kind, mostly=1.0 if fail else 0.0),
             "row" if fail else "info", col,
             explain=(lambda r, k=kind: f"{r.get('unexpected_count')} rows contain {k} PII")
             if fail else (lambda r, k=kind: f"{r.get('unexpected_count')} rows contain {k} PII; "

@@ -1,0 +1,90 @@
+"""`dvc repro` of the real dvc.yaml in a temporary git repo: first run, no-op, one param change."""
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, cli_env
+
+
+def sh(*args, cwd, check=True):
+    proc = subprocess.run(list(args), cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def dvc(*args, cwd, check=True):
+    return sh(sys.executable, "-m", "dvc", *args, cwd=cwd, check=check)
+
+
+@pytest.fixture
+def project(tmp_path):
+    repo = tmp_path / "project"
+    repo.mkdir()
+    for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
+        shutil.copy(ROOT / name, repo / name)
+    shutil.copytree(ROOT / "pipelines", repo / "pipelines", ignore=shutil.ignore_patterns("__pycache__"))
+    (repo / ".dvc").mkdir()
+    for name in ("config", ".gitignore"):
+        shutil.copy(ROOT / ".dvc" / name, repo / ".dvc" / name)
+    (repo / "data").mkdir()
+    shutil.copy(ROOT / "data" / ".gitignore", repo / "data" / ".gitignore")
+    sh("git", "init", "-q", cwd=repo)
+    sh(sys.executable, "-m", "pipelines", "sample", "--out", "data/raw", "--rows", "600", cwd=repo)
+    dvc("add", "-q", "data/raw", cwd=repo)
+    return repo
+
+
+def ran(proc) -> set[str]:
+    return {ln.split("'")[1] for ln in proc.stdout.splitlines() if ln.startswith("Running stage")}
+
+
+def test_repro_first_run_noop_and_param_change(project):
+    first = dvc("repro", cwd=project)
+    assert ran(first) == {"validate", "prepare"}
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    assert set(lock["stages"]) == {"validate", "prepare"}
+    raw_dep = next(d for d in lock["stages"]["validate"]["deps"] if d["path"] == "data/raw")
+    assert raw_dep["md5"].endswith(".dir")
+    prepared = next(o for o in lock["stages"]["prepare"]["outs"] if o["path"] == "data/prepared")
+    assert prepared["nfiles"] == 6
+    train = project / "data" / "prepared" / "train.parquet"
+    mtime = train.stat().st_mtime_ns
+
+    again = dvc("repro", cwd=project)
+    assert ran(again) == set()
+    assert "Data and pipelines are up to date" in again.stdout
+    assert train.stat().st_mtime_ns == mtime
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["prepare"]["seed"] = 7
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    changed = dvc("repro", cwd=project)
+    assert ran(changed) == {"prepare"}
+    assert "Stage 'validate' didn't change, skipping" in changed.stdout
+    lock2 = yaml.safe_load((project / "dvc.lock").read_text())
+    assert lock2["stages"]["prepare"]["params"]["params.yaml"]["prepare"]["seed"] == 7
+    assert lock2["stages"]["validate"] == lock["stages"]["validate"]
+
+    dvc("push", "-q", cwd=project)
+    assert any((project / ".dvc-storage" / "files" / "md5").rglob("*"))
+    assert dvc("status", cwd=project).stdout.strip() == "Data and pipelines are up to date."
+
+
+def test_a_new_drop_reruns_both_and_a_faulty_drop_stops_prepare(project):
+    dvc("repro", cwd=project)
+    sh(sys.executable, "-m", "pipelines", "sample", "--out", "data/raw", "--rows", "200", "--seed", "1", cwd=project)
+    dvc("add", "-q", "data/raw", cwd=project)
+    assert ran(dvc("repro", cwd=project)) == {"validate", "prepare"}
+    card_before = (project / "data" / "prepared" / "data_card.json").read_bytes()
+
+    sh(sys.executable, "-m", "pipelines", "sample", "--out", "data/raw", "--rows", "200", "--seed", "2",
+       "--faulty", cwd=project)
+    dvc("add", "-q", "data/raw", cwd=project)
+    failed = dvc("repro", cwd=project, check=False)
+    assert failed.returncode != 0
+    assert "validation failed" in failed.stderr
+    assert (project / "data" / "prepared" / "data_card.json").read_bytes() == card_before
