@@ -58,8 +58,10 @@ OPENERS = ["", "", "", "Hi, ", "Hello, ", "Hey there. ", "Good morning, ", "Hi t
            "Sorry to bother you, ", "Urgent: ", "Help! "]
 CLOSERS = ["", "", "", " Thanks.", " Thank you!", " Please help.", " Any idea?", " This is really annoying.",
            " I need this sorted today.", " Cheers", " Can you check?", " Please advise."]
-DETAILS = ["", "", "", " (order {order})", " My reference is {order}.", " I am using the app on {device}.",
-           " This happened while I was in {city}.", " I have been a customer for {years} years."]
+DETAILS = ["", " (order {order})", " My reference is {order}.", " I am using the app on {device}.",
+           " This happened while I was in {city}.", " I have been a customer for {years} years.",
+           " It is the account ending {last4}.", " It happened at {clock}.", " Ticket {order} is still open.",
+           " I already called about this on {day} {month}."]
 SLOTS = {
     "time": ["two weeks", "10 days", "a month", "3 weeks", "five days", "over a week", "six weeks"],
     "when": ["yesterday", "this morning", "last night", "on Monday", "two days ago", "last week", "today"],
@@ -68,6 +70,7 @@ SLOTS = {
     "merchant": ["Amazon", "Tesco", "Uber", "Netflix", "Spotify", "eBay", "Starbucks", "IKEA", "Zara"],
     "device": ["iPhone", "Android", "an iPad", "a Pixel", "a Samsung"],
     "city": ["Madrid", "Paris", "Berlin", "Lisbon", "Rome", "New York", "Dublin", "Warsaw"],
+    "month": ["January", "March", "May", "July", "September", "November"],
 }
 PII_TEMPLATES = [" You can email me at {first}.{last}@example.com.", " Call me back on +44 7700 900{n3}.",
                  " My card number is {card}.", " Please send it to IBAN GB82 WEST 1234 5698 7654 32."]
@@ -104,6 +107,12 @@ def _fill(template: str, rng: np.random.Generator) -> str:
         values["order"] = f"#{int(rng.integers(100000, 999999))}"
     if "{years}" in template:
         values["years"] = str(int(rng.integers(1, 15)))
+    if "{last4}" in template:
+        values["last4"] = f"{int(rng.integers(0, 10000)):04d}"
+    if "{clock}" in template:
+        values["clock"] = f"{int(rng.integers(0, 24)):02d}:{int(rng.integers(0, 60)):02d}"
+    if "{day}" in template:
+        values["day"] = str(int(rng.integers(1, 29)))
     return template.format(**values)
 
 

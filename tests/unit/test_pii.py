@@ -37,8 +37,10 @@ def test_luhn(digits, ok):
     assert pii.luhn_ok(digits) is ok
 
 
-def test_a_card_number_is_not_also_reported_as_a_phone():
-    assert not pii.contains("card 4539 1488 0343 6467", "phone")
+@pytest.mark.parametrize("text", ["card 4539 1488 0343 6467", "IBAN GB82 WEST 1234 5698 7654 32"])
+def test_card_and_iban_digits_are_not_also_reported_as_phones(text):
+    assert not pii.contains(text, "phone")
+    assert not pii.detect(pd.Series([text]), "phone").iat[0]
 
 
 def test_redact_replaces_every_kind_and_counts():
