@@ -39,6 +39,17 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from pipelines.config import load_params, with_overrides
+    from pipelines.train import train
+
+    params = load_params(args.params)
+    tp = with_overrides(params.train, base_model=args.base_model, epochs=args.epochs, max_steps=args.max_steps,
+                        output_dir=args.output_dir, learning_rate=args.learning_rate)
+    train(params.model_copy(update={"train": tp}), resume=not args.no_resume)
+    return 0
+
+
 def _sample(args: argparse.Namespace) -> int:
     from pipelines.sample_data import write_sample
 
@@ -76,6 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir")
     p.add_argument("--seed", type=int)
     p.set_defaults(handler=_prepare)
+
+    t = sub.add_parser("train", help="LoRA/QLoRA fine-tuning on the prepared splits")
+    t.add_argument("--base-model", help="'minilm', a local model dir or a cached hub id")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--max-steps", type=int)
+    t.add_argument("--learning-rate", type=float)
+    t.add_argument("--output-dir")
+    t.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
+    t.set_defaults(handler=_train)
 
     s = sub.add_parser("sample", help="write a deterministic sample dataset (a weekly drop)")
     s.add_argument("--out", default="data/raw", help="directory (a drop file is written in it) or file path")

@@ -83,12 +83,48 @@ class PrepareParams(_Section):
     drop_duplicates: bool = True
 
 
+class LoraParams(_Section):
+    r: int = Field(16, ge=1, le=1024)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: tuple[str, ...] | None = None  # None: chosen per architecture
+
+
+class TrainParams(_Section):
+    """Options of the `train` stage (LoRA / QLoRA fine-tuning)."""
+
+    base_model: str = "minilm"  # "minilm" (packaged all-MiniLM-L6-v2), a local dir, or a cached hub id
+    output_dir: str = "models/candidate"
+    checkpoint_dir: str = "checkpoints/train"
+    report_dir: str = "reports/train"
+    max_length: int = Field(128, ge=8, le=131072)
+    epochs: int = Field(3, ge=1, le=1000)
+    max_steps: int | None = Field(None, ge=1)  # caps the run (CI-sized runs)
+    batch_size: int = Field(32, ge=1)
+    eval_batch_size: int = Field(64, ge=1)
+    learning_rate: float = Field(1e-3, gt=0.0, lt=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    warmup_ratio: float = Field(0.06, ge=0.0, lt=1.0)
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    seed: int = 42
+    lora: LoraParams = LoraParams()
+    checkpoint_every: int = Field(50, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    group_by_length: bool = True  # classification: batches of similar length, padded per batch
+    packing: bool = True  # causal_lm: several examples per row, attention kept within each
+    gradient_checkpointing: bool = False
+    quantization: Literal["none", "4bit"] = "none"  # 4bit = QLoRA (CUDA + bitsandbytes only)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16/fp16 on CUDA, fp32 on CPU
+    log_every: int = Field(10, ge=1)
+
+
 class Params(_Section):
-    """All sections of params.yaml that the data stages read. Later stages add theirs."""
+    """All sections of params.yaml that the stages read."""
 
     data: DataParams = DataParams()
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
     prepare: PrepareParams = PrepareParams()
+    train: TrainParams = TrainParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -101,7 +137,7 @@ def _describe(err: ValidationError, source: str) -> str:
     return f"{source}: invalid value for '{loc}': {first['msg']}"
 
 
-OTHER_STAGE_SECTIONS = ("train", "evaluate", "gate", "promote", "registry", "serve", "lineage")
+OTHER_STAGE_SECTIONS = ("evaluate", "gate", "promote", "registry", "serve", "lineage")
 
 
 def parse_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:

@@ -26,6 +26,9 @@ def test_missing_file_means_defaults(tmp_path):
     ({"validate": {"text_length": {"min": 10, "max": 5}}}, "min (10) is greater than max (5)"),
     ({"prepare": {"split": {"train": 0.5, "validation": 0.1, "test": 0.1}}}, "must be 1.0"),
     ({"prepare": {"seed": "abc"}}, "invalid value for 'prepare.seed'"),
+    ({"train": {"lora": {"rank": 8}}}, "unknown key 'train.lora.rank'"),
+    ({"train": {"quantization": "8bit"}}, "invalid value for 'train.quantization'"),
+    ({"train": {"epochs": 0}}, "invalid value for 'train.epochs'"),
     (["not", "a", "mapping"], "expected a mapping"),
 ])
 def test_bad_params_are_rejected_with_the_key_named(raw, fragment):
@@ -36,7 +39,7 @@ def test_bad_params_are_rejected_with_the_key_named(raw, fragment):
 
 
 def test_later_stage_sections_are_left_to_their_modules():
-    params = parse_params({"train": {"epochs": 3}, "data": {"task": "causal_lm"}})
+    params = parse_params({"evaluate": {"anything": 3}, "data": {"task": "causal_lm"}})
     assert params.data.task == "causal_lm"
 
 
