@@ -1,9 +1,11 @@
-"""The main job on the embedded default: sample data -> DVC-tracked raw drop -> `dvc repro`.
+"""The main job on the embedded default: sample data -> DVC-tracked raw drop -> `dvc repro`
+(validate -> prepare -> train MiniLM + LoRA).
 
 Inputs: the project checkout (dvc.yaml, params.yaml, .dvc/ with the local default remote).
 Outputs, all git-ignored except the two DVC lineage files: `data/raw/` (generated drop),
 `data/raw.dvc` and `dvc.lock` (lineage, yours to commit), `data/quarantine.jsonl`,
-`data/prepared/`, `reports/validate/`, `.dvc/cache/` and the remote `.dvc-storage/`.
+`data/prepared/`, `models/candidate/`, `checkpoints/train/`, `reports/`, `.dvc/cache/` and the
+remote `.dvc-storage/`.
 With `faulty_drop`, a faulty weekly drop is added, shown to be stopped by `validate` (the
 prepared data stays as it was), then removed again.
 """
@@ -70,6 +72,7 @@ def _faulty_round(raw: Path) -> dict:
 def _summary(params) -> dict:
     result = json.loads((Path(params.validate_.report_dir) / "result.json").read_text(encoding="utf-8"))
     card = json.loads((Path(params.prepare.output_dir) / "data_card.json").read_text(encoding="utf-8"))
+    trained = json.loads((Path(params.train.report_dir) / "metrics.json").read_text(encoding="utf-8"))
     return {
         "validation": {"status": result["status"], "rows": result["rows"],
                        "report": str(Path(params.validate_.report_dir) / "result.json"),
@@ -77,6 +80,9 @@ def _summary(params) -> dict:
         "prepared": {"dir": params.prepare.output_dir,
                      "splits": {k: v["rows"] for k, v in card["splits"].items()},
                      "labels": card["num_labels"], "dropped": card["dropped"], "pii_redacted": card["pii_redactions"]},
+        "training": {"model": params.train.output_dir, "base_model": params.train.base_model,
+                     **{k: trained[k] for k in ("steps", "eval_loss", "eval_accuracy", "duration_seconds")
+                        if k in trained}},
         "lineage": {"dvc.lock": "dvc.lock", "raw": f"{params.data.raw}.dvc", "remote": _remote_url()},
     }
 

@@ -217,6 +217,7 @@ def train(params: Params, resume: bool = True) -> TrainResult:
     pad_id = tok.pad_token_id
     progress = Progress(total, tp.log_every, done=step)
     scaler = torch.amp.GradScaler("cuda") if hw.dtype_name == "float16" else None
+    t_loop = time.perf_counter()
     for epoch in range(start[0], tp.epochs):
         for bi, item in enumerate(plans[epoch]):
             if (epoch, bi) < start or step >= total:
@@ -247,11 +248,13 @@ def train(params: Params, resume: bool = True) -> TrainResult:
                                 {"epoch": epoch, "batch": bi + 1, "history": history, "tokens": tokens_seen},
                                 meta, keep=tp.keep_checkpoints)
 
+    loop_seconds = time.perf_counter() - t_loop
     evals = evaluate_split(model, encoded["validation"], task, tp, pad_id, hw)
     duration = time.perf_counter() - t_start
     metrics = {"steps": step, "epochs": tp.epochs, "train_examples": len(encoded["train"]),
                "final_train_loss": history[-1]["loss"] if history else None,
-               "train_tokens": tokens_seen, "duration_seconds": round(duration, 2), **evals}
+               "train_tokens": tokens_seen, "train_loop_seconds": round(loop_seconds, 2),
+               "duration_seconds": round(duration, 2), **evals}
     config = {"task": task, "base_model": tp.base_model, "base_path": str(base), "base_hash": content_hash(base),
               "labels": labels, "data_version": data_version, "chat_template_added": template_added,
               "params": tp.model_dump(mode="json"), "hardware": hw.describe()}

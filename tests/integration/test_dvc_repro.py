@@ -24,14 +24,18 @@ def dvc(*args, cwd, check=True):
 def project(tmp_path):
     repo = tmp_path / "project"
     repo.mkdir()
-    for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
+    for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy(ROOT / name, repo / name)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["train"].update(max_steps=3, max_length=32, checkpoint_every=2)  # CI-sized training
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     shutil.copytree(ROOT / "pipelines", repo / "pipelines", ignore=shutil.ignore_patterns("__pycache__"))
     (repo / ".dvc").mkdir()
     for name in ("config", ".gitignore"):
         shutil.copy(ROOT / ".dvc" / name, repo / ".dvc" / name)
-    (repo / "data").mkdir()
-    shutil.copy(ROOT / "data" / ".gitignore", repo / "data" / ".gitignore")
+    for sub in ("data", "models"):
+        (repo / sub).mkdir()
+        shutil.copy(ROOT / sub / ".gitignore", repo / sub / ".gitignore")
     sh("git", "init", "-q", cwd=repo)
     sh(sys.executable, "-m", "pipelines", "sample", "--out", "data/raw", "--rows", "600", cwd=repo)
     dvc("add", "-q", "data/raw", cwd=repo)
@@ -44,9 +48,13 @@ def ran(proc) -> set[str]:
 
 def test_repro_first_run_noop_and_param_change(project):
     first = dvc("repro", cwd=project)
-    assert ran(first) == {"validate", "prepare"}
+    assert ran(first) == {"validate", "prepare", "train"}
     lock = yaml.safe_load((project / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"validate", "prepare"}
+    assert set(lock["stages"]) == {"validate", "prepare", "train"}
+    model_out = next(o for o in lock["stages"]["train"]["outs"] if o["path"] == "models/candidate")
+    assert model_out["md5"].endswith(".dir")
+    assert (project / "models" / "candidate" / "adapter" / "adapter_model.safetensors").exists()
+    assert "loss" in dvc("plots", "show", "--json", cwd=project).stdout
     raw_dep = next(d for d in lock["stages"]["validate"]["deps"] if d["path"] == "data/raw")
     assert raw_dep["md5"].endswith(".dir")
     prepared = next(o for o in lock["stages"]["prepare"]["outs"] if o["path"] == "data/prepared")
@@ -63,11 +71,15 @@ def test_repro_first_run_noop_and_param_change(project):
     params["prepare"]["seed"] = 7
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     changed = dvc("repro", cwd=project)
-    assert ran(changed) == {"prepare"}
+    assert ran(changed) == {"prepare", "train"}  # a new split is new training data
     assert "Stage 'validate' didn't change, skipping" in changed.stdout
     lock2 = yaml.safe_load((project / "dvc.lock").read_text())
     assert lock2["stages"]["prepare"]["params"]["params.yaml"]["prepare"]["seed"] == 7
     assert lock2["stages"]["validate"] == lock["stages"]["validate"]
+
+    params["train"]["learning_rate"] = 0.001
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert ran(dvc("repro", cwd=project)) == {"train"}
 
     dvc("push", "-q", cwd=project)
     assert any((project / ".dvc-storage" / "files" / "md5").rglob("*"))
@@ -78,7 +90,7 @@ def test_a_new_drop_reruns_both_and_a_faulty_drop_stops_prepare(project):
     dvc("repro", cwd=project)
     sh(sys.executable, "-m", "pipelines", "sample", "--out", "data/raw", "--rows", "200", "--seed", "1", cwd=project)
     dvc("add", "-q", "data/raw", cwd=project)
-    assert ran(dvc("repro", cwd=project)) == {"validate", "prepare"}
+    assert ran(dvc("repro", cwd=project)) == {"validate", "prepare", "train"}
     card_before = (project / "data" / "prepared" / "data_card.json").read_bytes()
 
     sh(sys.executable, "-m", "pipelines", "sample", "--out", "data/raw", "--rows", "200", "--seed", "2",
