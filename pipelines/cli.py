@@ -11,7 +11,7 @@ import os
 import sys
 from typing import Callable, Sequence
 
-from pipelines.errors import PipelineError
+from pipelines.errors import CheckFailed, ConfigError, PipelineError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -47,6 +47,85 @@ def _train(args: argparse.Namespace) -> int:
     tp = with_overrides(params.train, base_model=args.base_model, epochs=args.epochs, max_steps=args.max_steps,
                         output_dir=args.output_dir, learning_rate=args.learning_rate)
     train(params.model_copy(update={"train": tp}), resume=not args.no_resume)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from pipelines import registry
+    from pipelines.config import load_params
+    from pipelines.evaluate import evaluate
+
+    params = load_params(args.params)
+    store = registry.open_store(params.registry.root, params.registry.model_name)
+    champ_dir, champ_version = registry.champion(store)
+    evaluate(params, champ_dir, champ_version)
+    return 0
+
+
+def _gate(args: argparse.Namespace) -> int:
+    from pipelines.config import load_params
+    from pipelines.gate import run_gate
+
+    run_gate(load_params(args.params))
+    return 0
+
+
+def _store(args: argparse.Namespace):
+    from pipelines import registry
+    from pipelines.config import load_params
+
+    params = load_params(args.params)
+    model = getattr(args, "model", None) or params.registry.model_name
+    return params, model, registry.open_store(params.registry.root, model)
+
+
+def _promote(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pipelines import registry
+
+    params, model, store = _store(args)
+    registry.init(store)
+    registry.promote(store, model, Path(args.candidate or params.train.output_dir),
+                     Path(args.decision or params.gate.decision_path),
+                     Path(params.evaluate.report_dir) / "metrics.json",
+                     approved_by=args.approved_by, reason=args.reason or "")
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from pipelines import registry
+
+    _, model, store = _store(args)
+    registry.move_alias(store, model, "champion", args.to_version, reason=args.reason)
+    return 0
+
+
+def _registry(args: argparse.Namespace) -> int:
+    import json
+
+    from pipelines import registry
+
+    _, model, store = _store(args)
+    if args.action == "init":
+        registry.init(store)
+    elif args.action == "list":
+        print(registry.describe(store, model))
+    elif args.action == "show":
+        if args.version is None:
+            raise ConfigError("registry show needs --version N")
+        print(json.dumps(registry.show_version(store, args.version), indent=2, sort_keys=True))
+    elif args.action == "alias":
+        if not args.name or args.version is None:
+            raise ConfigError("registry alias needs --name ALIAS and --version N")
+        registry.move_alias(store, model, args.name, args.version, reason=args.reason or "")
+    elif args.action == "verify":
+        problems = registry.verify(store)
+        if problems:
+            for problem in problems[1:]:
+                print(f"also: {problem}", file=sys.stderr)
+            raise CheckFailed(f"registry {model} failed verification: {problems[0]}")
+        print(f"registry {model}: ledger chain, manifests and every file verified", file=sys.stderr)
     return 0
 
 
@@ -96,6 +175,34 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--output-dir")
     t.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
     t.set_defaults(handler=_train)
+
+    e = sub.add_parser("evaluate", help="score the candidate and the champion on the test split")
+    e.set_defaults(handler=_evaluate)
+
+    g = sub.add_parser("gate", help="apply the promotion policy; exit 1 when the candidate fails")
+    g.set_defaults(handler=_gate)
+
+    pr = sub.add_parser("promote", help="register the candidate and make it champion (needs a passing gate)")
+    pr.add_argument("--model", help="registry model name (default: registry.model_name)")
+    pr.add_argument("--candidate", help="candidate dir (default: train.output_dir)")
+    pr.add_argument("--decision", help="gate decision (default: gate.decision_path)")
+    pr.add_argument("--approved-by", help="record a human approval")
+    pr.add_argument("--reason")
+    pr.set_defaults(handler=_promote)
+
+    rb = sub.add_parser("rollback", help="move champion back to previous (or --to-version N)")
+    rb.add_argument("--model")
+    rb.add_argument("--to-version", type=int)
+    rb.add_argument("--reason", required=True, help="why: recorded in the ledger")
+    rb.set_defaults(handler=_rollback)
+
+    rg = sub.add_parser("registry", help="inspect and verify the model registry")
+    rg.add_argument("action", choices=["init", "list", "show", "verify", "alias"])
+    rg.add_argument("--model")
+    rg.add_argument("--version", type=int)
+    rg.add_argument("--name", help="alias name (for `alias`)")
+    rg.add_argument("--reason")
+    rg.set_defaults(handler=_registry)
 
     s = sub.add_parser("sample", help="write a deterministic sample dataset (a weekly drop)")
     s.add_argument("--out", default="data/raw", help="directory (a drop file is written in it) or file path")

@@ -118,6 +118,40 @@ class TrainParams(_Section):
     log_every: int = Field(10, ge=1)
 
 
+class EvaluateParams(_Section):
+    report_dir: str = "reports/evaluate"
+    max_examples: int | None = Field(None, ge=1)  # cap the test rows scored (None: all)
+    latency_samples: int = Field(100, ge=1)  # single-example forward passes timed for p50/p95
+    max_new_tokens: int = Field(64, ge=1)  # causal_lm greedy answers
+    golden_prompts: str | None = "golden/prompts.jsonl"  # causal_lm regression prompts
+
+
+class GateParams(_Section):
+    """The promotion policy; a null threshold disables that rule."""
+
+    decision_path: str = "reports/gate/decision.json"
+    min_accuracy: float | None = Field(0.7, ge=0.0, le=1.0)
+    min_macro_f1: float | None = Field(0.6, ge=0.0, le=1.0)
+    min_class_recall: float | None = Field(0.3, ge=0.0, le=1.0)
+    max_p95_latency_ms: float | None = Field(500.0, gt=0.0)
+    max_ece: float | None = Field(None, ge=0.0, le=1.0)
+    max_perplexity: float | None = Field(None, gt=0.0)
+    min_rouge_l: float | None = Field(None, ge=0.0, le=1.0)
+    min_exact_match: float | None = Field(None, ge=0.0, le=1.0)
+    min_golden_pass_rate: float | None = Field(None, ge=0.0, le=1.0)
+    significance: Literal["mcnemar", "bootstrap"] = "mcnemar"
+    alpha: float = Field(0.05, gt=0.0, lt=1.0)
+    require_improvement: bool = False
+    bootstrap_resamples: int = Field(2000, ge=100)
+    seed: int = 0
+
+
+class RegistryParams(_Section):
+    root: str = "registry"  # a local directory or any fsspec URL (s3://, gs://)
+    model_name: str = Field("text-classifier", pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")
+    gto_tags: bool = False  # also create GTO git tags on promotion (needs a git repo with commits)
+
+
 class Params(_Section):
     """All sections of params.yaml that the stages read."""
 
@@ -125,6 +159,9 @@ class Params(_Section):
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
     prepare: PrepareParams = PrepareParams()
     train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    gate: GateParams = GateParams()
+    registry: RegistryParams = RegistryParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -137,7 +174,7 @@ def _describe(err: ValidationError, source: str) -> str:
     return f"{source}: invalid value for '{loc}': {first['msg']}"
 
 
-OTHER_STAGE_SECTIONS = ("evaluate", "gate", "promote", "registry", "serve", "lineage")
+OTHER_STAGE_SECTIONS = ("promote", "serve", "lineage")
 
 
 def parse_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:

@@ -1,11 +1,11 @@
 """The main job on the embedded default: sample data -> DVC-tracked raw drop -> `dvc repro`
-(validate -> prepare -> train MiniLM + LoRA).
+(validate -> prepare -> train MiniLM + LoRA -> evaluate -> gate) -> promote to the registry.
 
 Inputs: the project checkout (dvc.yaml, params.yaml, .dvc/ with the local default remote).
 Outputs, all git-ignored except the two DVC lineage files: `data/raw/` (generated drop),
 `data/raw.dvc` and `dvc.lock` (lineage, yours to commit), `data/quarantine.jsonl`,
-`data/prepared/`, `models/candidate/`, `checkpoints/train/`, `reports/`, `.dvc/cache/` and the
-remote `.dvc-storage/`.
+`data/prepared/`, `models/candidate/`, `checkpoints/train/`, `reports/`, `registry/` (versions,
+ledger), `.dvc/cache/` and the remote `.dvc-storage/`.
 With `faulty_drop`, a faulty weekly drop is added, shown to be stopped by `validate` (the
 prepared data stays as it was), then removed again.
 """
@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pipelines import registry
 from pipelines.config import load_params
 from pipelines.errors import CheckFailed, ConfigError
 from pipelines.sample_data import write_sample
@@ -43,11 +44,19 @@ def run_demo(faulty_drop: bool = False) -> dict:
     drop = write_sample(raw, rows=DEMO_ROWS, seed=0)
     _say(f"sample drop: {drop} ({DEMO_ROWS} rows, deterministic)")
     _dvc("add", "--quiet", str(raw))
-    repro = _dvc("repro")
+    store = registry.open_store(params.registry.root, params.registry.model_name)
+    registry.init(store)
+    repro = _dvc("repro", check=False)
     ran = [ln for ln in repro.stdout.splitlines() if ln.startswith(("Running stage", "Stage '"))]
     _say("dvc repro: " + "; ".join(ran))
+    if repro.returncode != 0:
+        reasons = [ln for ln in repro.stderr.splitlines() if ln.startswith(("gate rule failed", "FAILED", "error:"))]
+        raise CheckFailed("the pipeline stopped before promotion: " + ("; ".join(reasons) or repro.stderr.strip()[-300:]))
     _dvc("push", "--quiet")
+    registry.promote(store, params.registry.model_name, Path(params.train.output_dir), Path(params.gate.decision_path),
+                     Path(params.evaluate.report_dir) / "metrics.json", reason="demo: passed gate")
     summary = _summary(params)
+    summary["registry"] = {"root": params.registry.root, "aliases": registry.aliases(registry.read_ledger(store))}
     if faulty_drop:
         summary["faulty_drop"] = _faulty_round(raw)
     _say(json.dumps(summary, indent=2))
@@ -73,6 +82,7 @@ def _summary(params) -> dict:
     result = json.loads((Path(params.validate_.report_dir) / "result.json").read_text(encoding="utf-8"))
     card = json.loads((Path(params.prepare.output_dir) / "data_card.json").read_text(encoding="utf-8"))
     trained = json.loads((Path(params.train.report_dir) / "metrics.json").read_text(encoding="utf-8"))
+    decision = json.loads(Path(params.gate.decision_path).read_text(encoding="utf-8"))
     return {
         "validation": {"status": result["status"], "rows": result["rows"],
                        "report": str(Path(params.validate_.report_dir) / "result.json"),
@@ -83,6 +93,8 @@ def _summary(params) -> dict:
         "training": {"model": params.train.output_dir, "base_model": params.train.base_model,
                      **{k: trained[k] for k in ("steps", "eval_loss", "eval_accuracy", "duration_seconds")
                         if k in trained}},
+        "gate": {"passed": decision["passed"], "candidate": decision["candidate_hash"][:12],
+                 "rules": {r["rule"]: r["passed"] for r in decision["rules"]}},
         "lineage": {"dvc.lock": "dvc.lock", "raw": f"{params.data.raw}.dvc", "remote": _remote_url()},
     }
 

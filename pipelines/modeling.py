@@ -28,6 +28,7 @@ def _quiet_transformers() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
 
 # LoRA targets per `config.model_type`. Encoders: attention projections. Decoders: every linear
 # layer of attention and MLP, as the QLoRA paper recommends for instruction tuning.
