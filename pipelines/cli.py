@@ -86,18 +86,29 @@ def _promote(args: argparse.Namespace) -> int:
 
     params, model, store = _store(args)
     registry.init(store)
-    registry.promote(store, model, Path(args.candidate or params.train.output_dir),
-                     Path(args.decision or params.gate.decision_path),
-                     Path(params.evaluate.report_dir) / "metrics.json",
-                     approved_by=args.approved_by, reason=args.reason or "")
+    result = registry.promote(store, model, Path(args.candidate or params.train.output_dir),
+                              Path(args.decision or params.gate.decision_path),
+                              Path(params.evaluate.report_dir) / "metrics.json",
+                              approved_by=args.approved_by, reason=args.reason or "")
+    _mirror(params, model, result["version"] if result["changed"] else None, args.reason or "promoted")
     return 0
+
+
+def _mirror(params, model: str, version: int | None, reason: str) -> None:
+    from pipelines import registry
+
+    if params.registry.gto_tags and version is not None:
+        warning = registry.gto_mirror(model, version, reason)
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
 
 
 def _rollback(args: argparse.Namespace) -> int:
     from pipelines import registry
 
-    _, model, store = _store(args)
-    registry.move_alias(store, model, "champion", args.to_version, reason=args.reason)
+    params, model, store = _store(args)
+    entry = registry.move_alias(store, model, "champion", args.to_version, reason=args.reason)
+    _mirror(params, model, entry["version"], args.reason)
     return 0
 
 

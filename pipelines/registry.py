@@ -307,6 +307,27 @@ def verify(store: Store) -> list[str]:
     return problems
 
 
+def gto_mirror(model: str, version: int, reason: str, repo: str = ".") -> str | None:
+    """Mirror a champion move as GTO git tags (`model@v0.0.N`, `model#champion#K`) so that
+    `gto show` / `gto history` list promotions. Best effort: the ledger stays the source of truth.
+    GTO allows one registered version per commit; a second version at the same commit is assigned
+    the stage only if it was registered earlier. Returns a warning, or None when tags were made."""
+    import gto.api
+
+    tag_version = f"v0.0.{version}"
+    try:
+        try:
+            gto.api.register(repo, model, "HEAD", version=tag_version, message=reason)
+        except Exception as err:  # already registered, or another version at this commit
+            if "already" not in str(err):
+                raise
+        gto.api.assign(repo, model, "champion", version=tag_version, message=reason, force=True,
+                       skip_registration=True)
+    except Exception as err:
+        return f"GTO tags not created for {model} {tag_version}: {str(err).splitlines()[0][:200]}"
+    return None
+
+
 def _who() -> str:
     for var in ("PIPELINES_USER", "AIRFLOW_CTX_DAG_OWNER"):
         if os.environ.get(var):

@@ -28,6 +28,9 @@ def project(tmp_path):
         shutil.copy(ROOT / name, repo / name)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["train"].update(max_steps=3, max_length=32, checkpoint_every=2)  # CI-sized training
+    params["evaluate"].update(latency_samples=5)
+    # 3 training steps make a weak model: this test is about DVC mechanics, so floors are off
+    params["gate"].update(min_accuracy=None, min_macro_f1=None, min_class_recall=None, max_p95_latency_ms=None)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     shutil.copytree(ROOT / "pipelines", repo / "pipelines", ignore=shutil.ignore_patterns("__pycache__"))
     (repo / ".dvc").mkdir()
@@ -39,7 +42,11 @@ def project(tmp_path):
     sh("git", "init", "-q", cwd=repo)
     sh(sys.executable, "-m", "pipelines", "sample", "--out", "data/raw", "--rows", "600", cwd=repo)
     dvc("add", "-q", "data/raw", cwd=repo)
+    sh(sys.executable, "-m", "pipelines", "registry", "init", cwd=repo)
     return repo
+
+
+ALL = {"validate", "prepare", "train", "evaluate", "gate"}
 
 
 def ran(proc) -> set[str]:
@@ -48,9 +55,9 @@ def ran(proc) -> set[str]:
 
 def test_repro_first_run_noop_and_param_change(project):
     first = dvc("repro", cwd=project)
-    assert ran(first) == {"validate", "prepare", "train"}
+    assert ran(first) == ALL
     lock = yaml.safe_load((project / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"validate", "prepare", "train"}
+    assert set(lock["stages"]) == ALL
     model_out = next(o for o in lock["stages"]["train"]["outs"] if o["path"] == "models/candidate")
     assert model_out["md5"].endswith(".dir")
     assert (project / "models" / "candidate" / "adapter" / "adapter_model.safetensors").exists()
@@ -71,7 +78,7 @@ def test_repro_first_run_noop_and_param_change(project):
     params["prepare"]["seed"] = 7
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     changed = dvc("repro", cwd=project)
-    assert ran(changed) == {"prepare", "train"}  # a new split is new training data
+    assert ran(changed) == ALL - {"validate"}  # a new split is new training and test data
     assert "Stage 'validate' didn't change, skipping" in changed.stdout
     lock2 = yaml.safe_load((project / "dvc.lock").read_text())
     assert lock2["stages"]["prepare"]["params"]["params.yaml"]["prepare"]["seed"] == 7
@@ -79,18 +86,23 @@ def test_repro_first_run_noop_and_param_change(project):
 
     params["train"]["learning_rate"] = 0.001
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert ran(dvc("repro", cwd=project)) == {"train"}
+    assert ran(dvc("repro", cwd=project)) == {"train", "evaluate", "gate"}
 
     dvc("push", "-q", cwd=project)
     assert any((project / ".dvc-storage" / "files" / "md5").rglob("*"))
     assert dvc("status", cwd=project).stdout.strip() == "Data and pipelines are up to date."
+    assert "candidate" in dvc("metrics", "show", "--json", cwd=project).stdout
+
+    # a promotion changes the champion: the next repro re-evaluates against it, and only that
+    sh(sys.executable, "-m", "pipelines", "promote", cwd=project)
+    assert ran(dvc("repro", cwd=project)) == {"evaluate", "gate"}
 
 
 def test_a_new_drop_reruns_both_and_a_faulty_drop_stops_prepare(project):
     dvc("repro", cwd=project)
     sh(sys.executable, "-m", "pipelines", "sample", "--out", "data/raw", "--rows", "200", "--seed", "1", cwd=project)
     dvc("add", "-q", "data/raw", cwd=project)
-    assert ran(dvc("repro", cwd=project)) == {"validate", "prepare", "train"}
+    assert ran(dvc("repro", cwd=project)) == ALL
     card_before = (project / "data" / "prepared" / "data_card.json").read_bytes()
 
     sh(sys.executable, "-m", "pipelines", "sample", "--out", "data/raw", "--rows", "200", "--seed", "2",

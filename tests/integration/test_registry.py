@@ -184,3 +184,34 @@ def test_a_promotion_killed_at_any_moment_leaves_a_complete_champion(workdir):
                                           for p in champ_dir.rglob("*") if p.is_file()}
         outcomes.add(candidate_hash(champ_dir) == candidate_hash(cand))
     assert outcomes == {True, False}, "kills should land both before and after the commit point"
+
+
+def test_promotions_and_rollback_are_mirrored_as_gto_tags(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for cmd in (["init", "-q"], ["config", "user.email", "ci@example.com"], ["config", "user.name", "ci"]):
+        subprocess.run(["git", *cmd], cwd=repo, check=True)
+    (repo / "dvc.yaml").write_text("artifacts:\n  text-classifier:\n    path: models/candidate\n    type: model\n")
+    (repo / "params.yaml").write_text(yaml.safe_dump({"registry": {"root": "registry", "gto_tags": True}}))
+    subprocess.run(["git", "add", "."], cwd=repo, check=True)
+    subprocess.run(["git", "commit", "-qm", "init"], cwd=repo, check=True)
+    for name in ("c1", "c2"):
+        cand, decision = make_candidate(repo, name)
+        proc = subprocess.run([sys.executable, "-m", "pipelines", "promote", "--candidate", str(cand),
+                               "--decision", str(decision), "--reason", f"ship {name}"],
+                              cwd=repo, env=cli_env(), capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        (repo / f"{name}.txt").write_text(name)  # next promotion happens at a new commit
+        subprocess.run(["git", "add", "."], cwd=repo, check=True)
+        subprocess.run(["git", "commit", "-qm", name], cwd=repo, check=True)
+    proc = subprocess.run([sys.executable, "-m", "pipelines", "rollback", "--reason", "bad v2"],
+                          cwd=repo, env=cli_env(), capture_output=True, text=True)
+    assert proc.returncode == 0 and "warning" not in proc.stderr, proc.stderr
+    tags = subprocess.run(["git", "tag"], cwd=repo, capture_output=True, text=True).stdout.split()
+    assert {"text-classifier@v0.0.1", "text-classifier@v0.0.2"} <= set(tags)
+    assert len([t for t in tags if t.startswith("text-classifier#champion#")]) == 3
+    history = subprocess.run(["gto", "history", "text-classifier"], cwd=repo,
+                             capture_output=True, text=True, env=cli_env())
+    show = subprocess.run(["gto", "show"], cwd=repo, capture_output=True, text=True,
+                          env=cli_env())
+    assert "assignment" in history.stdout and "v0.0.1" in show.stdout, (history.stdout, history.stderr)
