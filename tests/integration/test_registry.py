@@ -169,12 +169,17 @@ def test_a_promotion_killed_at_any_moment_leaves_a_complete_champion(workdir):
     c0, d0 = make_candidate(workdir, "c0")
     registry.init(store)
     promote(store, c0, d0)
+    # Calibrate: how long does a whole promotion take here, now? Kills then spread over that span.
+    cand, decision = make_candidate(workdir, "calibrate")
+    t = time.perf_counter()
+    assert _cli_promote(workdir, cand, decision).wait(timeout=120) == 0
+    span = time.perf_counter() - t
     rng = random.Random(0)
     outcomes = set()
-    for i in range(12):
+    for i in range(14):
         cand, decision = make_candidate(workdir, f"k{i}")
         proc = _cli_promote(workdir, cand, decision)
-        time.sleep(rng.uniform(0.2, 2.5))  # interpreter start-up is ~1-2 s: kills land all along the way
+        time.sleep(rng.uniform(0.05, 1.4) * span)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         assert registry.verify(store) == []
