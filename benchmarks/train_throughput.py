@@ -67,7 +67,7 @@ def naive_run(params, examples, val_examples, collator, labels=None) -> dict:
         num_train_epochs=tp.epochs, learning_rate=tp.learning_rate, weight_decay=tp.weight_decay,
         warmup_steps=int(tp.warmup_ratio * steps), lr_scheduler_type="linear", max_grad_norm=tp.max_grad_norm,
         use_cpu=True, report_to=[], save_strategy="no", eval_strategy="no", logging_strategy="no",
-        seed=tp.seed, disable_tqdm=True, group_by_length=False, remove_unused_columns=False)
+        seed=tp.seed, disable_tqdm=True, remove_unused_columns=False)  # no length grouping by default
     trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collator)
     t = time.perf_counter()
     trainer.train()

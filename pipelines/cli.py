@@ -140,6 +140,43 @@ def _registry(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+
+    from pipelines.config import load_params, with_overrides
+    from pipelines.serve import create_app
+
+    params = load_params(args.params)
+    sp = with_overrides(params.serve, host=args.host, port=args.port, alias=args.alias)
+    params = params.model_copy(update={"serve": sp})
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(params, alias=sp.alias, model=args.model, batching=not args.no_batching)
+    uvicorn.run(app, host=sp.host, port=sp.port, log_level="warning", access_log=False)
+    return 0
+
+
+def _vllm_promote(args: argparse.Namespace) -> int:
+    import os
+
+    from pipelines import registry
+    from pipelines.vllm_hook import promote_to_vllm
+
+    params, model, store = _store(args)
+    entries = registry.read_ledger(store)
+    current = registry.aliases(entries)
+    version = args.version or current.get("champion")
+    if version is None:
+        raise CheckFailed(f"{model} has no champion to load into vLLM")
+    adapter = args.adapter_root.rstrip("/") + f"/{model}/versions/v{version:04d}/files/adapter" if args.adapter_root \
+        else str(registry.version_dir(store, version) / "adapter")
+    name = promote_to_vllm(args.url, model, version, adapter, os.environ.get(args.api_key_env),
+                           previous=current.get("previous"))
+    print(f"vLLM at {args.url} now serves '{name}' = {model} v{version}", file=sys.stderr)
+    return 0
+
+
 def _sample(args: argparse.Namespace) -> int:
     from pipelines.sample_data import write_sample
 
@@ -214,6 +251,22 @@ def build_parser() -> argparse.ArgumentParser:
     rg.add_argument("--name", help="alias name (for `alias`)")
     rg.add_argument("--reason")
     rg.set_defaults(handler=_registry)
+
+    sv = sub.add_parser("serve", help="serve the version a registry alias points at (OpenAI-compatible)")
+    sv.add_argument("--model", help="registry model name (default: registry.model_name)")
+    sv.add_argument("--alias", help="alias to follow (default: serve.alias, champion)")
+    sv.add_argument("--host")
+    sv.add_argument("--port", type=int)
+    sv.add_argument("--no-batching", action="store_true", help="one request, one forward pass (baseline)")
+    sv.set_defaults(handler=_serve)
+
+    vp = sub.add_parser("vllm-promote", help="load the champion's adapter into a running vLLM server")
+    vp.add_argument("--url", required=True, help="vLLM base URL, e.g. http://gpu-node:8001")
+    vp.add_argument("--model")
+    vp.add_argument("--version", type=int, help="default: the champion")
+    vp.add_argument("--adapter-root", help="the registry root as the vLLM host mounts it (default: local path)")
+    vp.add_argument("--api-key-env", default="VLLM_API_KEY")
+    vp.set_defaults(handler=_vllm_promote)
 
     s = sub.add_parser("sample", help="write a deterministic sample dataset (a weekly drop)")
     s.add_argument("--out", default="data/raw", help="directory (a drop file is written in it) or file path")

@@ -152,6 +152,34 @@ class RegistryParams(_Section):
     gto_tags: bool = False  # also create GTO git tags on promotion (needs a git repo with commits)
 
 
+class FallbackParams(_Section):
+    url: str | None = None  # an OpenAI-compatible base URL; None disables hybrid routing
+    api_key_env: str = "FALLBACK_API_KEY"
+    model: str = "gpt-4o-mini"
+    classify_threshold: float = Field(0.5, ge=0.0, le=1.0)  # below this top score, ask the upstream
+    ood_patterns: tuple[str, ...] = ()  # regexes over user messages that send a chat upstream
+    timeout_s: float = Field(10.0, gt=0.0)
+
+
+class ServeParams(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    alias: str = "champion"
+    poll_seconds: float = Field(2.0, gt=0.0)
+    api_keys_env: str = "PIPELINES_API_KEYS"  # comma-separated keys; none configured = open
+    api_keys_file: str | None = None
+    max_body_bytes: int = Field(1_000_000, ge=1024)
+    max_texts: int = Field(64, ge=1)
+    max_chars: int = Field(4000, ge=1)
+    max_input_tokens: int | None = Field(512, ge=1)
+    max_tokens: int = Field(256, ge=1)
+    request_timeout_s: float = Field(30.0, gt=0.0)
+    max_batch: int = Field(64, ge=1)  # texts per forward pass
+    max_wait_ms: float = Field(5.0, ge=0.0)
+    max_queue: int = Field(256, ge=1)  # waiting requests before 429
+    fallback: FallbackParams = FallbackParams()
+
+
 class Params(_Section):
     """All sections of params.yaml that the stages read."""
 
@@ -162,6 +190,7 @@ class Params(_Section):
     evaluate: EvaluateParams = EvaluateParams()
     gate: GateParams = GateParams()
     registry: RegistryParams = RegistryParams()
+    serve: ServeParams = ServeParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -174,7 +203,7 @@ def _describe(err: ValidationError, source: str) -> str:
     return f"{source}: invalid value for '{loc}': {first['msg']}"
 
 
-OTHER_STAGE_SECTIONS = ("promote", "serve", "lineage")
+OTHER_STAGE_SECTIONS = ("promote", "lineage")
 
 
 def parse_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:

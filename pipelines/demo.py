@@ -57,6 +57,7 @@ def run_demo(faulty_drop: bool = False) -> dict:
                      Path(params.evaluate.report_dir) / "metrics.json", reason="demo: passed gate")
     summary = _summary(params)
     summary["registry"] = {"root": params.registry.root, "aliases": registry.aliases(registry.read_ledger(store))}
+    summary["served"] = _serve_once(params)
     if faulty_drop:
         summary["faulty_drop"] = _faulty_round(raw)
     _say(json.dumps(summary, indent=2))
@@ -76,6 +77,45 @@ def _faulty_round(raw: Path) -> dict:
         bad.unlink(missing_ok=True)
         _dvc("add", "--quiet", str(raw))
         _dvc("repro")
+
+
+def _serve_once(params) -> dict:
+    """Start the real server on a free loopback port, ask it one request of each kind it supports."""
+    import socket
+    import time
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "PIPELINES_API_KEYS": ""}
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines", "serve", "--port", str(port)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None:
+                raise CheckFailed(f"the server exited: {proc.stderr.read().strip()[-300:]}")
+            time.sleep(0.2)
+        answers = {}
+        if params.data.task == "classification":
+            r = httpx.post(f"{url}/v1/classify", json={"texts": ["my new card still has not arrived"]}, timeout=60)
+            answers["classify"] = r.json()["results"][0] | {"model_version": r.json()["model_version"]}
+        else:
+            r = httpx.post(f"{url}/v1/chat/completions", timeout=120,
+                           json={"messages": [{"role": "user", "content": "hello"}], "max_tokens": 16})
+            answers["chat"] = r.json()["choices"][0]["message"] | {"model_version": r.json()["model_version"]}
+        _say(f"served {params.registry.model_name} v{r.json()['model_version']} on {url}: {answers}")
+        return answers
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def _summary(params) -> dict:

@@ -129,6 +129,10 @@ def _append(store: Store, entries: list[dict[str, Any]], entry: dict[str, Any]) 
 
 # ---------------------------------------------------------------- versions
 
+def file_sha256(path: Path) -> str:
+    return _sha(path.read_bytes())
+
+
 def _files(directory: Path) -> dict[str, str]:
     return {p.relative_to(directory).as_posix(): _sha(p.read_bytes())
             for p in sorted(directory.rglob("*")) if p.is_file()}

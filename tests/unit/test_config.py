@@ -39,7 +39,7 @@ def test_bad_params_are_rejected_with_the_key_named(raw, fragment):
 
 
 def test_later_stage_sections_are_left_to_their_modules():
-    params = parse_params({"serve": {"anything": 3}, "data": {"task": "causal_lm"}})
+    params = parse_params({"lineage": {"anything": 3}, "data": {"task": "causal_lm"}})
     assert params.data.task == "causal_lm"
 
 

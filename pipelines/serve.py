@@ -1,0 +1,305 @@
+"""Serving: an OpenAI-compatible FastAPI server for the version a registry alias points at.
+
+Inputs: the registry (`registry` params), the alias to follow and the `serve` params. Output: an
+ASGI app (`create_app`) and `pipelines serve`, which runs it with uvicorn.
+- `POST /v1/classify` (batch of texts -> label, score, top-k), `POST /v1/chat/completions` and
+  `POST /v1/completions` (causal LMs; SSE streaming), `GET /v1/models`, `/healthz`, `/readyz`,
+  `/metrics` (Prometheus). Every response names the model version (field and `X-Model-Version`).
+- Zero-downtime swap: a watcher polls the alias; a new version is loaded and warmed beside the
+  old one, then one reference is swapped. Requests capture the version at arrival, so in-flight
+  work finishes on it. A version that fails to load or warm is skipped until the alias moves again.
+- Classification micro-batching: requests are gathered for up to `max_wait_ms` or `max_batch`
+  texts and run in one forward pass per version; the queue is bounded (429 when full).
+- Limits and security: API keys (constant-time comparison; /healthz and /readyz open), bounded
+  body, texts per request, characters, input tokens and max_tokens, a request timeout.
+- Hybrid routing: low-confidence classifications and out-of-domain chats go to a configured
+  OpenAI-compatible upstream; if it fails the local answer is returned with a flag.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import os
+import re
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipelines.config import Params
+
+log = logging.getLogger("pipelines.serve")
+
+
+@dataclass
+class Loaded:
+    version: int
+    task: str
+    model: Any
+    tok: Any
+    labels: list[str] | None
+    max_length: int
+
+
+def load_version(store, version: int) -> Loaded:
+    from pipelines import batching, registry
+    from pipelines.modeling import load_trained
+
+    directory = registry.version_dir(store, version)
+    manifest = registry.show_version(store, version)
+    for rel, digest in manifest["files"].items():  # never serve bytes the registry did not record
+        if registry.file_sha256(directory / rel) != digest:
+            raise RuntimeError(f"v{version}: {rel} does not match its manifest")
+    config = json.loads((directory / "train_config.json").read_text(encoding="utf-8"))
+    model, tok = load_trained(directory)
+    labels = None
+    if config["task"] == "classification":
+        label_map = json.loads((directory / "label_map.json").read_text(encoding="utf-8"))
+        labels = sorted(label_map, key=label_map.get)
+    else:
+        batching.ensure_chat_template(tok)
+    return Loaded(version, config["task"], model, tok, labels, int(config["params"]["max_length"]))
+
+
+def classify(loaded: Loaded, texts: list[str]):
+    """Probabilities for a batch of texts (one forward pass)."""
+    import torch
+
+    from pipelines import batching
+
+    enc = batching.encode_classification(texts, [0] * len(texts), loaded.tok, loaded.max_length)
+    batch = batching.collate_classification(enc, loaded.tok.pad_token_id)
+    with torch.no_grad():
+        logits = loaded.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return torch.softmax(logits.float(), -1).numpy()
+
+
+def warm_up(loaded: Loaded) -> None:
+    """Fail loudly unless the model answers sanely."""
+    import numpy as np
+
+    if loaded.task == "classification":
+        probs = classify(loaded, ["warm-up request", "is this model alive?"])
+        if probs.shape != (2, len(loaded.labels)) or not np.isfinite(probs).all():
+            raise RuntimeError(f"warm-up produced {probs.shape} non-finite or misshapen scores")
+    else:
+        generate(loaded, [{"role": "user", "content": "hello"}], max_tokens=1)
+
+
+def generate(loaded: Loaded, messages: list[dict] | None, max_tokens: int, prompt: str | None = None,
+             streamer=None) -> tuple[str, int, int]:
+    """Greedy generation; returns (text, prompt_tokens, completion_tokens)."""
+    import torch
+
+    tok = loaded.tok
+    text = prompt if prompt is not None else tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    ids = tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        out = loaded.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens,
+                                    do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                                    streamer=streamer)
+    new = out[0, ids.shape[1]:]
+    return tok.decode(new, skip_special_tokens=True), int(ids.shape[1]), int(len(new))
+
+
+class Holder:
+    """The served version and the watcher that swaps it when the alias moves."""
+
+    def __init__(self, store, alias: str, metrics) -> None:
+        self.store, self.alias, self.metrics = store, alias, metrics
+        self.current: Loaded | None = None
+        self.failed: set[int] = set()
+        self._stop = threading.Event()
+
+    def target(self) -> int | None:
+        from pipelines import registry
+
+        return registry.aliases(registry.read_ledger(self.store)).get(self.alias)
+
+    def poll(self) -> None:
+        try:
+            target = self.target()
+        except Exception as err:  # an unreadable ledger must not take serving down
+            log.error("cannot read the registry ledger: %s", err)
+            return
+        if target is None or (self.current and self.current.version == target):
+            self.failed.discard(target)
+            return
+        if target in self.failed:
+            return
+        try:
+            candidate = load_version(self.store, target)
+            warm_up(candidate)
+        except Exception as err:
+            self.failed.add(target)
+            self.metrics.load_failures.inc()
+            log.error("version %s failed to load or warm up; still serving %s: %s", target,
+                      self.current.version if self.current else None, err)
+            return
+        self.failed = {v for v in self.failed if v != target}
+        self.current = candidate  # one reference swap: requests already holding the old one finish on it
+        self.metrics.version.set(target)
+        log.warning("now serving %s v%s", self.alias, target)
+
+    def start(self, interval: float) -> None:
+        def loop():
+            while not self._stop.wait(interval):
+                self.poll()
+        threading.Thread(target=loop, name="alias-watcher", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+class Metrics:
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        self.requests = Counter("pipelines_requests_total", "Requests by route and status", ["path", "status"],
+                                registry=self.registry)
+        self.latency = Histogram("pipelines_request_seconds", "Request latency", ["path"], registry=self.registry,
+                                 buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
+        self.batch = Histogram("pipelines_batch_size", "Texts per forward pass", registry=self.registry,
+                               buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+        self.version = Gauge("pipelines_model_version", "Registry version being served", registry=self.registry)
+        self.load_failures = Counter("pipelines_model_load_failures_total", "Versions that failed to load or warm",
+                                     registry=self.registry)
+        self.routed = Counter("pipelines_route_requests_total", "Requests (texts) by serving route", ["route"],
+                              registry=self.registry)
+        self.tokens = Counter("pipelines_route_tokens_total", "Tokens by serving route", ["route"],
+                              registry=self.registry)
+
+
+class QueueFull(Exception):
+    pass
+
+
+@dataclass
+class _Job:
+    loaded: Loaded
+    texts: list[str]
+    future: asyncio.Future
+    t: float = field(default_factory=time.perf_counter)
+
+
+class Batcher:
+    """Gathers classification requests for up to max_wait_ms / max_batch texts, one forward per version."""
+
+    def __init__(self, max_batch: int, max_wait_ms: float, max_queue: int, executor, metrics) -> None:
+        self.max_batch, self.max_wait, self.max_queue = max_batch, max_wait_ms / 1000, max_queue
+        self.executor, self.metrics = executor, metrics
+        self.queue: asyncio.Queue[_Job] | None = None
+        self.pending = 0
+
+    async def submit(self, loaded: Loaded, texts: list[str]):
+        if self.pending >= self.max_queue:
+            raise QueueFull()
+        self.pending += 1
+        try:
+            job = _Job(loaded, texts, asyncio.get_running_loop().create_future())
+            await self.queue.put(job)
+            return await job.future
+        finally:
+            self.pending -= 1
+
+    async def run(self) -> None:
+        self.queue = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        while True:
+            jobs = [await self.queue.get()]
+            size = len(jobs[0].texts)
+            deadline = loop.time() + self.max_wait
+            while size < self.max_batch:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    job = await asyncio.wait_for(self.queue.get(), remaining)
+                except asyncio.TimeoutError:
+                    break
+                jobs.append(job)
+                size += len(job.texts)
+            by_version: dict[int, list[_Job]] = {}
+            for job in jobs:
+                by_version.setdefault(job.loaded.version, []).append(job)
+            for group in by_version.values():
+                texts = [t for job in group for t in job.texts]
+                self.metrics.batch.observe(len(texts))
+                try:
+                    probs = await loop.run_in_executor(self.executor, classify, group[0].loaded, texts)
+                except Exception as err:
+                    for job in group:
+                        if not job.future.done():
+                            job.future.set_exception(err)
+                    continue
+                at = 0
+                for job in group:
+                    if not job.future.done():
+                        job.future.set_result(probs[at:at + len(job.texts)])
+                    at += len(job.texts)
+
+
+def api_keys(env_var: str, keys_file: str | None) -> list[str]:
+    keys = [k.strip() for k in os.environ.get(env_var, "").split(",") if k.strip()]
+    if keys_file and Path(keys_file).exists():
+        keys += [ln.strip() for ln in Path(keys_file).read_text(encoding="utf-8").splitlines()
+                 if ln.strip() and not ln.startswith("#")]
+    return keys
+
+
+def create_app(params: Params, alias: str = "champion", model: str | None = None, batching: bool = True,
+               poll: bool = True):
+    """Build the ASGI app; it loads the alias' version at start-up and follows the alias."""
+    from fastapi import FastAPI
+
+    from pipelines import registry
+    from pipelines.serve_api import install_routes
+
+    sp = params.serve
+    name = model or params.registry.model_name
+    store = registry.open_store(params.registry.root, name)
+    metrics = Metrics()
+    holder = Holder(store, alias, metrics)
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
+    batcher = Batcher(sp.max_batch, sp.max_wait_ms, sp.max_queue, executor, metrics) if batching else None
+
+    async def lifespan(app):
+        await asyncio.get_running_loop().run_in_executor(executor, holder.poll)
+        if poll:
+            holder.start(sp.poll_seconds)
+        task = asyncio.create_task(batcher.run()) if batcher else None
+        yield
+        holder.stop()
+        if task:
+            task.cancel()
+        executor.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="pipelines serving", version="1", lifespan=lifespan)
+    app.state.keys = api_keys(sp.api_keys_env, sp.api_keys_file)
+    install_routes(app, sp, name, holder, batcher, executor, metrics)
+    return app
+
+
+def check_key(keys: list[str], header: str | None) -> bool:
+    if not keys:
+        return True
+    presented = (header or "").removeprefix("Bearer ").strip()
+    ok = False
+    for key in keys:  # compare against every key, constant time, no early exit
+        ok |= hmac.compare_digest(presented.encode(), key.encode())
+    return ok
+
+
+def matches_ood(rules: tuple[str, ...], messages: list[dict]) -> bool:
+    text = "\n".join(str(m.get("content", "")) for m in messages if m.get("role") == "user")
+    return any(re.search(rule, text, flags=re.IGNORECASE) for rule in rules)
+
+
+def completion_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex[:24]}"

@@ -1,0 +1,245 @@
+"""HTTP routes of the serving app (see `serve.py` for the moving parts they use).
+
+Inputs: JSON requests validated by pydantic models (bounded sizes; a 4xx names the bad field).
+Outputs: OpenAI-compatible responses, each naming the model version in `model_version` and the
+`X-Model-Version` header; `route` says whether the local model or the fallback upstream answered.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipelines.serve import QueueFull, check_key, classify, completion_id, generate, matches_ood
+
+OPEN_PATHS = {"/healthz", "/readyz", "/docs", "/openapi.json"}
+
+
+class ClassifyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    texts: list[str] = Field(min_length=1)
+    top_k: int = Field(3, ge=1, le=20)
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # OpenAI clients send fields we do not use
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    stream: bool = False
+
+
+class CompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    model: str | None = None
+    prompt: str
+    max_tokens: int | None = Field(None, ge=1)
+    stream: bool = False
+
+
+def install_routes(app, sp, name: str, holder, batcher, executor, metrics) -> None:
+    from fastapi import HTTPException, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    from pipelines.serve_upstream import Upstream
+
+    upstream = Upstream.from_params(sp.fallback)
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        t = time.perf_counter()
+        path = request.url.path
+        status = 500
+        try:
+            size = request.headers.get("content-length")
+            if size is not None and (not size.isdigit() or int(size) > sp.max_body_bytes):
+                status = 413
+                return JSONResponse({"error": {"message": f"request body over {sp.max_body_bytes} bytes"}}, 413)
+            if path not in OPEN_PATHS and not check_key(app.state.keys, request.headers.get("authorization")):
+                status = 401
+                return JSONResponse({"error": {"message": "missing or invalid API key"}}, 401,
+                                    headers={"WWW-Authenticate": "Bearer"})
+            try:
+                response = await asyncio.wait_for(call_next(request), sp.request_timeout_s)
+            except asyncio.TimeoutError:
+                status = 504
+                return JSONResponse({"error": {"message": f"request took over {sp.request_timeout_s}s"}}, 504)
+            status = response.status_code
+            return response
+        finally:
+            label = path if path.startswith("/v1/") or path in OPEN_PATHS or path == "/metrics" else "other"
+            metrics.requests.labels(label, str(status)).inc()
+            metrics.latency.labels(label).observe(time.perf_counter() - t)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
+        return JSONResponse({"error": {"message": f"{where}: {first.get('msg', 'invalid request')}",
+                                       "type": "invalid_request_error", "param": where}}, 422)
+
+    def served():
+        loaded = holder.current
+        if loaded is None:
+            raise HTTPException(503, "no model loaded yet")
+        return loaded
+
+    def reply(body: dict, loaded, status: int = 200):
+        return JSONResponse({**body, "model_version": loaded.version}, status,
+                            headers={"X-Model-Version": str(loaded.version)})
+
+    @app.get("/healthz")
+    async def healthz():
+        return {"status": "alive"}
+
+    @app.get("/readyz")
+    async def readyz():
+        loaded = holder.current
+        if loaded is None:
+            return JSONResponse({"status": "loading"}, 503)
+        return JSONResponse({"status": "ready", "model_version": loaded.version},
+                            headers={"X-Model-Version": str(loaded.version)})
+
+    @app.get("/metrics")
+    async def prometheus():
+        return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models")
+    async def models():
+        loaded = served()
+        return reply({"object": "list", "data": [{"id": name, "object": "model", "owned_by": "pipelines",
+                                                  "version": loaded.version, "task": loaded.task}]}, loaded)
+
+    @app.post("/v1/classify")
+    async def classify_route(req: ClassifyRequest):
+        loaded = served()
+        if loaded.task != "classification":
+            raise HTTPException(400, f"model {name} v{loaded.version} is a {loaded.task} model")
+        _check_texts(req.texts, loaded)
+        try:
+            if batcher is not None:
+                probs = await batcher.submit(loaded, req.texts)
+            else:
+                probs = await asyncio.get_running_loop().run_in_executor(executor, classify, loaded, req.texts)
+        except QueueFull:
+            return JSONResponse({"error": {"message": "server busy: queue full, retry later"}}, 429,
+                                headers={"Retry-After": "1"})
+        results = []
+        for text, p in zip(req.texts, probs):
+            order = p.argsort()[::-1][: req.top_k]
+            top = [{"label": loaded.labels[i], "score": float(p[i])} for i in order]
+            results.append({"label": top[0]["label"], "score": top[0]["score"], "top_k": top, "route": "local"})
+        if upstream is not None:
+            await upstream.reroute_low_confidence(req.texts, results, loaded.labels, metrics)
+        for r in results:
+            if r["route"] == "local":
+                metrics.routed.labels("local").inc()
+        metrics.tokens.labels("local").inc(sum(len(t.split()) for t in req.texts))
+        return reply({"object": "classification", "model": name, "results": results}, loaded)
+
+    def _check_texts(texts: list[str], loaded) -> None:
+        if len(texts) > sp.max_texts:
+            raise HTTPException(413, f"texts: at most {sp.max_texts} per request")
+        for i, text in enumerate(texts):
+            if len(text) > sp.max_chars:
+                raise HTTPException(413, f"texts[{i}]: over {sp.max_chars} characters")
+        if sp.max_input_tokens:
+            counts = [len(ids) for ids in loaded.tok(texts, add_special_tokens=False)["input_ids"]]
+            for i, n in enumerate(counts):
+                if n > sp.max_input_tokens:
+                    raise HTTPException(413, f"texts[{i}]: {n} tokens, over {sp.max_input_tokens}")
+
+    def _max_tokens(requested: int | None) -> int:
+        if requested is not None and requested > sp.max_tokens:
+            raise HTTPException(422, f"max_tokens: at most {sp.max_tokens}")
+        return requested or min(64, sp.max_tokens)
+
+    async def _generate(loaded, messages, prompt, max_tokens):
+        return await asyncio.get_running_loop().run_in_executor(
+            executor, lambda: generate(loaded, messages, max_tokens, prompt=prompt))
+
+    @app.post("/v1/chat/completions")
+    async def chat(req: ChatRequest):
+        loaded = served()
+        if loaded.task != "causal_lm":
+            raise HTTPException(400, f"model {name} v{loaded.version} is a {loaded.task} model; use /v1/classify")
+        messages = [m.model_dump() for m in req.messages]
+        max_tokens = _max_tokens(req.max_tokens)
+        if sum(len(m["content"]) for m in messages) > sp.max_chars:
+            raise HTTPException(413, f"messages: over {sp.max_chars} characters")
+        flag = None
+        if upstream is not None and matches_ood(sp.fallback.ood_patterns, messages) and not req.stream:
+            body = await upstream.chat(messages, max_tokens, metrics)
+            if body is not None:
+                return reply({**body, "route": "upstream"}, loaded)
+            flag = "upstream failed; answered locally"
+        if req.stream:
+            return _stream(loaded, messages, None, max_tokens, "chat.completion.chunk")
+        text, n_in, n_out = await _generate(loaded, messages, None, max_tokens)
+        metrics.routed.labels("local").inc()
+        metrics.tokens.labels("local").inc(n_in + n_out)
+        body = {"id": completion_id(), "object": "chat.completion", "created": int(time.time()), "model": name,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                             "finish_reason": "length" if n_out >= max_tokens else "stop"}],
+                "usage": {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out},
+                "route": "local"}
+        if flag:
+            body["fallback_error"] = flag
+        return reply(body, loaded)
+
+    @app.post("/v1/completions")
+    async def completions(req: CompletionRequest):
+        loaded = served()
+        if loaded.task != "causal_lm":
+            raise HTTPException(400, f"model {name} v{loaded.version} is a {loaded.task} model; use /v1/classify")
+        if len(req.prompt) > sp.max_chars:
+            raise HTTPException(413, f"prompt: over {sp.max_chars} characters")
+        max_tokens = _max_tokens(req.max_tokens)
+        if req.stream:
+            return _stream(loaded, None, req.prompt, max_tokens, "text_completion")
+        text, n_in, n_out = await _generate(loaded, None, req.prompt, max_tokens)
+        metrics.tokens.labels("local").inc(n_in + n_out)
+        return reply({"id": completion_id(), "object": "text_completion", "created": int(time.time()), "model": name,
+                      "choices": [{"index": 0, "text": text, "finish_reason": "length" if n_out >= max_tokens else "stop"}],
+                      "usage": {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out},
+                      "route": "local"}, loaded)
+
+    def _stream(loaded, messages, prompt, max_tokens, kind: str):
+        from transformers import TextIteratorStreamer
+
+        streamer = TextIteratorStreamer(loaded.tok, skip_prompt=True, skip_special_tokens=True, timeout=sp.request_timeout_s)
+        executor.submit(generate, loaded, messages, max_tokens, prompt, streamer)
+        cid, created = completion_id(), int(time.time())
+
+        def chunk(piece: str | None, finish: str | None) -> str:
+            if kind == "text_completion":
+                choice: dict[str, Any] = {"index": 0, "text": piece or "", "finish_reason": finish}
+            else:
+                choice = {"index": 0, "delta": {"content": piece} if piece else {}, "finish_reason": finish}
+            return "data: " + json.dumps({"id": cid, "object": kind, "created": created, "model": name,
+                                          "model_version": loaded.version, "choices": [choice]}) + "\n\n"
+
+        async def events():
+            loop = asyncio.get_running_loop()
+            iterator = iter(streamer)
+            while True:
+                piece = await loop.run_in_executor(None, next, iterator, None)
+                if piece is None:
+                    break
+                if piece:
+                    yield chunk(piece, None)
+            yield chunk(None, "stop")
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"X-Model-Version": str(loaded.version), "Cache-Control": "no-cache"})

@@ -1,0 +1,210 @@
+"""The serving app in-process (FastAPI TestClient): API shapes, auth, limits, routing, fuzzing."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+import uvicorn
+from fastapi import FastAPI, HTTPException
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pipelines.config import parse_params
+from pipelines.serve import create_app
+from tests.serving_support import build_registry, free_port
+from tests.tiny_models import build_causal
+
+KEY = "s3cret-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture(scope="module")
+def cls_registry(tmp_path_factory):
+    return build_registry(tmp_path_factory.mktemp("cls"), "classification", versions=1)
+
+
+@pytest.fixture(scope="module")
+def gen_registry(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gen")
+    base = build_causal("llama", root / "base")
+    return build_registry(root, "causal_lm", versions=1, base_model=str(base))
+
+
+def app_for(reg, monkeypatch=None, batching=True, **serve):
+    params = parse_params({"registry": {"root": str(reg["root"] / "registry"), "model_name": reg["model"]},
+                           "serve": {"poll_seconds": 0.2, **serve}})
+    return create_app(params, batching=batching, poll=False)
+
+
+@pytest.fixture
+def client(cls_registry, monkeypatch):
+    monkeypatch.setenv("PIPELINES_API_KEYS", f"other-key,{KEY}")
+    with TestClient(app_for(cls_registry, max_texts=4, max_chars=200, max_body_bytes=4096)) as c:
+        yield c
+
+
+def test_classify_shape_and_version(client):
+    r = client.post("/v1/classify", json={"texts": ["my new card has not arrived yet 3", "money back please"],
+                                          "top_k": 2}, headers=AUTH)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert r.headers["X-Model-Version"] == "1" and body["model_version"] == 1
+    first = body["results"][0]
+    assert first["label"] in {"card_arrival", "refund_request", "change_pin"} and first["route"] == "local"
+    assert len(first["top_k"]) == 2 and first["top_k"][0]["score"] >= first["top_k"][1]["score"]
+    assert client.get("/v1/models", headers=AUTH).json()["data"][0]["version"] == 1
+
+
+@pytest.mark.parametrize("path, method", [("/v1/classify", "post"), ("/v1/models", "get"), ("/metrics", "get")])
+def test_auth_required_except_health(client, path, method):
+    body = {"json": {"texts": ["x"]}} if method == "post" else {}
+    assert client.request(method.upper(), path, **body).status_code == 401
+    bad = {"Authorization": "Bearer s3cret-kez"}
+    assert client.request(method.upper(), path, headers=bad, **body).status_code == 401
+    assert client.request(method.upper(), path, headers=AUTH, **body).status_code == 200
+    assert client.get("/healthz").status_code == 200 and client.get("/readyz").json()["status"] == "ready"
+
+
+@pytest.mark.parametrize("payload, status, names", [
+    ({"texts": []}, 422, "texts"),
+    ({"texts": "one"}, 422, "texts"),
+    ({"texts": ["a"], "top_k": 0}, 422, "top_k"),
+    ({"texts": ["a"], "extra": 1}, 422, "extra"),
+    ({"texts": ["a"] * 5}, 413, "texts"),
+    ({"texts": ["a", "b" * 201]}, 413, "texts[1]"),
+    ({}, 422, "texts"),
+])
+def test_bad_requests_are_4xx_naming_the_field(client, payload, status, names):
+    r = client.post("/v1/classify", json=payload, headers=AUTH)
+    assert r.status_code == status, r.text
+    assert names in json.dumps(r.json())
+
+
+def test_malformed_json_and_oversized_body(client):
+    r = client.post("/v1/classify", content=b'{"texts": [', headers={**AUTH, "content-type": "application/json"})
+    assert r.status_code == 422
+    r = client.post("/v1/classify", content=b"x" * 5000, headers={**AUTH, "content-type": "application/json"})
+    assert r.status_code == 413
+
+
+def test_metrics_count_requests_batches_and_version(client):
+    client.post("/v1/classify", json={"texts": ["hello"]}, headers=AUTH)
+    text = client.get("/metrics", headers=AUTH).text
+    assert 'pipelines_requests_total{path="/v1/classify",status="200"}' in text
+    assert "pipelines_model_version 1.0" in text and "pipelines_batch_size_count" in text
+
+
+def test_full_queue_answers_429(cls_registry):
+    with TestClient(app_for(cls_registry, max_queue=1, max_wait_ms=200)) as c:
+        results = []
+
+        def hit():
+            results.append(c.post("/v1/classify", json={"texts": ["card"]}).status_code)
+        threads = [threading.Thread(target=hit) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert 429 in results and 200 in results
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(body=st.one_of(
+    st.binary(max_size=300),
+    st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30),
+                 lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+                 max_leaves=12).map(lambda v: json.dumps(v).encode()),
+    st.fixed_dictionaries({"texts": st.lists(st.text(max_size=300), max_size=6),
+                           "top_k": st.integers(-5, 30)}).map(lambda v: json.dumps(v).encode()),
+))
+def test_fuzz_never_kills_the_server(client, body):
+    for path in ("/v1/classify", "/v1/chat/completions", "/v1/completions"):
+        r = client.post(path, content=body, headers={**AUTH, "content-type": "application/json"})
+        assert r.status_code < 500, (path, body, r.status_code, r.text)
+    assert client.get("/healthz").status_code == 200
+
+
+def test_chat_completion_stream_and_completions(gen_registry):
+    with TestClient(app_for(gen_registry)) as c:
+        r = c.post("/v1/chat/completions", json={"model": "text-gen", "max_tokens": 5,
+                                                 "messages": [{"role": "user", "content": "question 3: what is 3 plus 3?"}]})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["object"] == "chat.completion" and body["choices"][0]["message"]["role"] == "assistant"
+        assert body["usage"]["completion_tokens"] <= 5 and r.headers["X-Model-Version"] == "1"
+        with c.stream("POST", "/v1/chat/completions", json={"stream": True, "max_tokens": 4,
+                                                            "messages": [{"role": "user", "content": "hello"}]}) as s:
+            lines = [ln for ln in s.iter_lines() if ln.startswith("data: ")]
+        assert lines[-1] == "data: [DONE]"
+        assert json.loads(lines[-2][6:])["choices"][0]["finish_reason"] == "stop"
+        r = c.post("/v1/completions", json={"prompt": "question 1", "max_tokens": 3})
+        assert r.status_code == 200 and r.json()["object"] == "text_completion"
+        assert c.post("/v1/chat/completions", json={"max_tokens": 100000, "messages": [
+            {"role": "user", "content": "x"}]}).status_code == 422
+        assert c.post("/v1/classify", json={"texts": ["x"]}).status_code == 400
+
+
+class FakeUpstream:
+    """An OpenAI-compatible upstream on loopback that answers a fixed label, or fails on demand."""
+
+    def __init__(self, answer: str):
+        self.answer, self.fail, self.calls = answer, False, []
+        app = FastAPI()
+
+        @app.post("/v1/chat/completions")
+        async def chat(body: dict):
+            self.calls.append(body)
+            if self.fail:
+                raise HTTPException(500, "boom")
+            return {"id": "x", "object": "chat.completion", "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": self.answer}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12}}
+
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error"))
+        threading.Thread(target=self.server.run, daemon=True).start()
+        while not self.server.started:
+            time.sleep(0.02)
+
+    def stop(self):
+        self.server.should_exit = True
+
+
+def test_hybrid_routing_low_confidence_goes_upstream_and_failures_fall_back(cls_registry):
+    up = FakeUpstream("change_pin")
+    try:
+        app = app_for(cls_registry, fallback={"url": f"http://127.0.0.1:{up.port}", "classify_threshold": 0.999})
+        with TestClient(app) as c:
+            r = c.post("/v1/classify", json={"texts": ["something unclear"]}).json()["results"][0]
+            assert r["route"] == "upstream" and r["label"] == "change_pin" and "local_label" in r
+            assert "change_pin" in up.calls[-1]["messages"][0]["content"]
+            metrics = c.get("/metrics").text
+            assert 'pipelines_route_requests_total{route="upstream"} 1.0' in metrics
+            assert 'pipelines_route_tokens_total{route="upstream"} 12.0' in metrics
+            up.answer = "not-a-label"
+            r = c.post("/v1/classify", json={"texts": ["something unclear"]}).json()["results"][0]
+            assert r["route"] == "local" and "fallback_error" in r
+        up.stop()
+        time.sleep(0.3)
+        with TestClient(app_for(cls_registry, fallback={"url": f"http://127.0.0.1:{up.port}",
+                                                        "classify_threshold": 0.999, "timeout_s": 1})) as c:
+            r = c.post("/v1/classify", json={"texts": ["something unclear"]})
+            assert r.status_code == 200 and r.json()["results"][0]["fallback_error"].startswith("upstream failed")
+    finally:
+        up.stop()
+
+
+def test_out_of_domain_chat_goes_upstream(gen_registry):
+    up = FakeUpstream("Our refund policy is ...")
+    try:
+        app = app_for(gen_registry, fallback={"url": f"http://127.0.0.1:{up.port}", "ood_patterns": ["refund policy"]})
+        with TestClient(app) as c:
+            r = c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "What is your REFUND POLICY?"}]})
+            assert r.json()["route"] == "upstream" and r.json()["choices"][0]["message"]["content"].startswith("Our")
+            r = c.post("/v1/chat/completions", json={"max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]})
+            assert r.json()["route"] == "local"
+    finally:
+        up.stop()

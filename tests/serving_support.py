@@ -1,0 +1,63 @@
+"""Registries with real trained versions for the serving tests (MiniLM classifier, tiny Llama)."""
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+from pathlib import Path
+
+import pandas as pd
+
+from pipelines import registry
+from pipelines.config import parse_params
+from pipelines.evaluate import candidate_hash
+from pipelines.train import train
+
+INTENTS = {"card_arrival": "my new card has not arrived yet", "refund_request": "I want my money back for order",
+           "change_pin": "how do I change the pin of my card"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _prepared(root: Path, task: str) -> Path:
+    out = root / "prepared"
+    out.mkdir(parents=True, exist_ok=True)
+    if task == "classification":
+        rows = [{"text": f"{text} {i}", "label": lab} for lab, text in INTENTS.items() for i in range(12)]
+        (out / "label_map.json").write_text(json.dumps({lab: i for i, lab in enumerate(sorted(INTENTS))}))
+    else:
+        rows = [{"prompt": f"question {i}: what is {i} plus {i}?", "response": f"answer: it is {2 * i}."}
+                for i in range(24)]
+    frame = pd.DataFrame(rows)
+    for split in ("train", "validation", "test"):
+        frame.to_parquet(out / f"{split}.parquet", index=False)
+    return out
+
+
+def build_registry(root: Path, task: str, versions: int, base_model: str = "minilm") -> dict:
+    """Train `versions` small candidates and register them (v1 promoted to champion).
+
+    Returns paths of every candidate and its passing decision, for promotions in the tests."""
+    model = "text-classifier" if task == "classification" else "text-gen"
+    store = registry.open_store(str(root / "registry"), model)
+    registry.init(store)
+    prepared = _prepared(root / "work", task)
+    candidates = []
+    for i in range(versions):
+        params = parse_params({
+            "data": {"task": task}, "prepare": {"output_dir": str(prepared)},
+            "train": {"base_model": base_model, "output_dir": str(root / "work" / "model"), "max_steps": 3 + i,
+                      "max_length": 32, "batch_size": 8, "seed": i, "checkpoint_dir": str(root / "work" / "ckpt"),
+                      "report_dir": str(root / "work" / "reports")}})
+        train(params, resume=False)
+        cand = root / f"cand{i + 1}"
+        shutil.copytree(root / "work" / "model", cand)
+        decision = root / f"cand{i + 1}.decision.json"
+        decision.write_text(json.dumps({"candidate_hash": candidate_hash(cand), "passed": True, "rules": []}))
+        candidates.append((cand, decision))
+    registry.promote(store, model, *candidates[0], None, reason="first")
+    return {"store": store, "model": model, "candidates": candidates, "root": root}
