@@ -211,20 +211,28 @@ class Batcher:
     async def run(self) -> None:
         self.queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
+        busy = False
         while True:
             jobs = [await self.queue.get()]
             size = len(jobs[0].texts)
-            deadline = loop.time() + self.max_wait
+            # Take everything already waiting (it queued up during the last forward pass). Only
+            # under load (the last batch had company) wait up to max_wait for more: an idle
+            # server answers a lone request at once.
+            deadline = loop.time() + (self.max_wait if busy else 0.0)
             while size < self.max_batch:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    job = await asyncio.wait_for(self.queue.get(), remaining)
-                except asyncio.TimeoutError:
-                    break
+                if not self.queue.empty():
+                    job = self.queue.get_nowait()
+                else:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        break
+                    try:
+                        job = await asyncio.wait_for(self.queue.get(), remaining)
+                    except asyncio.TimeoutError:
+                        break
                 jobs.append(job)
                 size += len(job.texts)
+            busy = len(jobs) > 1
             by_version: dict[int, list[_Job]] = {}
             for job in jobs:
                 by_version.setdefault(job.loaded.version, []).append(job)

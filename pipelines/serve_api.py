@@ -45,6 +45,66 @@ class CompletionRequest(BaseModel):
     stream: bool = False
 
 
+class Guard:
+    """Pure ASGI middleware: body size limit, API keys, request timeout, request metrics.
+
+    (Starlette's BaseHTTPMiddleware costs a task and a stream copy per request; this does not.)"""
+
+    def __init__(self, app, sp, app_state, metrics) -> None:
+        self.app, self.sp, self.state, self.metrics = app, sp, app_state, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t = time.perf_counter()
+        path = scope["path"]
+        status = {"code": 500}
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+
+        async def send_tracked(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        async def reject(code: int, message: str, extra: dict | None = None):
+            from starlette.responses import JSONResponse
+
+            await JSONResponse({"error": {"message": message}}, code, headers=extra)(scope, receive, send_tracked)
+
+        try:
+            size = headers.get("content-length")
+            if size is not None and (not size.isdigit() or int(size) > self.sp.max_body_bytes):
+                return await reject(413, f"request body over {self.sp.max_body_bytes} bytes")
+            if path not in OPEN_PATHS and not check_key(self.state.keys, headers.get("authorization")):
+                return await reject(401, "missing or invalid API key", {"WWW-Authenticate": "Bearer"})
+            received = 0
+
+            async def bounded_receive():
+                nonlocal received
+                message = await receive()
+                received += len(message.get("body", b""))
+                if received > self.sp.max_body_bytes:  # chunked bodies without a content-length
+                    raise _TooLarge()
+                return message
+
+            try:
+                async with asyncio.timeout(self.sp.request_timeout_s):  # no extra task per request
+                    await self.app(scope, bounded_receive, send_tracked)
+            except TimeoutError:
+                if status["code"] == 500:
+                    await reject(504, f"request took over {self.sp.request_timeout_s}s")
+            except _TooLarge:
+                await reject(413, f"request body over {self.sp.max_body_bytes} bytes")
+        finally:
+            label = path if path.startswith("/v1/") or path in OPEN_PATHS or path == "/metrics" else "other"
+            self.metrics.requests.labels(label, str(status["code"])).inc()
+            self.metrics.latency.labels(label).observe(time.perf_counter() - t)
+
+
+class _TooLarge(Exception):
+    pass
+
+
 def install_routes(app, sp, name: str, holder, batcher, executor, metrics) -> None:
     from fastapi import HTTPException, Request
     from fastapi.exceptions import RequestValidationError
@@ -55,31 +115,7 @@ def install_routes(app, sp, name: str, holder, batcher, executor, metrics) -> No
 
     upstream = Upstream.from_params(sp.fallback)
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        t = time.perf_counter()
-        path = request.url.path
-        status = 500
-        try:
-            size = request.headers.get("content-length")
-            if size is not None and (not size.isdigit() or int(size) > sp.max_body_bytes):
-                status = 413
-                return JSONResponse({"error": {"message": f"request body over {sp.max_body_bytes} bytes"}}, 413)
-            if path not in OPEN_PATHS and not check_key(app.state.keys, request.headers.get("authorization")):
-                status = 401
-                return JSONResponse({"error": {"message": "missing or invalid API key"}}, 401,
-                                    headers={"WWW-Authenticate": "Bearer"})
-            try:
-                response = await asyncio.wait_for(call_next(request), sp.request_timeout_s)
-            except asyncio.TimeoutError:
-                status = 504
-                return JSONResponse({"error": {"message": f"request took over {sp.request_timeout_s}s"}}, 504)
-            status = response.status_code
-            return response
-        finally:
-            label = path if path.startswith("/v1/") or path in OPEN_PATHS or path == "/metrics" else "other"
-            metrics.requests.labels(label, str(status)).inc()
-            metrics.latency.labels(label).observe(time.perf_counter() - t)
+    app.add_middleware(Guard, sp=sp, app_state=app.state, metrics=metrics)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
