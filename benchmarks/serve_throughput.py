@@ -79,20 +79,8 @@ def serve(root: Path, port: int, batching: bool, workdir: Path) -> subprocess.Po
     return subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def wait_ready(url: str) -> None:
-    import httpx
-
-    for _ in range(600):
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"error: server at {url} never became ready")
-
-
 def main() -> None:
+    from pipelines.serve import wait_ready
     from tests.serving_support import free_port
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -107,7 +95,7 @@ def main() -> None:
             proc = serve(root, port, batching, tmp)
             url = f"http://127.0.0.1:{port}"
             try:
-                wait_ready(url)
+                wait_ready(url, timeout=180, proc=proc)
                 asyncio.run(drive(url, 4, 2.0))  # warm-up
                 for c in (1, 8, 32):
                     results[f"{mode}_c{c}"] = asyncio.run(drive(url, c, args.seconds))

@@ -82,9 +82,10 @@ def _faulty_round(raw: Path) -> dict:
 def _serve_once(params) -> dict:
     """Start the real server on a free loopback port, ask it one request of each kind it supports."""
     import socket
-    import time
 
     import httpx
+
+    from pipelines.serve import wait_ready
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -94,15 +95,10 @@ def _serve_once(params) -> dict:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None:
-                raise CheckFailed(f"the server exited: {proc.stderr.read().strip()[-300:]}")
-            time.sleep(0.2)
+        try:
+            wait_ready(url, timeout=180, proc=proc)
+        except (RuntimeError, TimeoutError) as err:
+            raise CheckFailed(f"the demo server did not come up: {err}") from None
         answers = {}
         if params.data.task == "classification":
             r = httpx.post(f"{url}/v1/classify", json={"texts": ["my new card still has not arrived"]}, timeout=60)

@@ -309,5 +309,22 @@ def matches_ood(rules: tuple[str, ...], messages: list[dict]) -> bool:
     return any(re.search(rule, text, flags=re.IGNORECASE) for rule in rules)
 
 
+def wait_ready(url: str, timeout: float = 120.0, proc=None) -> None:
+    """Poll `url/readyz` until the server has a warm model; raise if it exits or times out."""
+    import httpx
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the server exited with code {proc.returncode}")
+        time.sleep(0.2)
+    raise TimeoutError(f"server at {url} not ready after {timeout:.0f}s")
+
+
 def completion_id() -> str:
     return f"chatcmpl-{uuid.uuid4().hex[:24]}"
