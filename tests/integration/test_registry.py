@@ -220,3 +220,21 @@ def test_promotions_and_rollback_are_mirrored_as_gto_tags(tmp_path):
     show = subprocess.run(["gto", "show"], cwd=repo, capture_output=True, text=True,
                           env=cli_env())
     assert "assignment" in history.stdout and "v0.0.1" in show.stdout, (history.stdout, history.stderr)
+
+
+def test_an_fsspec_store_works_the_same(tmp_path):
+    """The production path (object stores) through fsspec's in-memory filesystem."""
+    store = registry.open_store("memory://registry-test", MODEL)
+    assert not store.local
+    registry.init(store)
+    c1, d1 = make_candidate(tmp_path, "c1")
+    c2, d2 = make_candidate(tmp_path, "c2")
+    promote(store, c1, d1)
+    promote(store, c2, d2)
+    registry.move_alias(store, MODEL, "champion", None, reason="rollback on s3")
+    assert registry.verify(store) == []
+    champ_dir, version = registry.champion(store)
+    assert version == 1 and candidate_hash(champ_dir) == candidate_hash(c1)
+    store.fs.pipe_file(store.path("versions", "v0002", "files", "train_config.json"), b"{}")
+    assert registry.verify(store) == ["v2: file train_config.json altered"]
+    store.fs.rm(store.base, recursive=True)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 import os
 import signal
@@ -205,3 +206,13 @@ def test_label_absent_from_label_map(tmp_path, capsys, monkeypatch):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"prepare": {"output_dir": "prepared"}}))
     assert main(["train"]) == 2
     assert "label 'b' in the train split is absent from" in capsys.readouterr().err
+
+
+def test_gradient_checkpointing_and_messages_format(tiny_bases, tmp_path):
+    rows = [{"messages": json.dumps([{"role": "system", "content": "be brief"},
+                                     {"role": "user", "content": r["prompt"]},
+                                     {"role": "assistant", "content": r["response"]}])} for r in sft_rows(24)]
+    write_prepared(tmp_path, rows, rows[:4])
+    result = train(make_params(tmp_path, "causal_lm", base_model=str(tiny_bases["mistral"]), max_length=64,
+                               epochs=2, batch_size=4, gradient_checkpointing=True, checkpoint_every=1000))
+    assert result.metrics["steps"] > 0 and math.isfinite(result.metrics["eval_loss"])

@@ -1,0 +1,40 @@
+"""evaluate on a causal LM candidate: loss, perplexity, exact match, ROUGE-L and golden prompts."""
+import json
+
+import pandas as pd
+
+from pipelines.config import parse_params
+from pipelines.evaluate import evaluate
+from pipelines.gate import decide
+from pipelines.train import train
+from tests.tiny_models import build_causal
+
+
+def test_causal_evaluation_and_gate_floors(tmp_path):
+    base = build_causal("llama", tmp_path / "base")
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    rows = pd.DataFrame([{"prompt": f"question {i}: what is {i} plus {i}?", "response": f"answer: it is {2 * i}."}
+                         for i in range(20)])
+    for split in ("train", "validation", "test"):
+        rows.to_parquet(prepared / f"{split}.parquet", index=False)
+    golden = tmp_path / "golden.jsonl"
+    golden.write_text(json.dumps({"prompt": "question 2: what is 2 plus 2?", "expect": ".*"}) + "\n"
+                      + json.dumps({"prompt": "question 3: what is 3 plus 3?", "expect": "^zzz-never$"}) + "\n")
+    params = parse_params({
+        "data": {"task": "causal_lm"}, "prepare": {"output_dir": str(prepared)},
+        "train": {"base_model": str(base), "output_dir": str(tmp_path / "cand"), "max_length": 64, "max_steps": 4,
+                  "checkpoint_dir": str(tmp_path / "ck"), "report_dir": str(tmp_path / "rt")},
+        "evaluate": {"report_dir": str(tmp_path / "eval"), "max_new_tokens": 8, "golden_prompts": str(golden)},
+        "gate": {"decision_path": str(tmp_path / "d.json"), "max_perplexity": 1e9, "min_golden_pass_rate": 0.9},
+    })
+    train(params, resume=False)
+    doc = evaluate(params)
+    m = doc["candidate"]
+    assert set(m) == {"eval_loss", "perplexity", "exact_match", "rouge_l", "golden_pass_rate"}
+    assert m["golden_pass_rate"] == 0.5 and 0 <= m["rouge_l"] <= 1 and m["perplexity"] > 1
+    per = pd.read_parquet(tmp_path / "eval" / "predictions.parquet")
+    assert list(per.columns) == ["candidate_exact_match", "candidate_rouge_l"] and len(per) == 20
+    decision = decide(params)
+    failed = [r["rule"] for r in decision["rules"] if not r["passed"]]
+    assert failed == ["min_golden_pass_rate"]
