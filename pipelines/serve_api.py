@@ -190,10 +190,14 @@ def install_routes(app, sp, name: str, holder, batcher, executor, metrics) -> No
             if len(text) > sp.max_chars:
                 raise HTTPException(413, f"texts[{i}]: over {sp.max_chars} characters")
         if sp.max_input_tokens:
-            counts = [len(ids) for ids in loaded.tok(texts, add_special_tokens=False)["input_ids"]]
-            for i, n in enumerate(counts):
-                if n > sp.max_input_tokens:
-                    raise HTTPException(413, f"texts[{i}]: {n} tokens, over {sp.max_input_tokens}")
+            # Without special tokens a text has at most one token per UTF-8 byte, so only texts
+            # longer than the limit in bytes need the (costly, event-loop) tokenizer pass.
+            long = [i for i, t in enumerate(texts) if len(t.encode("utf-8")) > sp.max_input_tokens]
+            if long:
+                counts = loaded.tok([texts[i] for i in long], add_special_tokens=False)["input_ids"]
+                for i, ids in zip(long, counts):
+                    if len(ids) > sp.max_input_tokens:
+                        raise HTTPException(413, f"texts[{i}]: {len(ids)} tokens, over {sp.max_input_tokens}")
 
     def _max_tokens(requested: int | None) -> int:
         if requested is not None and requested > sp.max_tokens:

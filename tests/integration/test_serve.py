@@ -83,6 +83,14 @@ def test_bad_requests_are_4xx_naming_the_field(client, payload, status, names):
     assert names in json.dumps(r.json())
 
 
+def test_input_token_limit(cls_registry):
+    with TestClient(app_for(cls_registry, max_input_tokens=6)) as c:
+        ok = c.post("/v1/classify", json={"texts": ["short one"]})
+        assert ok.status_code == 200
+        r = c.post("/v1/classify", json={"texts": ["fine", "one two three four five six seven eight"]})
+        assert r.status_code == 413 and "texts[1]" in r.text and "over 6" in r.text
+
+
 def test_malformed_json_and_oversized_body(client):
     r = client.post("/v1/classify", content=b'{"texts": [', headers={**AUTH, "content-type": "application/json"})
     assert r.status_code == 422
