@@ -203,7 +203,7 @@ def _describe(err: ValidationError, source: str) -> str:
     return f"{source}: invalid value for '{loc}': {first['msg']}"
 
 
-OTHER_STAGE_SECTIONS = ("promote", "lineage")
+OTHER_STAGE_SECTIONS = ("lineage",)
 
 
 def parse_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:

@@ -304,9 +304,9 @@ def verify(store: Store) -> list[str]:
                 problems.append(f"v{version}: file {rel} altered")
         for rel in sorted(present - set(files)):
             problems.append(f"v{version}: unexpected file {rel}")
-    current = aliases(entries)
-    for name, version in current.items():
-        if version not in registered(entries):
+    known = registered(entries)
+    for name, version in aliases(entries).items():
+        if version not in known:
             problems.append(f"alias {name} points at unregistered version {version}")
     return problems
 

@@ -99,20 +99,20 @@ def _typo(text: str, rng: np.random.Generator) -> str:
     return " ".join(words)
 
 
+# Slots filled with random numbers, in a fixed order (the order of RNG draws fixes the output).
+NUMERIC_SLOTS = {
+    "amount": lambda rng: f"£{int(rng.integers(1, 2500))}.{int(rng.integers(0, 100)):02d}",
+    "order": lambda rng: f"#{int(rng.integers(100000, 999999))}",
+    "years": lambda rng: str(int(rng.integers(1, 15))),
+    "last4": lambda rng: f"{int(rng.integers(0, 10000)):04d}",
+    "clock": lambda rng: f"{int(rng.integers(0, 24)):02d}:{int(rng.integers(0, 60)):02d}",
+    "day": lambda rng: str(int(rng.integers(1, 29))),
+}
+
+
 def _fill(template: str, rng: np.random.Generator) -> str:
     values = {k: v[int(rng.integers(0, len(v)))] for k, v in SLOTS.items() if "{" + k + "}" in template}
-    if "{amount}" in template:
-        values["amount"] = f"£{int(rng.integers(1, 2500))}.{int(rng.integers(0, 100)):02d}"
-    if "{order}" in template:
-        values["order"] = f"#{int(rng.integers(100000, 999999))}"
-    if "{years}" in template:
-        values["years"] = str(int(rng.integers(1, 15)))
-    if "{last4}" in template:
-        values["last4"] = f"{int(rng.integers(0, 10000)):04d}"
-    if "{clock}" in template:
-        values["clock"] = f"{int(rng.integers(0, 24)):02d}:{int(rng.integers(0, 60)):02d}"
-    if "{day}" in template:
-        values["day"] = str(int(rng.integers(1, 29)))
+    values.update({k: make(rng) for k, make in NUMERIC_SLOTS.items() if "{" + k + "}" in template})
     return template.format(**values)
 
 

@@ -141,7 +141,6 @@ class Holder:
             log.error("version %s failed to load or warm up; still serving %s: %s", target,
                       self.current.version if self.current else None, err)
             return
-        self.failed = {v for v in self.failed if v != target}
         self.current = candidate  # one reference swap: requests already holding the old one finish on it
         self.metrics.version.set(target)
         log.warning("now serving %s v%s", self.alias, target)

@@ -23,6 +23,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_loopback(app):
+    """Run an ASGI app with uvicorn in a thread on a free loopback port; return (server, url)."""
+    import threading
+    import time
+
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    threading.Thread(target=server.run, daemon=True).start()
+    while not server.started:
+        time.sleep(0.02)
+    return server, f"http://127.0.0.1:{port}"
+
+
 def _prepared(root: Path, task: str) -> Path:
     out = root / "prepared"
     out.mkdir(parents=True, exist_ok=True)

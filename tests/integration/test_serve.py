@@ -6,7 +6,6 @@ import threading
 import time
 
 import pytest
-import uvicorn
 from fastapi import FastAPI, HTTPException
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
@@ -14,7 +13,7 @@ from hypothesis import strategies as st
 
 from pipelines.config import parse_params
 from pipelines.serve import create_app
-from tests.serving_support import build_registry, free_port
+from tests.serving_support import build_registry, start_loopback
 from tests.tiny_models import build_causal
 
 KEY = "s3cret-key"
@@ -171,11 +170,7 @@ class FakeUpstream:
                 {"index": 0, "message": {"role": "assistant", "content": self.answer}, "finish_reason": "stop"}],
                 "usage": {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12}}
 
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error"))
-        threading.Thread(target=self.server.run, daemon=True).start()
-        while not self.server.started:
-            time.sleep(0.02)
+        self.server, self.url = start_loopback(app)
 
     def stop(self):
         self.server.should_exit = True
@@ -184,7 +179,7 @@ class FakeUpstream:
 def test_hybrid_routing_low_confidence_goes_upstream_and_failures_fall_back(cls_registry):
     up = FakeUpstream("change_pin")
     try:
-        app = app_for(cls_registry, fallback={"url": f"http://127.0.0.1:{up.port}", "classify_threshold": 0.999})
+        app = app_for(cls_registry, fallback={"url": up.url, "classify_threshold": 0.999})
         with TestClient(app) as c:
             r = c.post("/v1/classify", json={"texts": ["something unclear"]}).json()["results"][0]
             assert r["route"] == "upstream" and r["label"] == "change_pin" and "local_label" in r
@@ -197,7 +192,7 @@ def test_hybrid_routing_low_confidence_goes_upstream_and_failures_fall_back(cls_
             assert r["route"] == "local" and "fallback_error" in r
         up.stop()
         time.sleep(0.3)
-        with TestClient(app_for(cls_registry, fallback={"url": f"http://127.0.0.1:{up.port}",
+        with TestClient(app_for(cls_registry, fallback={"url": up.url,
                                                         "classify_threshold": 0.999, "timeout_s": 1})) as c:
             r = c.post("/v1/classify", json={"texts": ["something unclear"]})
             assert r.status_code == 200 and r.json()["results"][0]["fallback_error"].startswith("upstream failed")
@@ -208,7 +203,7 @@ def test_hybrid_routing_low_confidence_goes_upstream_and_failures_fall_back(cls_
 def test_out_of_domain_chat_goes_upstream(gen_registry):
     up = FakeUpstream("Our refund policy is ...")
     try:
-        app = app_for(gen_registry, fallback={"url": f"http://127.0.0.1:{up.port}", "ood_patterns": ["refund policy"]})
+        app = app_for(gen_registry, fallback={"url": up.url, "ood_patterns": ["refund policy"]})
         with TestClient(app) as c:
             r = c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "What is your REFUND POLICY?"}]})
             assert r.json()["route"] == "upstream" and r.json()["choices"][0]["message"]["content"].startswith("Our")

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from pipelines import registry
+from pipelines.serve import wait_ready
 from tests.conftest import cli_env
 from tests.serving_support import build_registry, free_port
 
@@ -42,7 +43,7 @@ def test_swaps_under_load_fail_no_request(reg, tmp_path):
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: _ready(url), 120, "server ready")
+        wait_ready(url, 120, proc=server)
         stop = threading.Event()
         seen: list[list[int]] = [[] for _ in range(4)]
         failures: list[str] = []
@@ -97,7 +98,7 @@ def test_a_version_that_fails_to_load_is_skipped_and_the_old_one_kept(reg, tmp_p
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: _ready(url), 120, "server ready")
+        wait_ready(url, 120, proc=server)
         other = 1 if current != 1 else 3
         weights = registry.version_dir(store, other) / "adapter" / "adapter_model.safetensors"
         original = weights.read_bytes()
@@ -114,10 +115,3 @@ def test_a_version_that_fails_to_load_is_skipped_and_the_old_one_kept(reg, tmp_p
     finally:
         server.terminate()
         server.wait(timeout=30)
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False

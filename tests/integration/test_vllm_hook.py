@@ -1,14 +1,10 @@
 """The vLLM promotion hook against a small fake of vLLM's runtime-LoRA endpoints on loopback."""
-import threading
-import time
-
 import pytest
-import uvicorn
 from fastapi import FastAPI, HTTPException
 
 from pipelines.errors import CheckFailed
 from pipelines.vllm_hook import promote_to_vllm
-from tests.serving_support import free_port
+from tests.serving_support import start_loopback
 
 
 class FakeVLLM:
@@ -39,12 +35,7 @@ class FakeVLLM:
             self.adapters.pop(body["lora_name"])
             return "ok"
 
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error"))
-        threading.Thread(target=self.server.run, daemon=True).start()
-        while not self.server.started:
-            time.sleep(0.02)
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.server, self.url = start_loopback(app)
 
 
 @pytest.mark.parametrize("inplace", [True, False])
