@@ -180,6 +180,47 @@ class ServeParams(_Section):
     fallback: FallbackParams = FallbackParams()
 
 
+class GateBounds(_Section):
+    """How far a UI-triggered run may move a gate threshold: never below `floor`."""
+
+    min_accuracy: float = Field(0.5, ge=0.0, le=1.0)
+    min_macro_f1: float = Field(0.4, ge=0.0, le=1.0)
+
+
+class LifecycleParams(_Section):
+    """What the `model_lifecycle` DAG's params form offers; `pipelines.lifecycle` re-checks a run's values."""
+
+    datasets: dict[str, str] = Field(default_factory=lambda: {"default": "data/raw"})  # name -> raw path
+    base_models: tuple[str, ...] = ("minilm",)          # the allowlist a run may choose from
+    max_epochs: int = Field(20, ge=1)
+    learning_rate_range: tuple[float, float] = (1e-6, 0.05)
+    lora_ranks: tuple[int, ...] = (4, 8, 16, 32, 64)
+    gate_floor: GateBounds = GateBounds()               # overrides may tighten freely, loosen only to here
+    serving_urls: tuple[str, ...] = ()                  # servers to confirm the swap with after promotion
+    serving_timeout_s: float = Field(120.0, gt=0.0)
+
+    @model_validator(mode="after")
+    def _names(self) -> "LifecycleParams":
+        import re
+
+        for name in self.datasets:
+            if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,39}", name):
+                raise ValueError(f"dataset name {name!r} must match [a-z0-9][a-z0-9_-]*")
+        if not self.datasets or not self.base_models:
+            raise ValueError("datasets and base_models must not be empty")
+        return self
+
+
+class LineageParams(_Section):
+    """Where each lifecycle run's evidence goes: a git branch of its own and the DVC remote."""
+
+    branch: str = Field("lineage", pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,99}$")
+    push: bool = True                                   # `dvc push` data and models after each run
+    evidence: tuple[str, ...] = ("reports/validate/result.json", "reports/train/metrics.json",
+                                 "reports/train/loss.csv", "reports/evaluate/metrics.json",
+                                 "reports/gate/decision.json", "data/prepared/data_card.json")
+
+
 class Params(_Section):
     """All sections of params.yaml that the stages read."""
 
@@ -191,6 +232,8 @@ class Params(_Section):
     gate: GateParams = GateParams()
     registry: RegistryParams = RegistryParams()
     serve: ServeParams = ServeParams()
+    lifecycle: LifecycleParams = LifecycleParams()
+    lineage: LineageParams = LineageParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -203,7 +246,7 @@ def _describe(err: ValidationError, source: str) -> str:
     return f"{source}: invalid value for '{loc}': {first['msg']}"
 
 
-OTHER_STAGE_SECTIONS = ("lineage",)
+OTHER_STAGE_SECTIONS: tuple[str, ...] = ()
 
 
 def parse_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:

@@ -38,9 +38,13 @@ def test_bad_params_are_rejected_with_the_key_named(raw, fragment):
     assert "\n" not in str(err.value)
 
 
-def test_later_stage_sections_are_left_to_their_modules():
-    params = parse_params({"lineage": {"anything": 3}, "data": {"task": "causal_lm"}})
-    assert params.data.task == "causal_lm"
+def test_lifecycle_and_lineage_sections_are_validated_too():
+    params = parse_params({"lineage": {"branch": "audit/runs"}, "lifecycle": {"datasets": {"weekly": "data/w"}}})
+    assert params.lineage.branch == "audit/runs" and params.lifecycle.datasets == {"weekly": "data/w"}
+    with pytest.raises(ConfigError, match="unknown key 'lineage.anything'"):
+        parse_params({"lineage": {"anything": 3}})
+    with pytest.raises(ConfigError, match="lifecycle"):
+        parse_params({"lifecycle": {"datasets": {"../etc": "x"}}})
 
 
 def test_params_are_frozen():
