@@ -147,7 +147,7 @@ def _git(*args: str) -> str | None:
 
 
 def build_manifest(model: str, version: int, candidate: Path, decision: dict, evaluation: dict | None,
-                   by: str) -> dict[str, Any]:
+                   by: str, evidence: dict[str, bytes] | None = None) -> dict[str, Any]:
     config = json.loads((candidate / "train_config.json").read_text(encoding="utf-8"))
     files = _files(candidate)
     dvc_lock = Path("dvc.lock")
@@ -162,11 +162,15 @@ def build_manifest(model: str, version: int, candidate: Path, decision: dict, ev
         "run": {"dag_id": os.environ.get("AIRFLOW_CTX_DAG_ID"), "run_id": os.environ.get("AIRFLOW_CTX_DAG_RUN_ID"),
                 "task_id": os.environ.get("AIRFLOW_CTX_TASK_ID")},
         "triggered_by": by, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        # Copies of what the auditor's chain needs (dvc.lock, raw .dvc, params, reports), kept beside the
+        # version so that `pipelines lineage` can re-check them after the workspace has moved on.
+        "evidence": {name: _sha(data) for name, data in sorted((evidence or {}).items())},
     }
 
 
-def _store_version(store: Store, version: int, candidate: Path, manifest: dict[str, Any]) -> str:
-    """Copy the candidate in, complete before it becomes visible; return the manifest sha256."""
+def _store_version(store: Store, version: int, candidate: Path, manifest: dict[str, Any],
+                   evidence: dict[str, bytes] | None = None) -> str:
+    """Copy the candidate (and evidence) in, complete before it becomes visible; return the manifest sha256."""
     target = store.path("versions", f"v{version:04d}")
     data = json.dumps(manifest, indent=2, sort_keys=True, default=str).encode("utf-8")
     if store.fs.exists(target):  # an orphan left by a killed run: never referenced by the ledger
@@ -175,10 +179,15 @@ def _store_version(store: Store, version: int, candidate: Path, manifest: dict[s
         Path(target).parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=Path(target).parent, prefix=f".v{version:04d}.", suffix=".tmp"))
         shutil.copytree(candidate, tmp / "files")
+        for name, blob in (evidence or {}).items():
+            (tmp / "evidence").mkdir(exist_ok=True)
+            (tmp / "evidence" / name).write_bytes(blob)
         (tmp / "manifest.json").write_bytes(data)
         os.replace(tmp, target)
     else:
         store.fs.put(str(candidate), target + "/files", recursive=True)
+        for name, blob in (evidence or {}).items():
+            store.fs.pipe_file(f"{target}/evidence/{name}", blob)
         store.fs.pipe_file(target + "/manifest.json", data)
     return _sha(data)
 
@@ -208,7 +217,8 @@ def init(store: Store, by: str | None = None) -> None:
                                 "by": by or _who(), "reason": "registry created"})
 
 def promote(store: Store, model: str, candidate: Path, decision_path: Path, evaluation_path: Path | None,
-            by: str | None = None, approved_by: str | None = None, reason: str = "") -> dict[str, Any]:
+            by: str | None = None, approved_by: str | None = None, reason: str = "",
+            evidence: dict[str, bytes] | None = None) -> dict[str, Any]:
     """Register the candidate (once) and move `champion` to it, only with a passing decision for it."""
     from pipelines.evaluate import candidate_hash
 
@@ -235,9 +245,9 @@ def promote(store: Store, model: str, candidate: Path, decision_path: Path, eval
         reg = None
         if version is None:
             version = max(registered(entries), default=0) + 1
-            manifest = build_manifest(model, version, candidate, decision, evaluation, by)
+            manifest = build_manifest(model, version, candidate, decision, evaluation, by, evidence)
             reg = {"version": version, "candidate_hash": current_hash,
-                   "manifest_sha256": _store_version(store, version, candidate, manifest)}
+                   "manifest_sha256": _store_version(store, version, candidate, manifest, evidence)}
         moved = {**current, "champion": version}
         if current.get("champion") is not None:
             moved["previous"] = current["champion"]
@@ -296,6 +306,12 @@ def verify(store: Store) -> list[str]:
             problems.append(f"v{version}: manifest.json altered")
             continue
         files = json.loads(raw)["files"]
+        for name, digest in json.loads(raw).get("evidence", {}).items():
+            path = f"{vdir}/evidence/{name}"
+            if not store.fs.exists(path):
+                problems.append(f"v{version}: evidence {name} missing")
+            elif _sha(store.fs.cat_file(path)) != digest:
+                problems.append(f"v{version}: evidence {name} altered")
         present = {p[len(vdir) + len("/files/"):] for p in store.fs.find(vdir + "/files")}
         for rel, digest in files.items():
             if rel not in present:
