@@ -82,14 +82,15 @@ def _store(args: argparse.Namespace):
 def _promote(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from pipelines import registry
+    from pipelines import lineage, registry
 
     params, model, store = _store(args)
     registry.init(store)
     result = registry.promote(store, model, Path(args.candidate or params.train.output_dir),
                               Path(args.decision or params.gate.decision_path),
                               Path(params.evaluate.report_dir) / "metrics.json",
-                              approved_by=args.approved_by, reason=args.reason or "")
+                              approved_by=args.approved_by, reason=args.reason or "",
+                              evidence=lineage.evidence(params))
     _mirror(params, model, result["version"] if result["changed"] else None, args.reason or "promoted")
     return 0
 
@@ -177,6 +178,33 @@ def _vllm_promote(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lineage(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from pipelines import lineage
+    from pipelines.config import load_params
+
+    params = load_params(args.params)
+    chain = lineage.trace(params, args.model or params.registry.model_name,
+                          alias=None if args.version else args.alias, version=args.version)
+    if args.html:
+        from pipelines.dataio import atomic_write_text
+
+        atomic_write_text(Path(args.html), lineage.render_html(chain))
+    if args.json:
+        print(json.dumps(chain, indent=2, default=str))
+    else:
+        for link in chain["links"]:
+            print(f"{link['status']:>8}  {link['step']:<13} {link['detail']}")
+    if not chain["verified"]:
+        bad = [f"{link['step']} {link['status']}: {link['detail']}" for link in chain["links"] if link["status"] != "ok"]
+        raise CheckFailed(f"lineage of {chain['model']} v{chain['version']} NOT verified: {bad[0]}"
+                          + (f" (+{len(bad) - 1} more)" if len(bad) > 1 else ""))
+    print(f"lineage of {chain['model']} v{chain['version']} verified", file=sys.stderr)
+    return 0
+
+
 def _sample(args: argparse.Namespace) -> int:
     from pipelines.sample_data import write_sample
 
@@ -188,7 +216,7 @@ def _sample(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from pipelines.demo import run_demo
 
-    run_demo(faulty_drop=args.faulty_drop)
+    run_demo(faulty_drop=args.faulty_drop, second_run=not args.single_run)
     return 0
 
 
@@ -268,6 +296,15 @@ def build_parser() -> argparse.ArgumentParser:
     vp.add_argument("--api-key-env", default="VLLM_API_KEY")
     vp.set_defaults(handler=_vllm_promote)
 
+    ln = sub.add_parser("lineage", help="the audit chain of a served version, every hash re-checked")
+    ln.add_argument("--model", default=None)
+    which = ln.add_mutually_exclusive_group()
+    which.add_argument("--alias", default="champion")
+    which.add_argument("--version", type=int, default=None)
+    ln.add_argument("--json", action="store_true", help="print the chain as JSON (with \"verified\")")
+    ln.add_argument("--html", default=None, metavar="FILE", help="also write the chain as an HTML page")
+    ln.set_defaults(handler=_lineage)
+
     s = sub.add_parser("sample", help="write a deterministic sample dataset (a weekly drop)")
     s.add_argument("--out", default="data/raw", help="directory (a drop file is written in it) or file path")
     s.add_argument("--rows", type=int, default=2000)
@@ -276,8 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--faulty", action="store_true", help="plant contract violations (for gate demos)")
     s.set_defaults(handler=_sample)
 
-    d = sub.add_parser("demo", help="the main job on the embedded default (sample data -> dvc repro)")
-    d.add_argument("--faulty-drop", action="store_true", help="also add a faulty drop and show the gate stop it")
+    d = sub.add_parser("demo", help="the main job on the embedded default: the model_lifecycle DAG, "
+                                    "twice, then serve and verify lineage")
+    d.add_argument("--faulty-drop", action="store_true", help="also add a faulty drop and show validate stop the run")
+    d.add_argument("--single-run", action="store_true", help="skip the second run on a new weekly drop")
     d.set_defaults(handler=_demo)
     return parser
 
