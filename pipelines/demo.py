@@ -1,13 +1,12 @@
-"""The main job on the embedded default: sample data -> DVC-tracked raw drop -> `dvc repro`
-(validate -> prepare -> train MiniLM + LoRA -> evaluate -> gate) -> promote to the registry.
+"""The main job on the embedded default, orchestrated by Airflow: the `model_lifecycle` DAG run with
+`airflow dags test` on a SQLite metadata DB, twice (a first model, then a challenger on a new weekly
+drop), then the champion served and its lineage verified.
 
-Inputs: the project checkout (dvc.yaml, params.yaml, .dvc/ with the local default remote).
-Outputs, all git-ignored except the two DVC lineage files: `data/raw/` (generated drop),
-`data/raw.dvc` and `dvc.lock` (lineage, yours to commit), `data/quarantine.jsonl`,
-`data/prepared/`, `models/candidate/`, `checkpoints/train/`, `reports/`, `registry/` (versions,
-ledger), `.dvc/cache/` and the remote `.dvc-storage/`.
-With `faulty_drop`, a faulty weekly drop is added, shown to be stopped by `validate` (the
-prepared data stays as it was), then removed again.
+Inputs: the project checkout (dvc.yaml, params.yaml, dags/, .dvc/ with the local default remote).
+Outputs, all git-ignored except two DVC lineage files and one branch: `data/raw/` (generated drops),
+`data/raw.dvc` and `dvc.lock` (yours to commit), the branch `lineage` (one commit per run),
+`.airflow/` (metadata DB, logs), `.lifecycle/` (run records), `data/prepared/`, `models/candidate/`,
+`checkpoints/`, `reports/`, `registry/`, `.dvc/cache/` and the remote `.dvc-storage/`.
 """
 from __future__ import annotations
 
@@ -15,14 +14,16 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-from pipelines import registry
+from pipelines import airflow_local, lifecycle, lineage
 from pipelines.config import load_params
 from pipelines.errors import CheckFailed, ConfigError
 from pipelines.sample_data import write_sample
 
 DEMO_ROWS = 2000
+NEW_DROP_ROWS = 600
 
 
 def _dvc(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -35,48 +36,76 @@ def _dvc(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return proc
 
 
-def run_demo(faulty_drop: bool = False) -> dict:
-    """Run the data half of the lifecycle in the current checkout; return a summary."""
-    if not Path("dvc.yaml").exists() or not Path(".dvc").is_dir():
-        raise ConfigError("run the demo from the project root (dvc.yaml and .dvc/ not found here)")
+def lifecycle_run(root: Path, conf: dict | None = None, label: str = "") -> dict:
+    """One `airflow dags test model_lifecycle` run; returns its run record (what it decided and why)."""
+    before = time.time()
+    _say(f"--- airflow dags test model_lifecycle {label}".rstrip())
+    done = airflow_local.dags_test(root, "model_lifecycle", conf or {})
+    records = sorted((root / lifecycle.STATE / "runs").glob("*.json"), key=lambda p: p.stat().st_mtime)
+    record = json.loads(records[-1].read_text(encoding="utf-8")) if records else {}
+    if not records or records[-1].stat().st_mtime < before:
+        record = {}
+    record["exit_code"] = done.returncode
+    record["seconds"] = round(time.time() - before, 1)
+    _say(f"run {record.get('run_id')}: exit {done.returncode} in {record['seconds']} s: {record.get('note')}")
+    return record
+
+
+def run_demo(faulty_drop: bool = False, second_run: bool = True) -> dict:
+    """Run the lifecycle DAG in the current checkout (twice), serve the champion, verify its lineage."""
+    if not Path("dvc.yaml").exists() or not Path(".dvc").is_dir() or not Path("dags").is_dir():
+        raise ConfigError("run the demo from the project root (dvc.yaml, dags/ and .dvc/ not found here)")
+    root = Path.cwd()
     params = load_params()
     raw = Path(params.data.raw)
     drop = write_sample(raw, rows=DEMO_ROWS, seed=0)
     _say(f"sample drop: {drop} ({DEMO_ROWS} rows, deterministic)")
-    _dvc("add", "--quiet", str(raw))
-    store = registry.open_store(params.registry.root, params.registry.model_name)
-    registry.init(store)
-    repro = _dvc("repro", check=False)
-    ran = [ln for ln in repro.stdout.splitlines() if ln.startswith(("Running stage", "Stage '"))]
-    _say("dvc repro: " + "; ".join(ran))
-    if repro.returncode != 0:
-        reasons = [ln for ln in repro.stderr.splitlines() if ln.startswith(("gate rule failed", "FAILED", "error:"))]
-        raise CheckFailed("the pipeline stopped before promotion: " + ("; ".join(reasons) or repro.stderr.strip()[-300:]))
-    _dvc("push", "--quiet")
-    registry.promote(store, params.registry.model_name, Path(params.train.output_dir), Path(params.gate.decision_path),
-                     Path(params.evaluate.report_dir) / "metrics.json", reason="demo: passed gate")
-    summary = _summary(params)
-    summary["registry"] = {"root": params.registry.root, "aliases": registry.aliases(registry.read_ledger(store))}
-    summary["served"] = _serve_once(params)
+    airflow_local.setup(root)
+    summary: dict = {"runs": []}
+    first = lifecycle_run(root, label="(first model)")
+    summary["runs"].append(_brief(first))
+    if first["exit_code"] != 0 or not first.get("promotion"):
+        raise CheckFailed(f"the first lifecycle run did not promote a model: {first.get('note')}")
+    if second_run:
+        new = write_sample(raw, rows=NEW_DROP_ROWS, seed=1)
+        _say(f"new weekly drop: {new} ({NEW_DROP_ROWS} rows)")
+        second = lifecycle_run(root, label="(challenger on the new drop)")
+        summary["runs"].append(_brief(second))
+        if second["exit_code"] != 0:
+            raise CheckFailed(f"the second lifecycle run failed: {second.get('note')}")
     if faulty_drop:
-        summary["faulty_drop"] = _faulty_round(raw)
+        summary["faulty_drop"] = _faulty_round(root, raw)
+    chain = lineage.trace(load_params(), params.registry.model_name, alias="champion")
+    for link in chain["links"]:
+        _say(f"  lineage {link['status']:>8}  {link['step']:<13} {link['detail']}")
+    if not chain["verified"]:
+        raise CheckFailed(f"the champion's lineage did not verify: {chain['links']}")
+    summary["lineage"] = {"version": chain["version"], "verified": chain["verified"],
+                          "branch": first.get("lineage_branch"), "dvc.lock": "dvc.lock", "raw": f"{raw}.dvc",
+                          "remote": _remote_url()}
+    summary["served"] = _serve_once(params)
     _say(json.dumps(summary, indent=2))
     return summary
 
 
-def _faulty_round(raw: Path) -> dict:
-    """Add a faulty drop, show validate stopping it, then restore the good state."""
+def _brief(record: dict) -> dict:
+    snap = record.get("snapshot") or {}
+    return {"run_id": record.get("run_id"), "exit_code": record.get("exit_code"), "seconds": record.get("seconds"),
+            "data": {"files": len(snap.get("files", [])), "md5": snap.get("md5")},
+            "gate": {k: (record.get("gate") or {}).get(k) for k in ("passed", "summary", "reasons")},
+            "promotion": record.get("promotion"), "lineage_commit": record.get("lineage_commit"),
+            "note": record.get("note")}
+
+
+def _faulty_round(root: Path, raw: Path) -> dict:
+    """Add a faulty drop, show the DAG stopping at validate (nothing promoted), then remove it."""
     bad = write_sample(raw, rows=300, seed=7, faulty=True)
     try:
-        _dvc("add", "--quiet", str(raw))
-        proc = _dvc("repro", check=False)
-        verdict = [ln for ln in proc.stderr.splitlines() if ln.startswith(("FAILED", "error:", "row-level"))]
-        _say(f"faulty drop {bad}: dvc repro exit {proc.returncode}; validate said:\n  " + "\n  ".join(verdict))
-        return {"path": str(bad), "repro_exit": proc.returncode, "failures": verdict}
+        record = lifecycle_run(root, label="(faulty drop)")
+        return {"path": str(bad), "exit_code": record["exit_code"], "note": record.get("note")}
     finally:
         bad.unlink(missing_ok=True)
         _dvc("add", "--quiet", str(raw))
-        _dvc("repro")
 
 
 def _serve_once(params) -> dict:
@@ -112,27 +141,6 @@ def _serve_once(params) -> dict:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-
-
-def _summary(params) -> dict:
-    result = json.loads((Path(params.validate_.report_dir) / "result.json").read_text(encoding="utf-8"))
-    card = json.loads((Path(params.prepare.output_dir) / "data_card.json").read_text(encoding="utf-8"))
-    trained = json.loads((Path(params.train.report_dir) / "metrics.json").read_text(encoding="utf-8"))
-    decision = json.loads(Path(params.gate.decision_path).read_text(encoding="utf-8"))
-    return {
-        "validation": {"status": result["status"], "rows": result["rows"],
-                       "report": str(Path(params.validate_.report_dir) / "result.json"),
-                       "data_docs": str(Path(params.validate_.report_dir) / "data_docs" / "index.html")},
-        "prepared": {"dir": params.prepare.output_dir,
-                     "splits": {k: v["rows"] for k, v in card["splits"].items()},
-                     "labels": card["num_labels"], "dropped": card["dropped"], "pii_redacted": card["pii_redactions"]},
-        "training": {"model": params.train.output_dir, "base_model": params.train.base_model,
-                     **{k: trained[k] for k in ("steps", "eval_loss", "eval_accuracy", "duration_seconds")
-                        if k in trained}},
-        "gate": {"passed": decision["passed"], "candidate": decision["candidate_hash"][:12],
-                 "rules": {r["rule"]: r["passed"] for r in decision["rules"]}},
-        "lineage": {"dvc.lock": "dvc.lock", "raw": f"{params.data.raw}.dvc", "remote": _remote_url()},
-    }
 
 
 def _remote_url() -> str:
