@@ -17,7 +17,7 @@ see the `data_arrival` DAG), or from the trigger form. One run at a time: DVC al
 """
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task, teardown
@@ -57,7 +57,8 @@ def _stage(name: str, **kwargs):
 @dag(
     dag_id="model_lifecycle",
     schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("0 3 * * 1", timezone="UTC"), assets=[RAW_DROPS]),
-    start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
+    # No start_date: with it, unpausing would start the missed weekly retrain at once; without it the
+    # first scheduled run waits for the next Monday 03:00 (CronTriggerTimetable run_immediately=False).
     catchup=False,
     max_active_runs=1,
     tags=["mlops", "lifecycle", MODEL],

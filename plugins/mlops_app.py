@@ -116,13 +116,17 @@ def model_page(model: str, request: Request) -> Response:
     drows = "".join(
         f"<tr><td>{_run_link(d['run_id'])}</td><td class='{'ok' if (d['gate'] or {}).get('passed') else 'bad'}'>"
         f"{ESC(str((d['gate'] or {}).get('summary', '-')))}</td><td>{ESC(str(d['note']))}</td></tr>" for d in decisions)
-    lrows = "".join(f"<tr><td>{e['seq']}</td><td>{ESC(str(e['at']))}</td><td>{ESC(e['action'])}</td><td>v{e['version']}</td>"
+    lrows = "".join(f"<tr><td>{e['seq']}</td><td>{ESC(str(e['at']))}</td><td>{ESC(e['action'])}</td><td>{_version(e['version'])}</td>"
                     f"<td>{ESC(str(e['by']))}</td><td>{ESC(str(e.get('reason', '')))}</td></tr>" for e in entries)
     return _page(f"{model}", "<h2>Versions</h2><table id='versions'><tr><th>version</th><th>aliases</th><th>created</th>"
                  f"<th>gate</th><th>run</th><th>triggered by</th></tr>{vrows}</table>"
                  "<h2>Gate decisions of lifecycle runs</h2><table id='decisions'><tr><th>run</th><th>gate</th><th>outcome</th></tr>"
                  f"{drows}</table><h2>Ledger</h2><table id='ledger'><tr><th>#</th><th>at</th><th>action</th><th>version</th>"
                  f"<th>by</th><th>reason</th></tr>{lrows}</table>")
+
+
+def _version(number: int | None) -> str:
+    return "-" if number is None else f"v{number}"
 
 
 def _run_link(run_id: str | None) -> str:

@@ -1,0 +1,191 @@
+"""A real `airflow standalone` (api-server, scheduler, dag-processor, triggerer) on a throw-away copy
+of the project: model_lifecycle triggered through the REST API v2 with params as the UI form sends
+them, the registry and the lineage checked, the run's note written by the plugin's listener, a new
+drop starting the lifecycle through the `raw_drops` Asset, and the plugin page protected and shown
+in a real headless Chromium (screenshot kept as a test artefact)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from pipelines import airflow_local, lifecycle
+from tests.lifecycle_support import airflow_env, make_project, pipelines
+from tests.serving_support import free_port
+
+pytestmark = pytest.mark.integration
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def airflow(tmp_path_factory):
+    repo = make_project(tmp_path_factory.mktemp("standalone"), train={"epochs": 2, "max_length": 32,
+                                                                      "checkpoint_every": 20})
+    lifecycle.new_drops(repo, "data/raw")  # the arrival sensor's first look: today's drop is known
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = airflow_env(repo, AIRFLOW__API__HOST="127.0.0.1", AIRFLOW__API__PORT=str(port),
+                      AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"{url}/execution/",
+                      AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="admin:admin",
+                      AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="True",
+                      AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL="5",
+                      AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="5")
+    airflow_local.setup(repo)
+    log = open(repo / ".airflow" / "standalone.log", "w")
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "airflow"), "standalone"], cwd=repo, env=env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        token = _wait_token(url, repo, proc)
+        yield {"url": url, "repo": repo, "token": token, "headers": {"Authorization": f"Bearer {token}"}}
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+def _wait_token(url: str, repo: Path, proc) -> str:
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, (repo / ".airflow" / "standalone.log").read_text()[-3000:]
+        passwords = repo / ".airflow" / "passwords.json"
+        try:
+            if passwords.exists() and httpx.get(f"{url}/api/v2/monitor/health", timeout=5).status_code == 200:
+                password = json.loads(passwords.read_text())["admin"]
+                r = httpx.post(f"{url}/auth/token", json={"username": "admin", "password": password}, timeout=10)
+                if r.status_code in (200, 201):
+                    return r.json()["access_token"]
+        except (httpx.HTTPError, ValueError, KeyError):
+            pass
+        time.sleep(2)
+    raise AssertionError("airflow standalone did not come up:\n" + (repo / ".airflow" / "standalone.log").read_text()[-3000:])
+
+
+def _api(af, method: str, path: str, **kw) -> httpx.Response:
+    return httpx.request(method, f"{af['url']}/api/v2{path}", headers=af["headers"], timeout=30, **kw)
+
+
+def _wait_for(predicate, seconds: float, what: str, every: float = 3.0):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _wait_run(af, dag_id: str, run_id: str, seconds: float = 900) -> dict:
+    def finished():
+        run = _api(af, "GET", f"/dags/{dag_id}/dagRuns/{run_id}").json()
+        return run if run.get("state") in ("success", "failed") else None
+    run = _wait_for(finished, seconds, f"{dag_id} {run_id}", every=5)
+    if run["state"] != "success":
+        tis = _api(af, "GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances").json()["task_instances"]
+        raise AssertionError(f"{dag_id} {run_id} {run['state']}: " + str([(t["task_id"], t["state"]) for t in tis]))
+    return run
+
+
+def test_trigger_from_the_rest_api_like_the_ui_form(airflow):
+    af = airflow
+    _wait_for(lambda: _api(af, "GET", "/dags/model_lifecycle").status_code == 200, 180, "the DAG to be parsed")
+    form = {"dataset": "default", "base_model": "minilm", "epochs": 2, "learning_rate": 0.003, "lora_rank": 8,
+            "min_accuracy": None, "min_macro_f1": None, "require_approval": False}
+    refused = _api(af, "POST", "/dags/model_lifecycle/dagRuns", json={"logical_date": None, "conf": {**form, "epochs": 99}})
+    assert refused.status_code == 400 and "epochs" in refused.text
+    created = _api(af, "POST", "/dags/model_lifecycle/dagRuns", json={"logical_date": None, "conf": form})
+    assert created.status_code == 200, created.text
+    run_id = created.json()["dag_run_id"]
+    assert _api(af, "PATCH", "/dags/model_lifecycle", json={"is_paused": False}).status_code == 200
+    _wait_run(af, "model_lifecycle", run_id)
+
+    record = lifecycle.read_record(af["repo"], run_id)
+    assert record["promotion"]["version"] == 1 and record["run"]["triggered_by"] == "admin"
+    chain = json.loads(pipelines(af["repo"], "lineage", "--json").stdout)
+    assert chain["verified"] and chain["links"][-1]["run_id"] == run_id and chain["links"][-1]["triggered_by"] == "admin"
+    note = _wait_for(lambda: _api(af, "GET", f"/dags/model_lifecycle/dagRuns/{run_id}").json().get("note"), 60,
+                     "the listener's note")
+    assert note == record["note"] and note.startswith("promoted text-classifier v1")
+    af["run_id"] = run_id
+
+
+def test_new_drop_starts_the_lifecycle_through_the_asset(airflow):
+    af = airflow
+    assert af.get("run_id"), "needs the first run"
+    pipelines(af["repo"], "sample", "--out", "data/raw", "--rows", "300", "--seed", "3")
+    assert _api(af, "PATCH", "/dags/data_arrival", json={"is_paused": False}).status_code == 200
+    sensed = _api(af, "POST", "/dags/data_arrival/dagRuns", json={"logical_date": None}).json()["dag_run_id"]
+    _wait_run(af, "data_arrival", sensed, seconds=180)
+
+    def asset_run():
+        runs = _api(af, "GET", "/dags/model_lifecycle/dagRuns").json()["dag_runs"]
+        return next((r for r in runs if r["run_type"] == "asset_triggered"), None)
+    run = _wait_for(asset_run, 120, "an asset-triggered model_lifecycle run")
+    _wait_run(af, "model_lifecycle", run["dag_run_id"])
+    record = lifecycle.read_record(af["repo"], run["dag_run_id"])
+    assert record["run"]["triggered_by"] == "asset event (new data drop)"
+    assert len(record["snapshot"]["files"]) == 2 and record["gate"]["champion_version"] == 1
+
+
+def test_plugin_pages_need_an_airflow_login(airflow):
+    af = airflow
+    page = f"{af['url']}/mlops/models/text-classifier"
+    assert httpx.get(page, timeout=10).status_code == 401
+    assert httpx.get(page, headers={"Authorization": "Bearer not-a-jwt"}, timeout=10).status_code == 403
+    assert httpx.get(page, cookies={"_token": "forged"}, timeout=10).status_code == 403
+    data = httpx.get(f"{page}?format=json", headers=af["headers"], timeout=30).json()
+    assert data["aliases"]["champion"] in (1, 2) and [v["version"] for v in data["versions"]][-1] == 1
+    lineage = httpx.get(f"{page}/versions/1?format=json", headers=af["headers"], timeout=60).json()
+    assert lineage["verified"] is True
+    run = httpx.get(f"{af['url']}/mlops/runs/{af['run_id']}?format=json", headers=af["headers"], timeout=10).json()
+    assert run["promotion"]["version"] == 1
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (./dev.sh test installs it)")
+def test_models_page_in_a_real_browser(airflow, tmp_path):
+    from PIL import Image
+    from playwright.sync_api import sync_playwright
+
+    af = airflow
+    shot = tmp_path / "mlops-models.png"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        try:
+            context = browser.new_context(viewport={"width": 1280, "height": 900})
+            context.add_cookies([{"name": "_token", "value": af["token"], "url": af["url"]}])
+            page = context.new_page()
+            page.goto(f"{af['url']}/plugin/mlops", wait_until="networkidle")  # the UI's nav entry: an iframe
+            frame = _frame(page, "/mlops/")
+            frame.wait_for_selector("#models")
+            assert "text-classifier" in frame.inner_text("#models") and "champion=v" in frame.inner_text("#models")
+            page.screenshot(path=str(shot), full_page=True)
+            page.goto(f"{af['url']}/mlops/models/text-classifier/versions/1")
+            assert page.inner_text("#verdict") == "verified"
+        finally:
+            browser.close()
+    image = Image.open(shot)
+    assert image.size[0] == 1280 and len(set(image.convert("L").getdata())) > 20  # a rendered page, not blank
+
+
+def _frame(page, path: str, seconds: float = 30):
+    """The iframe the Airflow UI opened on the plugin's page."""
+    from urllib.parse import urlparse
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        frames = [f for f in page.frames if f is not page.main_frame and urlparse(f.url).path == path]
+        if frames:
+            return frames[0]
+        page.wait_for_timeout(500)
+    raise AssertionError(f"no frame at {path} in {[f.url for f in page.frames]}")

@@ -1,0 +1,74 @@
+"""The plugin's FastAPI app in-process: pages over a small registry and run records, and no page
+without an Airflow login (the full auth path runs against a real api-server in the standalone test)."""
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+from fastapi.testclient import TestClient
+
+from pipelines import lifecycle, registry
+from tests.conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "plugins"))
+import mlops_app  # noqa: E402
+
+
+def _candidate(path, marker: bytes):
+    (path / "adapter").mkdir(parents=True)
+    (path / "adapter" / "adapter_model.safetensors").write_bytes(marker)
+    (path / "train_config.json").write_text(json.dumps({"base_model": "minilm", "base_hash": "h", "params": {}}))
+    from pipelines.evaluate import candidate_hash
+
+    decision = path.parent / f"{path.name}.decision.json"
+    decision.write_text(json.dumps({"candidate_hash": candidate_hash(path), "passed": True,
+                                    "rules": [{"rule": "min_accuracy", "passed": True}]}))
+    return path, decision
+
+
+@pytest.fixture
+def client(tmp_path, monkeypatch):
+    (tmp_path / "params.yaml").write_text("registry: {root: registry, model_name: text-classifier}\n")
+    store = registry.open_store(str(tmp_path / "registry"), "text-classifier")
+    registry.init(store, by="tester")
+    for i in (1, 2):
+        registry.promote(store, "text-classifier", *_candidate(tmp_path / f"c{i}", bytes([i])), None,
+                         by="tester", reason=f"run {i}")
+    lifecycle.update_record(tmp_path, "manual__1", gate={"passed": False, "candidate": "abc123abc123ff",
+                                                         "summary": "4/5 rules", "reasons": "min_accuracy: 0.41 < 0.7"})
+    monkeypatch.setattr(mlops_app, "REPO", tmp_path)
+    mlops_app.app.dependency_overrides[mlops_app.airflow_user] = lambda: "tester"
+    yield TestClient(mlops_app.app)
+    mlops_app.app.dependency_overrides.clear()
+
+
+def test_models_and_model_pages(client):
+    assert client.get("/?format=json").json() == [{"model": "text-classifier", "aliases": {"champion": 2, "previous": 1},
+                                                   "versions": [1, 2]}]
+    assert "champion=v2" in client.get("/").text
+    page = client.get("/models/text-classifier")
+    assert page.status_code == 200 and "gate rejected candidate abc123abc123" in page.text
+    data = client.get("/models/text-classifier?format=json").json()
+    assert [v["version"] for v in data["versions"]] == [2, 1] and data["versions"][0]["aliases"] == ["champion"]
+    assert data["gate_decisions"][0]["gate"]["passed"] is False and len(data["ledger"]) == 3
+    assert client.get("/models/nothing").status_code == 404
+
+
+def test_run_pages(client):
+    assert client.get("/runs/manual__1?format=json").json()["gate"]["passed"] is False
+    assert "min_accuracy: 0.41" in client.get("/runs/manual__1").text
+    assert client.get("/runs/other?format=json").status_code == 404
+    assert "left no lifecycle record" in client.get("/runs/other").text
+
+
+def test_html_is_escaped(client, tmp_path):
+    lifecycle.update_record(tmp_path, "x<script>", failed={"task": "validate", "error": "<script>alert(1)</script>"})
+    body = client.get("/models/text-classifier").text
+    assert "<script>alert(1)" not in body and "&lt;script&gt;alert(1)" in body
+
+
+def test_no_login_no_page():
+    bare = TestClient(mlops_app.app)
+    for path in ("/", "/models/text-classifier", "/runs/x"):
+        assert bare.get(path).status_code == 401
