@@ -189,12 +189,16 @@ def evaluate(params: Params, champion_dir: Path | None = None, champion_version:
     cand_metrics, cand_per, _ = score(cand_dir, frame, params)
     per = cand_per.add_prefix("candidate_")
     champ_metrics = None
+    champ_hash = content_hash(champion_dir) if champion_dir is not None else None
     if champion_dir is not None:
-        champ_metrics, champ_per, _ = score(champion_dir, frame, params)
+        # A champion byte-identical to the candidate (the re-run after its own promotion) predicts
+        # exactly what the candidate does: reuse those scores instead of loading it again.
+        champ_metrics, champ_per = (cand_metrics, cand_per) if champ_hash == cand_hash else score(
+            champion_dir, frame, params)[:2]
         per = pd.concat([per, champ_per.add_prefix("champion_")], axis=1)
     doc = {"task": params.data.task, "test_rows": len(frame), "candidate_hash": cand_hash,
            "candidate": cand_metrics, "champion": champ_metrics, "champion_version": champion_version,
-           "champion_hash": content_hash(champion_dir) if champion_dir is not None else None}
+           "champion_hash": champ_hash}
     with atomic_dir(ep.report_dir) as tmp:
         write_json(tmp / "metrics.json", doc)
         per.to_parquet(tmp / "predictions.parquet", index=False)
