@@ -30,11 +30,22 @@ PY
   touch "$stamp"
 }
 
+browser() {
+  # The UI test drives Debian's Chromium (headless). Install it when missing and we may; else that test skips.
+  command -v chromium >/dev/null 2>&1 && return 0
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo -n"
+  echo "installing Debian's chromium for the browser test..." >&2
+  { $sudo apt-get install -y --no-install-recommends chromium >/dev/null 2>&1 ||
+    { $sudo apt-get update -qq >/dev/null 2>&1 && $sudo apt-get install -y --no-install-recommends chromium >/dev/null 2>&1; }; } ||
+    echo "warning: could not install chromium; the browser test will be skipped" >&2
+}
+
 cmd=${1:-help}
 shift || true
 case "$cmd" in
   setup) setup ;;
   demo)  setup; PATH="$VENV/bin:$PATH" exec "$VENV/bin/python" -m pipelines demo "$@" ;;
-  test)  setup; PATH="$VENV/bin:$PATH" exec "$VENV/bin/python" -m pytest "$@" ;;
+  test)  setup; browser; PATH="$VENV/bin:$PATH" exec "$VENV/bin/python" -m pytest "$@" ;;
   *) echo "usage: ./dev.sh {demo|test|setup}" >&2; exit 2 ;;
 esac
