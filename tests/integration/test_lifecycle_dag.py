@@ -124,6 +124,13 @@ def test_rollback_dag_moves_champion_back_with_the_reason(repo):
     assert dags_test(repo, "rollback", {}).returncode != 0  # the reason is required
 
 
+@pytest.mark.parametrize("args, message", [(["--alias", "staging"], "alias 'staging' is not set"),
+                                           (["--version", "99"], "no registered version 99")])
+def test_lineage_of_something_that_is_not_there(repo, args, message):
+    proc = pipelines(repo, "lineage", *args, check=False)
+    assert proc.returncode == 2 and proc.stderr.startswith(f"error: {message}") and proc.stderr.count("\n") == 1
+
+
 def test_lineage_names_altered_raw_data(repo):
     chain = json.loads(pipelines(repo, "lineage", "--json").stdout)
     raw = next(link for link in chain["links"] if link["step"] == "raw")

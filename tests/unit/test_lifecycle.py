@@ -132,3 +132,41 @@ def test_stage_runs_then_is_skipped(dvc_repo):
     assert yaml.safe_load((dvc_repo / "dvc.lock").read_text())["stages"]["validate"]["outs"][0]["path"] == "out.txt"
     with pytest.raises(ConfigError, match="unknown stage"):
         lifecycle.run_stage(dvc_repo, "deploy")
+
+
+def test_notify_serving_waits_for_the_new_version(tmp_path, monkeypatch):
+    """A fake server that switches to v2 after a few polls: confirmed; one stuck on v1: a retryable error."""
+    from fastapi import FastAPI, Response
+
+    from tests.serving_support import start_loopback
+
+    polls = {"n": 0}
+    app = FastAPI()
+
+    @app.get("/readyz")
+    def readyz():
+        polls["n"] += 1
+        return Response("ok", headers={"X-Model-Version": "2" if polls["n"] >= 3 else "1"})
+
+    server, url = start_loopback(app)
+    try:
+        base = (ROOT / "params.yaml").read_text()
+        text = base.replace("serving_urls: []", f"serving_urls: ['{url}']").replace("serving_timeout_s: 120",
+                                                                                  "serving_timeout_s: 4")
+        (tmp_path / "params.yaml").write_text(text)
+        assert lifecycle.notify_serving(tmp_path, 2) == [url] and polls["n"] >= 3
+        with pytest.raises(lifecycle.TransientError, match="still serves v2, not v3"):
+            lifecycle.notify_serving(tmp_path, 3)
+    finally:
+        server.should_exit = True
+
+
+def test_snapshot_refuses_a_dataset_without_data(tmp_path):
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    (tmp_path / "data" / "raw").mkdir(parents=True)
+    (tmp_path / "data" / "raw" / ".hidden").write_text("x")
+    with pytest.raises(lifecycle.InputError, match="dataset 'default': no data at data/raw"):
+        lifecycle.start(tmp_path, {}, {"run_id": "r"})
+    with pytest.raises(ConfigError, match="epochs must be"):
+        lifecycle.start(tmp_path, {"epochs": 0}, {"run_id": "r"})
+    assert (tmp_path / "params.yaml").read_text() == (ROOT / "params.yaml").read_text()
