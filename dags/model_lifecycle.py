@@ -54,6 +54,16 @@ def _stage(name: str, **kwargs):
     return run_stage()
 
 
+def _evaluate():
+    @task(task_id="evaluate", retries=1)
+    def run_evaluate() -> dict:
+        from pipelines import lifecycle
+
+        return guarded("evaluate", lifecycle.evaluate, REPO)
+
+    return run_evaluate()
+
+
 @dag(
     dag_id="model_lifecycle",
     schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("0 3 * * 1", timezone="UTC"), assets=[RAW_DROPS]),
@@ -123,7 +133,7 @@ def model_lifecycle():
     snap = snapshot()
     validate, prepare = _stage("validate", retries=1), _stage("prepare", retries=1)
     train = _stage("train", pool="gpu", execution_timeout=timedelta(hours=6), retries=3)
-    evaluate = _stage("evaluate", retries=1)
+    evaluate = _evaluate()
     decided = gate(snap)
     promoted = promote()
     record = lineage()

@@ -265,6 +265,32 @@ def run_stage(root: Path | str, stage: str) -> dict[str, Any]:
     raise TransientError(f"{stage}: dvc repro failed ({reason})")
 
 
+def evaluate(root: Path | str) -> dict[str, Any]:
+    """The evaluate stage, except when the candidate already is the champion and only the registry
+    changed since it was evaluated (its own promotion): scoring it against itself would add nothing.
+    dvc.lock then still records the evaluation that was actually run."""
+    from pipelines.evaluate import candidate_hash
+
+    with _in(root):
+        params = load_params()
+        store = registry.open_store(params.registry.root, params.registry.model_name)
+        entries = registry.read_ledger(store)
+        champion = registry.aliases(entries).get("champion")
+        metrics = Path(params.evaluate.report_dir) / "metrics.json"
+        if champion is not None and metrics.exists() and Path(params.train.output_dir, "adapter").is_dir():
+            current = candidate_hash(params.train.output_dir)
+            evaluated = json.loads(metrics.read_text(encoding="utf-8")).get("candidate_hash")
+            if registry.registered(entries)[champion]["candidate_hash"] == current == evaluated:
+                ledger = f"{params.registry.root}/{params.registry.model_name}/ledger.jsonl"
+                status = json.loads(_dvc("status", "evaluate", "--json") or "{}").get("evaluate", [])
+                changed = [path for item in status for path in item.get("changed deps", {})]
+                if not status or (changed == [ledger] and len(status) == 1 and len(status[0]) == 1):
+                    print(f"candidate {current[:12]} is already champion v{champion} and was evaluated; "
+                          "only the registry changed since: evaluate skipped", flush=True)
+                    return {"stage": "evaluate", "ran": False, "seconds": 0.0}
+    return run_stage(root, "evaluate")
+
+
 def gate_summary(params: Params) -> dict[str, Any]:
     decision = json.loads(Path(params.gate.decision_path).read_text(encoding="utf-8"))
     failed = [r for r in decision["rules"] if not r["passed"]]

@@ -83,6 +83,7 @@ def test_gate_rejection_ends_the_run_without_promotion_and_says_why(repo):
     assert proc.returncode == 0, proc.stdout[-4000:]
     assert "GATE REJECTED" in proc.stdout and "min_accuracy" in proc.stdout
     assert "Stage 'train' didn't change, skipping" in proc.stdout  # same data and params: DVC skips training
+    assert "is already champion v2 and was evaluated; only the registry changed since: evaluate skipped" in proc.stdout
     record = last_record(repo)
     assert record["gate"]["passed"] is False and "promotion" not in record
     assert record["note"].startswith("gate rejected candidate") and "min_accuracy" in record["note"]
