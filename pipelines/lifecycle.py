@@ -238,11 +238,28 @@ def start(root: Path | str, raw_conf: dict[str, Any] | None, run: dict[str, Any]
     return snapshot
 
 
+def dvc_status(root: Path | str, stage: str) -> list | None:
+    """DVC's own status of one stage, in-process (no CLI start-up): [] when up to date, None if unknown."""
+    try:
+        from dvc.repo import Repo
+
+        repo = Repo(str(root))
+        try:
+            return repo.status(targets=[stage]).get(stage, [])
+        finally:
+            repo.close()
+    except Exception:  # let `dvc repro` decide and report
+        return None
+
+
 def run_stage(root: Path | str, stage: str) -> dict[str, Any]:
     """`dvc repro` one stage; its output goes to the task log. Returns whether it ran and for how long."""
     if stage not in STAGES:
         raise ConfigError(f"unknown stage {stage!r}; one of {', '.join(STAGES)}")
     t0 = time.perf_counter()
+    if dvc_status(root, stage) == []:  # what `dvc repro` would decide, without starting another interpreter
+        print(f"Stage '{stage}' didn't change, skipping", flush=True)
+        return {"stage": stage, "ran": False, "seconds": round(time.perf_counter() - t0, 2)}
     proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "--single-item", stage], cwd=root, env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     tail: deque[str] = deque(maxlen=60)
@@ -282,7 +299,7 @@ def evaluate(root: Path | str) -> dict[str, Any]:
             evaluated = json.loads(metrics.read_text(encoding="utf-8")).get("candidate_hash")
             if registry.registered(entries)[champion]["candidate_hash"] == current == evaluated:
                 ledger = f"{params.registry.root}/{params.registry.model_name}/ledger.jsonl"
-                status = json.loads(_dvc("status", "evaluate", "--json") or "{}").get("evaluate", [])
+                status = dvc_status(".", "evaluate") or []
                 changed = [path for item in status for path in item.get("changed deps", {})]
                 if not status or (changed == [ledger] and len(status) == 1 and len(status[0]) == 1):
                     print(f"candidate {current[:12]} is already champion v{champion} and was evaluated; "
