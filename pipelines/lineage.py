@@ -119,7 +119,10 @@ def resolve_version(store: registry.Store, alias: str | None, version: int | Non
 def trace(params: Params, model: str, alias: str | None = "champion", version: int | None = None,
           root: Path = Path(".")) -> dict[str, Any]:
     """Walk and re-verify the chain of one registered version."""
-    store = registry.open_store(params.registry.root, model)
+    reg_root = params.registry.root
+    if "://" not in reg_root and not Path(reg_root).is_absolute():
+        reg_root = str(Path(root) / reg_root)  # relative to the project, not the process' cwd
+    store = registry.open_store(reg_root, model)
     number = resolve_version(store, alias, version)
     entries = registry.read_ledger(store)
     vdir = store.path("versions", f"v{number:04d}")

@@ -140,14 +140,10 @@ def version_page(model: str, version: int, request: Request) -> Response:
     from pipelines import lineage
     from pipelines.errors import PipelineError
 
-    cwd = Path.cwd()
     try:
-        os.chdir(REPO)  # the chain re-hashes DVC objects and checks git in the project
         chain = lineage.trace(_params(), model, alias=None, version=version, root=REPO)
     except PipelineError as err:
         raise HTTPException(status_code=404, detail=str(err)) from None
-    finally:
-        os.chdir(cwd)
     if _wants_json(request):
         return JSONResponse(chain)
     return HTMLResponse(lineage.render_html(chain))
