@@ -26,16 +26,6 @@ DEMO_ROWS = 2000
 NEW_DROP_ROWS = 600
 
 
-def _dvc(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           "DVC_NO_ANALYTICS": "1", "GX_ANALYTICS_ENABLED": "False"}
-    proc = subprocess.run([sys.executable, "-m", "dvc", *args], env=env, text=True, capture_output=True)
-    if check and proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()
-        raise CheckFailed(f"`dvc {' '.join(args)}` failed: {tail[-1] if tail else proc.returncode}")
-    return proc
-
-
 def lifecycle_run(root: Path, conf: dict | None = None, label: str = "") -> dict:
     """One `airflow dags test model_lifecycle` run; returns its run record (what it decided and why)."""
     before = time.time()
@@ -105,7 +95,7 @@ def _faulty_round(root: Path, raw: Path) -> dict:
         return {"path": str(bad), "exit_code": record["exit_code"], "note": record.get("note")}
     finally:
         bad.unlink(missing_ok=True)
-        _dvc("add", "--quiet", str(raw))
+        lifecycle.dvc("add", "--quiet", str(raw))
 
 
 def _serve_once(params) -> dict:
@@ -144,8 +134,8 @@ def _serve_once(params) -> dict:
 
 
 def _remote_url() -> str:
-    proc = _dvc("remote", "list", check=False)
-    return proc.stdout.strip().splitlines()[0] if proc.stdout.strip() else ""
+    listed = lifecycle.dvc("remote", "list").strip()
+    return listed.splitlines()[0] if listed else ""
 
 
 def _say(message: str) -> None:

@@ -165,7 +165,8 @@ def _env() -> dict[str, str]:
             "PYTHONUNBUFFERED": "1"}
 
 
-def _dvc(*args: str) -> str:
+def dvc(*args: str) -> str:
+    """Run a `dvc` command in the current directory; its stdout, or TransientError naming the failure."""
     proc = subprocess.run([sys.executable, "-m", "dvc", *args], env=_env(), text=True, capture_output=True)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()
@@ -227,7 +228,7 @@ def start(root: Path | str, raw_conf: dict[str, Any] | None, run: dict[str, Any]
             [raw] if raw.is_file() else [])
         if not files:
             raise InputError(f"dataset {conf.dataset!r}: no data at {raw}")
-        _dvc("add", "--quiet", str(raw))
+        dvc("add", "--quiet", str(raw))
         registry.init(registry.open_store(params.registry.root, params.registry.model_name),
                       by=run.get("triggered_by"))
         md5 = (yaml.safe_load(Path(f"{raw}.dvc").read_text(encoding="utf-8")) or {})["outs"][0]["md5"]
@@ -387,16 +388,17 @@ def notify_serving(root: Path | str, version: int) -> list[str]:
 
 def record(root: Path | str, run: dict[str, Any]) -> dict[str, Any]:
     """Commit the run's evidence to the lineage branch and push data and models to the DVC remote."""
+    from pipelines import lineage
     from pipelines.lineage_branch import commit_run
 
     with _in(root):
         params = load_params()
         rec = read_record(".", run["run_id"]) or {"run": run}
-        files = ["dvc.lock", "params.yaml", f"{params.data.raw}.dvc", *params.lineage.evidence]
+        files = list(lineage.evidence_paths(params).values())
         message = f"lineage: {run.get('dag_id')} {run.get('run_id')}\n\n{run_note(rec)}"
         commit = commit_run(Path("."), params.lineage.branch, files, {**rec, "run": run}, message)
         if params.lineage.push:
-            _dvc("push", "--quiet")
+            dvc("push", "--quiet")
     return update_record(root, run["run_id"], lineage_commit=commit, lineage_branch=params.lineage.branch,
                          pushed=params.lineage.push)
 

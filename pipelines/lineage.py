@@ -27,13 +27,18 @@ from pipelines.errors import InputError
 Link = dict[str, Any]
 
 
-def evidence(params: Params, root: Path = Path(".")) -> dict[str, bytes]:
-    """The files a promotion copies beside the version: name -> bytes (absent files are skipped)."""
+def evidence_paths(params: Params) -> dict[str, str]:
+    """What a run leaves as evidence: name -> path in the project (the lineage commit and the registry use it)."""
     paths = {"dvc.lock": "dvc.lock", "params.yaml": "params.yaml", "raw.dvc": f"{params.data.raw}.dvc"}
     for rel in params.lineage.evidence:
         p = Path(rel)
         paths[f"{p.parent.name}_{p.name}"] = rel
-    return {name: (root / rel).read_bytes() for name, rel in paths.items() if (root / rel).is_file()}
+    return paths
+
+
+def evidence(params: Params, root: Path = Path(".")) -> dict[str, bytes]:
+    """The files a promotion copies beside the version: name -> bytes (absent files are skipped)."""
+    return {name: (root / rel).read_bytes() for name, rel in evidence_paths(params).items() if (root / rel).is_file()}
 
 
 # ---------------------------------------------------------------- DVC objects
