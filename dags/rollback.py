@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from airflow.sdk import Param, dag, task
 
 from lifecycle_common import MODEL, REPO, guarded, run_info
+from pipelines.config import MODEL_NAME_PATTERN, REASON_MAX_CHARS, REASON_MIN_CHARS
 
 
 @dag(
@@ -23,10 +24,11 @@ from lifecycle_common import MODEL, REPO, guarded, run_info
     tags=["mlops", "registry"],
     doc_md=__doc__,
     params={
-        "model": Param(MODEL, type="string", pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$", title="Model"),
+        "model": Param(MODEL, type="string", pattern=MODEL_NAME_PATTERN, title="Model"),
         "to_version": Param(None, type=["null", "integer"], minimum=1, title="Target version",
                             description="Empty: the previous champion."),
-        "reason": Param(type="string", minLength=3, maxLength=500, title="Why (recorded in the ledger)"),
+        "reason": Param(type="string", minLength=REASON_MIN_CHARS, maxLength=REASON_MAX_CHARS,
+                        title="Why (recorded in the ledger)"),
     },
     default_args={"owner": "ml-platform", "retries": 0},
 )

@@ -65,7 +65,7 @@ def save(directory: str | Path, step: int, model, optimizer, scheduler, position
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             rng[f"torch_cuda_{i}"] = s
-    with atomic_dir(target) as tmp:
+    with atomic_dir(target, owner="checkpoint") as tmp:
         save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
         save_file(rng, str(tmp / "rng.safetensors"))

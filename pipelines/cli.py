@@ -7,6 +7,7 @@ configuration. Known errors print one line `error: ...` on stderr, never a trace
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from typing import Callable, Sequence
@@ -16,46 +17,77 @@ from pipelines.errors import CheckFailed, ConfigError, PipelineError
 Handler = Callable[[argparse.Namespace], int]
 
 
+def _params(args: argparse.Namespace):
+    """params.yaml, or the file `--params` names (which must then exist)."""
+    from pipelines.config import load_params
+
+    return load_params(args.params or "params.yaml", must_exist=args.params is not None)
+
+
+def _workspace(args: argparse.Namespace, params, inputs=()):
+    """The output-path policy of this project (the params file's directory); see pipelines.workspace."""
+    from pathlib import Path
+
+    from pipelines.workspace import Workspace
+
+    root = Path(args.params or "params.yaml").resolve().parent
+    return Workspace.of(params, root, inputs=inputs, allow_outside=args.allow_outside_project)
+
+
 def _validate(args: argparse.Namespace) -> int:
-    from pipelines.config import load_params, with_overrides
+    from pipelines.config import with_overrides
     from pipelines.validate import validate
 
-    params = load_params(args.params)
+    params = _params(args)
     data = with_overrides(params.data, text_column=args.text_column, label_column=args.label_column,
                           task=args.task, pii_policy=args.pii_policy)
-    validate(args.path or data.raw, data, params.validate_, report_dir=args.report_dir,
-             quarantine_path=args.quarantine)
+    path = args.path or data.raw
+    ws = _workspace(args, params, inputs=[path])
+    report_dir = ws.check_dir(args.report_dir or params.validate_.report_dir)
+    quarantine = ws.check_file(args.quarantine or params.validate_.quarantine_path)
+    if quarantine == report_dir or report_dir in quarantine.parents:
+        from pipelines.errors import OutputError
+
+        raise OutputError(f"refusing to write the quarantine file {quarantine} inside the report directory {report_dir}")
+    validate(path, data, params.validate_, report_dir=args.report_dir, quarantine_path=args.quarantine)
     return 0
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from pipelines.config import load_params, with_overrides
+    from pipelines.config import with_overrides
     from pipelines.prepare import prepare
 
-    params = load_params(args.params)
+    params = _params(args)
     data = with_overrides(params.data, text_column=args.text_column, label_column=args.label_column)
     rules = with_overrides(params.prepare, output_dir=args.output_dir, seed=args.seed)
-    prepare(args.path or data.raw, data, rules, params.validate_)
+    path = args.path or data.raw
+    vr = params.validate_
+    _workspace(args, params, inputs=[path, vr.report_dir, vr.quarantine_path]).check_dir(rules.output_dir)
+    prepare(path, data, rules, vr)
     return 0
 
 
 def _train(args: argparse.Namespace) -> int:
-    from pipelines.config import load_params, with_overrides
+    from pipelines.config import with_overrides
     from pipelines.train import train
 
-    params = load_params(args.params)
+    params = _params(args)
     tp = with_overrides(params.train, base_model=args.base_model, epochs=args.epochs, max_steps=args.max_steps,
                         output_dir=args.output_dir, learning_rate=args.learning_rate)
+    ws = _workspace(args, params, inputs=[params.prepare.output_dir])
+    outputs = [ws.check_dir(tp.output_dir), ws.check_dir(tp.report_dir), ws.check_dir(tp.checkpoint_dir)]
+    _distinct(outputs, ("train.output_dir", "train.report_dir", "train.checkpoint_dir"))
     train(params.model_copy(update={"train": tp}), resume=not args.no_resume)
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     from pipelines import registry
-    from pipelines.config import load_params
     from pipelines.evaluate import evaluate
 
-    params = load_params(args.params)
+    params = _params(args)
+    _workspace(args, params, inputs=[params.train.output_dir, params.prepare.output_dir]).check_dir(
+        params.evaluate.report_dir)
     store = registry.open_store(params.registry.root, params.registry.model_name)
     champ_dir, champ_version = registry.champion(store)
     evaluate(params, champ_dir, champ_version)
@@ -63,19 +95,31 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _gate(args: argparse.Namespace) -> int:
-    from pipelines.config import load_params
     from pipelines.gate import run_gate
 
-    run_gate(load_params(args.params))
+    params = _params(args)
+    _workspace(args, params, inputs=[params.train.output_dir, params.evaluate.report_dir]).check_file(
+        params.gate.decision_path)
+    run_gate(params)
     return 0
+
+
+def _distinct(paths, names) -> None:
+    """Two outputs of one stage may not be the same directory or nest inside each other."""
+    from pipelines.errors import OutputError
+
+    for i, a in enumerate(paths):
+        for j, b in enumerate(paths):
+            if i != j and (a == b or a in b.parents):
+                raise OutputError(f"{names[j]} ({b}) lies inside {names[i]} ({a}): give each output its own directory")
 
 
 def _store(args: argparse.Namespace):
     from pipelines import registry
-    from pipelines.config import load_params
+    from pipelines.config import check_model_name
 
-    params = load_params(args.params)
-    model = getattr(args, "model", None) or params.registry.model_name
+    params = _params(args)
+    model = check_model_name(getattr(args, "model", None) or params.registry.model_name)
     return params, model, registry.open_store(params.registry.root, model)
 
 
@@ -146,10 +190,12 @@ def _serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from pipelines.config import load_params, with_overrides
+    from pipelines.config import check_model_name, with_overrides
     from pipelines.serve import create_app
 
-    params = load_params(args.params)
+    params = _params(args)
+    if args.model:
+        check_model_name(args.model)
     sp = with_overrides(params.serve, host=args.host, port=args.port, alias=args.alias)
     params = params.model_copy(update={"serve": sp})
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -183,15 +229,16 @@ def _lineage(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from pipelines import lineage
-    from pipelines.config import load_params
+    from pipelines.config import check_model_name
 
-    params = load_params(args.params)
-    chain = lineage.trace(params, args.model or params.registry.model_name,
+    params = _params(args)
+    html_path = _workspace(args, params).check_file(args.html) if args.html else None
+    chain = lineage.trace(params, check_model_name(args.model or params.registry.model_name),
                           alias=None if args.version else args.alias, version=args.version)
-    if args.html:
+    if html_path:
         from pipelines.dataio import atomic_write_text
 
-        atomic_write_text(Path(args.html), lineage.render_html(chain))
+        atomic_write_text(html_path, lineage.render_html(chain))
     if args.json:
         print(json.dumps(chain, indent=2, default=str))
     else:
@@ -222,7 +269,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pipelines", description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument("--params", default=None, help="params file (default: params.yaml; a named file must exist)")
+    parser.add_argument("--allow-outside-project", action="store_true",
+                        help="let stages write outputs outside the project (the params file's directory)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     v = sub.add_parser("validate", help="check a dataset against the data contract (Great Expectations)")
@@ -325,6 +374,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
+    except BrokenPipeError:  # `pipelines registry list | head`: the reader left; not an error of ours
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except PipelineError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code

@@ -15,6 +15,27 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pipelines.errors import ConfigError
 
 PII_KINDS = ("email", "phone", "card", "iban")
+MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"  # a registry model name: also a directory name
+REASON_MIN_CHARS, REASON_MAX_CHARS = 3, 500  # why a champion moved by hand (ledger `reason`)
+
+
+def check_model_name(name: str) -> str:
+    """A registry model name, checked wherever one enters (CLI, DAG, plugin URL, registry)."""
+    import re
+
+    if not isinstance(name, str) or not re.fullmatch(MODEL_NAME_PATTERN, name) or ".." in name:
+        raise ConfigError(f"invalid model name {str(name)[:80]!r}: it must match {MODEL_NAME_PATTERN} "
+                          "(lower-case letters, digits, '.', '_', '-'; no path)")
+    return name
+
+
+def check_reason(reason: str | None) -> str:
+    """The reason recorded for a manual alias move or rollback: one rule for the CLI and the DAG."""
+    text = (reason or "").strip()
+    if not REASON_MIN_CHARS <= len(text) <= REASON_MAX_CHARS:
+        raise ConfigError(f"reason must be {REASON_MIN_CHARS} to {REASON_MAX_CHARS} characters "
+                          f"(got {len(text)}): it is recorded in the ledger for auditors")
+    return text
 
 
 class _Section(BaseModel):
@@ -76,7 +97,7 @@ class PrepareParams(_Section):
     """Options of the `prepare` stage."""
 
     output_dir: str = "data/prepared"
-    seed: int = 42
+    seed: int = Field(42, ge=0)
     split: SplitFractions = SplitFractions()
     unicode_form: Literal["NFC", "NFKC"] = "NFKC"
     lowercase: bool = False
@@ -106,7 +127,7 @@ class TrainParams(_Section):
     weight_decay: float = Field(0.0, ge=0.0)
     warmup_ratio: float = Field(0.06, ge=0.0, lt=1.0)
     max_grad_norm: float = Field(1.0, gt=0.0)
-    seed: int = 42
+    seed: int = Field(42, ge=0)
     lora: LoraParams = LoraParams()
     checkpoint_every: int = Field(50, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
@@ -143,12 +164,12 @@ class GateParams(_Section):
     alpha: float = Field(0.05, gt=0.0, lt=1.0)
     require_improvement: bool = False
     bootstrap_resamples: int = Field(2000, ge=100)
-    seed: int = 0
+    seed: int = Field(0, ge=0)
 
 
 class RegistryParams(_Section):
     root: str = "registry"  # a local directory or any fsspec URL (s3://, gs://)
-    model_name: str = Field("text-classifier", pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")
+    model_name: str = Field("text-classifier", pattern=MODEL_NAME_PATTERN)
     gto_tags: bool = False  # also create GTO git tags on promotion (needs a git repo with commits)
 
 
@@ -166,8 +187,9 @@ class ServeParams(_Section):
     port: int = Field(8000, ge=1, le=65535)
     alias: str = "champion"
     poll_seconds: float = Field(2.0, gt=0.0)
-    api_keys_env: str = "PIPELINES_API_KEYS"  # comma-separated keys; none configured = open
-    api_keys_file: str | None = None
+    api_keys_env: str = "PIPELINES_API_KEYS"  # comma-separated keys
+    api_keys_file: str | None = None  # one key per line; when set, the file must exist
+    allow_unauthenticated: bool = False  # no keys on a non-loopback address: refused unless true
     max_body_bytes: int = Field(1_000_000, ge=1024)
     max_texts: int = Field(64, ge=1)
     max_chars: int = Field(4000, ge=1)
@@ -261,15 +283,42 @@ def parse_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:
         raise ConfigError(_describe(err, source)) from None
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate params.yaml; a missing file means all defaults."""
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (YAML would keep the last silently)."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: set = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key '{key}' (line {key_node.start_mark.line + 1})", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def read_yaml(text: str) -> Any:
+    """Parse YAML like `yaml.safe_load`, refusing duplicate keys."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def load_params(path: str | Path = "params.yaml", must_exist: bool = False) -> Params:
+    """Read and validate params.yaml. A missing file means all defaults, unless `must_exist`
+    (a file the user named): then it is an error, never a silent fall-back to defaults."""
     path = Path(path)
-    if not path.exists():
+    if not path.is_file():
+        if must_exist or path.exists():
+            raise ConfigError(f"params file {path} not found" if not path.exists() else f"params file {path} is not a file")
         return Params()
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = read_yaml(path.read_text(encoding="utf-8")) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        problem = getattr(err, "problem", None) if isinstance(err, yaml.MarkedYAMLError) else None
+        raise ConfigError(f"{path}: not valid YAML ({problem or str(err).splitlines()[0]})") from None
     return parse_params(raw, str(path))
 
 

@@ -21,7 +21,7 @@ from typing import Iterator
 
 import pandas as pd
 
-from pipelines.errors import InputError
+from pipelines.errors import InputError, OutputError
 
 SUPPORTED = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
 PROVENANCE = ("_source", "_row")
@@ -107,16 +107,27 @@ def _decode(path: Path) -> str:
         ) from None
 
 
+_MAX_HEADER_CHARS = 65_536
+
+
 def _read_csv(path: Path, text: str) -> pd.DataFrame:
+    if "\r" in text and "\n" not in text:
+        raise InputError(f"{path}: uses CR-only line endings (classic Mac); convert to LF or CRLF")
     header_line = text.lstrip("\n").split("\n", 1)[0].rstrip("\r")
-    header = next(csv.reader([header_line]), [])
+    if len(header_line) > _MAX_HEADER_CHARS:
+        raise InputError(f"{path}: header line is {len(header_line):,} characters, over {_MAX_HEADER_CHARS:,}; "
+                         "is this a CSV file with a header row?")
+    try:
+        header = next(csv.reader([header_line]), [])
+    except csv.Error as err:
+        raise InputError(f"{path}: malformed CSV header ({err})") from None
     _check_header(path, header)
     try:
         frame = pd.read_csv(
             io.StringIO(text), dtype=str, keep_default_na=False, na_values=[""],
             on_bad_lines="error", skip_blank_lines=True,
         )
-    except pd.errors.ParserError as err:
+    except (pd.errors.ParserError, csv.Error) as err:
         detail = str(err).replace("Error tokenizing data. C error: ", "").strip().rstrip(".")
         raise InputError(f"{path}: malformed CSV: {detail}") from None
     return frame
@@ -186,7 +197,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def _umask() -> int:
+def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -197,7 +208,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; give the usual file mode
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -212,18 +223,43 @@ def write_json(path: str | Path, obj: object) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+OUTPUT_MARKER = ".pipelines-output"
+
+
+def check_replaceable(path: Path, owner: str) -> None:
+    """Refuse (OutputError) to replace `path` unless it is absent, an empty directory, or a directory
+    that `owner` wrote before (it holds the marker naming `owner`). Nothing else is ever deleted."""
+    if not path.exists() and not path.is_symlink():
+        return
+    if path.is_symlink() or not path.is_dir():
+        raise OutputError(f"refusing to replace {path}: it is a file, not a {owner} output directory")
+    marker = path / OUTPUT_MARKER
+    if marker.is_file() and marker.read_text(encoding="utf-8", errors="replace").strip() == owner:
+        return
+    if any(path.iterdir()):
+        made_by = marker.read_text(encoding="utf-8", errors="replace").strip() if marker.is_file() else None
+        why = f"it holds the output of {made_by!r}" if made_by else "it is not empty and was not written by it"
+        raise OutputError(f"refusing to replace {path} with the output of {owner!r}: {why}; "
+                          "choose a new or empty directory")
+
+
 @contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
+def atomic_dir(path: str | Path, owner: str) -> Iterator[Path]:
     """Yield a temp dir beside `path`; on success it replaces `path` in one rename.
 
-    On any error the temp dir is removed and the existing `path` is left untouched.
+    `path` must be absent, empty, or an earlier output of the same `owner` (see `check_replaceable`);
+    the new directory carries the marker `.pipelines-output` naming `owner`. On any error the temp dir
+    is removed and the existing `path` is left untouched.
     """
-    path = Path(path)
+    path = Path(os.path.abspath(path))
+    check_replaceable(path, owner)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
-    tmp.chmod(0o777 & ~_umask())
+    tmp.chmod(0o777 & ~current_umask())
     try:
         yield tmp
+        (tmp / OUTPUT_MARKER).write_text(owner + "\n", encoding="utf-8")
+        check_replaceable(path, owner)  # it may have changed while the stage ran
         old = None
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")

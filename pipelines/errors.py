@@ -28,3 +28,9 @@ class CheckFailed(PipelineError):
     """The data was read but does not meet the contract (validation failed, stale inputs)."""
 
     exit_code = 1
+
+
+class OutputError(PipelineError):
+    """An output path would overwrite or delete something the stage does not own."""
+
+    exit_code = 2

@@ -199,7 +199,7 @@ def evaluate(params: Params, champion_dir: Path | None = None, champion_version:
     doc = {"task": params.data.task, "test_rows": len(frame), "candidate_hash": cand_hash,
            "candidate": cand_metrics, "champion": champ_metrics, "champion_version": champion_version,
            "champion_hash": champ_hash}
-    with atomic_dir(ep.report_dir) as tmp:
+    with atomic_dir(ep.report_dir, owner="evaluate") as tmp:
         write_json(tmp / "metrics.json", doc)
         per.to_parquet(tmp / "predictions.parquet", index=False)
         if params.data.task == "classification":

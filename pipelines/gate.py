@@ -99,6 +99,22 @@ def regression_rule(task: str, per: pd.DataFrame, gate) -> dict[str, Any]:
     return _rule("no_regression", True, measured, gate.alpha, "not significantly worse than the champion")
 
 
+def _evaluation_rules(metrics: Any, per: pd.DataFrame, decision: dict[str, Any], params: Params) -> list[dict]:
+    gate = params.gate
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("candidate") or {}, dict):
+        raise ValueError("metrics.json is not an object with a `candidate` object")
+    same = metrics.get("candidate_hash") == decision["candidate_hash"]
+    rules = [_rule("candidate_identity", same, metrics.get("candidate_hash"), decision["candidate_hash"],
+                   "evaluated candidate is the current candidate" if same
+                   else "the evaluation is for another candidate; evaluate again")]
+    task = metrics.get("task", params.data.task)
+    rules += floor_rules(task, metrics.get("candidate") or {}, gate)
+    decision["champion_version"] = metrics.get("champion_version")
+    if metrics.get("champion") is not None:
+        rules.append(regression_rule(task, per, gate))
+    return rules
+
+
 def decide(params: Params) -> dict[str, Any]:
     """Build the decision (never raises for bad evaluation output: those are failed rules)."""
     gate, ep = params.gate, params.evaluate
@@ -114,20 +130,10 @@ def decide(params: Params) -> dict[str, Any]:
     try:
         metrics = json.loads((report / "metrics.json").read_text(encoding="utf-8"))
         per = pd.read_parquet(report / "predictions.parquet")
-    except Exception as err:
+        rules += _evaluation_rules(metrics, per, decision, params)
+    except Exception as err:  # missing, unreadable or malformed evaluation output: fail closed
         rules.append(_rule("evaluation_present", False, None, None,
-                           f"evaluation results unreadable in {report} ({type(err).__name__})"))
-        metrics, per = None, None
-    if metrics is not None:
-        same = metrics.get("candidate_hash") == decision["candidate_hash"]
-        rules.append(_rule("candidate_identity", same, metrics.get("candidate_hash"), decision["candidate_hash"],
-                           "evaluated candidate is the current candidate" if same
-                           else "the evaluation is for another candidate; evaluate again"))
-        task = metrics.get("task", params.data.task)
-        rules += floor_rules(task, metrics.get("candidate") or {}, gate)
-        decision["champion_version"] = metrics.get("champion_version")
-        if metrics.get("champion") is not None:
-            rules.append(regression_rule(task, per, gate))
+                           f"evaluation results unreadable or malformed in {report} ({type(err).__name__})"))
     decision["passed"] = bool(rules) and all(r["passed"] for r in rules)
     return decision
 

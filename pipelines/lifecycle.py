@@ -397,6 +397,12 @@ def record(root: Path | str, run: dict[str, Any]) -> dict[str, Any]:
         files = list(lineage.evidence_paths(params).values())
         message = f"lineage: {run.get('dag_id')} {run.get('run_id')}\n\n{run_note(rec)}"
         commit = commit_run(Path("."), params.lineage.branch, files, {**rec, "run": run}, message)
+        promoted = rec.get("promotion")
+        if commit and promoted and promoted.get("changed"):  # anchor the commit in the ledger for auditors
+            store = registry.open_store(params.registry.root, promoted["model"])
+            registry.record_lineage_commit(store, promoted["version"], commit, params.lineage.branch,
+                                           run=f"{run.get('dag_id')} run {run.get('run_id')}",
+                                           by=run.get("triggered_by"))
         if params.lineage.push:
             dvc("push", "--quiet")
     return update_record(root, run["run_id"], lineage_commit=commit, lineage_branch=params.lineage.branch,
@@ -405,13 +411,16 @@ def record(root: Path | str, run: dict[str, Any]) -> dict[str, Any]:
 
 def rollback(root: Path | str, model: str, to_version: int | None, reason: str, run: dict[str, Any]) -> dict[str, Any]:
     """Move `champion` back (to `previous`, or to `to_version`) with the reason in the ledger."""
+    from pipelines.config import check_model_name
+
+    check_model_name(model)
     with _in(root):
         params = load_params()
         store = registry.open_store(params.registry.root, model)
         if not registry.read_ledger(store):
             raise InputError(f"model {model!r} has no registry at {params.registry.root}")
         entry = registry.move_alias(store, model, "champion", to_version, by=run.get("triggered_by"),
-                                    reason=f"{reason} ({run.get('dag_id')} run {run.get('run_id')})")
+                                    reason=reason, run=f"{run.get('dag_id')} run {run.get('run_id')}")
         if params.registry.gto_tags:
             registry.gto_mirror(model, entry["version"], reason)
     return {"model": model, "champion": entry["version"], "ledger_seq": entry["seq"]}

@@ -12,7 +12,6 @@ when every link is ok. `render_html()` renders it for the `--html` file and the 
 from __future__ import annotations
 
 import hashlib
-import html
 import json
 import subprocess
 from pathlib import Path
@@ -22,7 +21,7 @@ import yaml
 
 from pipelines import registry
 from pipelines.config import Params
-from pipelines.errors import InputError
+from pipelines.errors import CheckFailed, InputError
 
 Link = dict[str, Any]
 
@@ -67,26 +66,48 @@ def dvc_object_roots(root: Path) -> list[Path]:
         repo.close()
 
 
-def check_dvc_object(md5: str, roots: list[Path]) -> tuple[str, str, list[dict]]:
-    """Re-hash a DVC object (a file, or a .dir listing and every file in it) from cache or remote."""
+def _find_object(md5: str, roots: list[Path]) -> Path | None:
     for base in roots:
         obj = base / md5[:2] / md5[2:]
-        if not obj.exists():
-            continue
-        if not md5.endswith(".dir"):
-            ok = _md5(obj) == md5
-            return ("ok" if ok else "altered"), (f"md5 re-checked in {base}" if ok else f"{obj} altered"), []
-        if _md5(obj) != md5[:-4]:
-            return "altered", f"directory listing {obj} altered", []
+        if obj.exists():
+            return obj
+    return None
+
+
+def _intact_object(md5: str, roots: list[Path]) -> tuple[Path | None, Path | None]:
+    """(the first copy whose content still has this md5, the first altered copy seen): cache first, then remote."""
+    altered = None
+    for base in roots:
+        obj = base / md5[:2] / md5[2:]
+        if obj.exists():
+            if _md5(obj) == md5.removesuffix(".dir"):
+                return obj, altered
+            altered = altered or obj
+    return None, altered
+
+
+def check_dvc_object(md5: str, roots: list[Path]) -> tuple[str, str, list[dict]]:
+    """Re-hash a DVC object (a file, or a .dir listing and every file in it), each file in the cache,
+    else in the remote: a file evicted from the cache but intact in the remote is fine."""
+    obj, altered = _intact_object(md5, roots)
+    if obj is None:
+        if altered is not None:
+            return "altered", f"{altered} no longer matches md5 {md5}", []
+        return "missing", f"DVC object {md5} is in neither the cache nor the remote", []
+    if not md5.endswith(".dir"):
+        return "ok", f"md5 re-checked in {obj.parent.parent}", []
+    try:
         entries = json.loads(obj.read_text(encoding="utf-8"))
-        for entry in entries:
-            f = base / entry["md5"][:2] / entry["md5"][2:]
-            if not f.exists():
-                return "missing", f"{entry['relpath']} (md5 {entry['md5']}) not in {base}", entries
-            if _md5(f) != entry["md5"]:
-                return "altered", f"{entry['relpath']}: content no longer matches md5 {entry['md5']}", entries
-        return "ok", f"{len(entries)} files re-hashed in {base}", entries
-    return "missing", f"DVC object {md5} is in neither the cache nor the remote", []
+        pairs = [(str(e["relpath"]), str(e["md5"])) for e in entries]
+    except (ValueError, KeyError, TypeError):
+        return "altered", f"directory listing {obj} is malformed", []
+    for relpath, file_md5 in pairs:
+        found, bad = _intact_object(file_md5, roots)
+        if found is None:
+            if bad is not None:
+                return "altered", f"{relpath}: content no longer matches md5 {file_md5}", entries
+            return "missing", f"{relpath} (md5 {file_md5}) is in neither the cache nor the remote", entries
+    return "ok", f"{len(pairs)} files re-hashed (cache, else remote)", entries
 
 
 # ---------------------------------------------------------------- the chain
@@ -121,6 +142,15 @@ def resolve_version(store: registry.Store, alias: str | None, version: int | Non
     return current[alias]
 
 
+def _guarded(step: str, build, *args) -> Link:
+    """A link whose evidence is malformed is `altered` (named), never a crash."""
+    try:
+        return build(*args)
+    except Exception as err:  # malformed JSON/YAML, wrong types, missing keys in stored evidence
+        return _link(step, "altered", f"evidence unreadable or malformed ({type(err).__name__}: "
+                     f"{str(err).splitlines()[0][:160] if str(err) else ''})")
+
+
 def trace(params: Params, model: str, alias: str | None = "champion", version: int | None = None,
           root: Path = Path(".")) -> dict[str, Any]:
     """Walk and re-verify the chain of one registered version."""
@@ -131,23 +161,64 @@ def trace(params: Params, model: str, alias: str | None = "champion", version: i
     number = resolve_version(store, alias, version)
     entries = registry.read_ledger(store)
     vdir = store.path("versions", f"v{number:04d}")
-    manifest = json.loads(store.fs.cat_file(vdir + "/manifest.json"))
+    problems = [p for p in registry.verify(store) if p.startswith((f"v{number}:", "ledger", "alias"))]
+    try:
+        manifest = registry.read_manifest(store, number, registry.registered(entries)[number])
+    except CheckFailed as err:
+        links = [_link("registry", "altered", "; ".join(problems) or str(err), version=number)]
+        return {"model": model, "alias": alias if version is None else None, "version": number,
+                "verified": False, "links": links}
     stored = {name: store.fs.cat_file(f"{vdir}/evidence/{name}") for name in manifest.get("evidence", {})
               if store.fs.exists(f"{vdir}/evidence/{name}")}
-    problems = [p for p in registry.verify(store) if p.startswith((f"v{number}:", "ledger", "alias"))]
-    links: list[Link] = [_served(number, alias, entries, manifest, problems)]
-    links.append(_gate(manifest, stored))
-    links.append(_evaluation(manifest, stored))
-    links.append(_training(manifest, stored, root))
-    lock = yaml.safe_load(stored["dvc.lock"]) if "dvc.lock" in stored else {}
+    links: list[Link] = [_guarded("registry", _served, number, alias, entries, manifest, problems)]
+    links.append(_guarded("gate", _gate, manifest, stored))
+    links.append(_guarded("evaluation", _evaluation, manifest, stored))
+    links.append(_guarded("training", _training, manifest, stored, root))
+    try:
+        lock = yaml.safe_load(stored["dvc.lock"]) if "dvc.lock" in stored else {}
+        lock = lock if isinstance(lock, dict) else {}
+    except yaml.YAMLError:
+        lock = {}
     roots = dvc_object_roots(root)
-    links.append(_prepared(params, lock, roots))
-    raw_md5, raw_link = _raw(params, stored, lock, roots)
-    links.append(_validation(stored, raw_link))
+    links.append(_guarded("prepared", _prepared, params, lock, roots))
+    try:
+        raw_md5, raw_link = _raw(params, stored, lock, roots)
+    except Exception as err:
+        raw_link = _link("raw", "altered", f"evidence unreadable or malformed ({type(err).__name__})")
+    links.append(_guarded("validation", _validation, stored, raw_link))
     links.append(raw_link)
-    links.append(_orchestration(manifest, entries, number))
+    links.append(_guarded("evidence_branch", _evidence_branch, entries, number, stored, root))
+    links.append(_guarded("orchestration", _orchestration, manifest, entries, number))
     return {"model": model, "alias": alias if version is None else None, "version": number,
             "verified": all(link["status"] == "ok" for link in links), "links": links}
+
+
+def _evidence_branch(entries: list, number: int, stored: dict[str, bytes], root: Path) -> Link:
+    """The lineage commit anchored in the ledger must still be on its branch and hold the same dvc.lock."""
+    recorded = registry.lineage_commits(entries, number)
+    if not recorded:
+        return _link("evidence_branch", "ok", "no lineage commit recorded for this version "
+                     "(promoted outside a lifecycle run)")
+    entry = recorded[-1]
+    commit, branch = str(entry["lineage_commit"]), str(entry["lineage_branch"])
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True)
+
+    data = {"commit": commit, "branch": branch}
+    if git("cat-file", "-e", f"{commit}^{{commit}}").returncode != 0:
+        return _link("evidence_branch", "missing", f"lineage commit {commit[:12]} is not in this repository", **data)
+    if git("rev-parse", "--verify", "--quiet", f"refs/heads/{branch}").returncode != 0:
+        return _link("evidence_branch", "missing", f"git branch {branch!r} is gone (deleted)", **data)
+    if git("merge-base", "--is-ancestor", commit, f"refs/heads/{branch}").returncode != 0:
+        return _link("evidence_branch", "altered", f"commit {commit[:12]} is no longer on branch {branch!r} "
+                     "(moved or rewritten)", **data)
+    lock = git("show", f"{commit}:dvc.lock")
+    if "dvc.lock" in stored and (lock.returncode != 0 or lock.stdout != stored["dvc.lock"]):
+        return _link("evidence_branch", "altered", f"dvc.lock in commit {commit[:12]} differs from the one "
+                     "stored with the version", **data)
+    return _link("evidence_branch", "ok", f"commit {commit[:12]} is on branch {branch!r} with the same dvc.lock",
+                 **data)
 
 
 def _served(number: int, alias: str | None, entries: list, manifest: dict, problems: list[str]) -> Link:
@@ -265,17 +336,10 @@ def _orchestration(manifest: dict, entries: list, number: int) -> Link:
 # ---------------------------------------------------------------- output
 
 def render_html(chain: dict[str, Any]) -> str:
-    """A self-contained page: the verdict, then one row per link."""
-    esc = html.escape
-    rows = "".join(
-        f"<tr class='{esc(link['status'])}'><td>{esc(link['step'])}</td><td>{esc(link['status'])}</td>"
-        f"<td>{esc(link['detail'])}</td><td><pre>{esc(json.dumps({k: v for k, v in link.items() if k not in ('step', 'status', 'detail')}, indent=1, default=str))}</pre></td></tr>"
-        for link in chain["links"])
-    verdict = "verified" if chain["verified"] else "NOT verified"
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>lineage {esc(chain['model'])} "
-            f"v{chain['version']}</title><style>body{{font-family:sans-serif}}td{{vertical-align:top;padding:4px}}"
-            f"tr.ok td:nth-child(2){{color:green}}tr.altered td:nth-child(2),tr.missing td:nth-child(2){{color:#b00}}"
-            f"pre{{margin:0;font-size:11px;max-width:60em;overflow:auto}}</style></head><body>"
-            f"<h1>{esc(chain['model'])} v{chain['version']}: <span id='verdict'>{verdict}</span></h1>"
-            f"<table border='1' cellspacing='0'><tr><th>step</th><th>status</th><th>checked</th><th>data</th></tr>"
-            f"{rows}</table></body></html>")
+    """A self-contained page: the verdict, then one row per link (Jinja2, every value escaped)."""
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.PackageLoader("pipelines", "templates"), autoescape=True)
+    extras = lambda link: json.dumps({k: v for k, v in link.items() if k not in ("step", "status", "detail")},  # noqa: E731
+                                     indent=1, default=str)
+    return env.get_template("lineage.html").render(chain=chain, extras=extras)

@@ -43,7 +43,7 @@ def prepare(path: str | Path, data: DataParams, rules: PrepareParams, vrules: Va
         frame["label_id"] = frame["label"].map(label_map).astype("int64")
     assignment, too_rare = _split(frame, data, rules)
     card = _card(path, fingerprint, frame, assignment, dropped, redactions, too_rare, label_map, data, rules)
-    with atomic_dir(rules.output_dir) as tmp:
+    with atomic_dir(rules.output_dir, owner="prepare") as tmp:
         for name in SPLITS:
             part = frame[assignment == name].reset_index(drop=True)
             part.to_parquet(tmp / f"{name}.parquet", index=False)

@@ -4,13 +4,19 @@ Layout under `<root>/<model>/` (root: a local directory or any fsspec URL):
 - `versions/vNNNN/files/...`: a copy of the candidate directory, never rewritten once in the ledger;
 - `versions/vNNNN/manifest.json`: sha256 of every file plus lineage metadata (hashes of adapter,
   base model, data, dvc.lock; params, git commit, metrics, gate decision, run and who ran it);
-- `ledger.jsonl`: one JSON entry per change (register/promote, rollback, alias move), each carrying
-  the hash of the previous entry and the full alias map after the change.
+- `ledger.jsonl`: one JSON entry per change (register/promote, rollback, alias move, lineage commit),
+  each carrying the hash of the previous entry and the full alias map after the change;
+- `head.json`: the sequence number and hash of the last committed entry (the chain's anchored tip).
 
-The ledger is the single commit point: it is replaced in one atomic write, and the current aliases
-are those of its last entry. A version directory is complete before the entry naming it is written,
-so a process killed at any moment leaves `champion` on a complete version, old or new. Writers take
-an exclusive lock (`.lock`, local roots); object stores need a single writer (an Airflow pool).
+`head.json` is the single commit point: a change appends its entry to the ledger, then replaces the
+head in one atomic write. Readers take the ledger up to the head and check that its entry there has
+the head's hash, so a truncated, emptied or deleted ledger (or a lost last line) is an error, never an
+older state; lines after the head are an interrupted write's and are dropped by the next write. A
+version directory is complete (world-readable, like any file) before the entry naming it is written,
+so a process killed at any moment leaves `champion` on a complete version, old or new; its leftovers
+(temp files, an unreferenced version directory) are reported by `verify` and removed by the next
+write. Aliases only ever move to a version that verifies. Writers take an exclusive lock (`.lock`,
+local roots); object stores need a single writer (an Airflow pool).
 """
 from __future__ import annotations
 
@@ -28,10 +34,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from pipelines.dataio import atomic_write_bytes
+from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, ValidationError
+
+from pipelines.config import check_model_name
+from pipelines.dataio import current_umask, atomic_write_bytes
 from pipelines.errors import CheckFailed, InputError
 
 GENESIS = "0" * 64
+LEDGER, HEAD = "ledger.jsonl", "head.json"
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,7 @@ class Store:
 def open_store(root: str, model: str) -> Store:
     import fsspec
 
+    check_model_name(model)  # the name becomes a path: never `../x`
     fs, base = fsspec.core.url_to_fs(root)
     local = "file" in (fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,))
     if local:
@@ -91,17 +102,87 @@ def _locked(store: Store) -> Iterator[None]:
 
 # ---------------------------------------------------------------- ledger
 
-def read_ledger(store: Store) -> list[dict[str, Any]]:
-    path = store.path("ledger.jsonl")
+class _Registered(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    version: StrictInt
+    candidate_hash: StrictStr
+    manifest_sha256: StrictStr
+
+
+class _Entry(BaseModel):
+    """The shape every ledger line must have (more fields are allowed: they are hashed too)."""
+
+    model_config = ConfigDict(extra="allow")
+    seq: StrictInt
+    action: StrictStr
+    version: StrictInt | None = None
+    registered: _Registered | None = None
+    aliases: dict[StrictStr, StrictInt]
+    prev_hash: StrictStr
+    hash: StrictStr
+
+
+def _parse_line(number: int, raw: bytes) -> dict[str, Any]:
+    where = f"registry ledger line {number}"
+    try:
+        entry = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise CheckFailed(f"{where} is not UTF-8 (altered or torn)") from None
+    except json.JSONDecodeError:
+        raise CheckFailed(f"{where} is not valid JSON (altered or torn)") from None
+    if not isinstance(entry, dict):
+        raise CheckFailed(f"{where} is a JSON {type(entry).__name__}, not an entry object (altered)")
+    try:
+        _Entry.model_validate(entry)
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise CheckFailed(f"{where}: field '{field}': {first['msg']} (altered)") from None
+    if entry["seq"] != number:
+        raise CheckFailed(f"{where} has seq {entry['seq']} (lines removed, added or reordered)")
+    return entry
+
+
+def read_head(store: Store) -> dict[str, Any] | None:
+    path = store.path(HEAD)
     if not store.fs.exists(path):
+        return None
+    try:
+        head = json.loads(store.fs.cat_file(path).decode("utf-8"))
+        if not (isinstance(head, dict) and isinstance(head.get("seq"), int) and head["seq"] >= 1
+                and isinstance(head.get("hash"), str)):
+            raise ValueError
+    except (ValueError, UnicodeDecodeError):
+        raise CheckFailed(f"registry head {HEAD} is malformed (altered)") from None
+    return head
+
+
+def read_ledger(store: Store) -> list[dict[str, Any]]:
+    """The committed entries: the ledger up to its anchored head, every line checked for shape.
+
+    Raises CheckFailed naming the problem when a line is malformed or the ledger no longer reaches
+    its head (truncated, emptied, deleted, rewritten)."""
+    path = store.path(LEDGER)
+    head = read_head(store)
+    if not store.fs.exists(path):
+        if head is not None:
+            raise CheckFailed(f"registry ledger is missing, but its head records {head['seq']} entries (deleted)")
         return []
-    lines = store.fs.cat_file(path).decode("utf-8").splitlines()
-    entries = []
-    for number, line in enumerate(lines, start=1):
-        try:
-            entries.append(json.loads(line))
-        except json.JSONDecodeError:
-            raise CheckFailed(f"registry ledger line {number} is not valid JSON (altered or torn)") from None
+    lines = store.fs.cat_file(path).split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    if head is None:
+        if lines:
+            raise CheckFailed(f"registry ledger has {len(lines)} lines but no {HEAD} anchoring its last entry "
+                              "(head deleted, or written by a version before heads)")
+        return []
+    if len(lines) < head["seq"]:
+        raise CheckFailed(f"registry ledger has {len(lines)} entries, its head records {head['seq']} "
+                          "(truncated or emptied)")
+    entries = [_parse_line(number, raw) for number, raw in enumerate(lines[:head["seq"]], start=1)]
+    if entries[-1]["hash"] != head["hash"]:
+        raise CheckFailed(f"registry ledger line {head['seq']}: its hash differs from the one {HEAD} anchors "
+                          "(altered or rewritten)")
     return entries
 
 
@@ -123,8 +204,29 @@ def _append(store: Store, entries: list[dict[str, Any]], entry: dict[str, Any]) 
              "prev_hash": entries[-1]["hash"] if entries else GENESIS}
     entry["hash"] = entry_hash(entry)
     body = b"".join(_canonical(e) + b"\n" for e in [*entries, entry])
-    _write(store, store.path("ledger.jsonl"), body)  # the commit point
+    _write(store, store.path(LEDGER), body)
+    _write(store, store.path(HEAD), _canonical({"seq": entry["seq"], "hash": entry["hash"]}))  # the commit point
     return entry
+
+
+def _tidy(store: Store, entries: list[dict[str, Any]]) -> None:
+    """Remove what interrupted writes left (temp files, unreferenced version directories). Under the lock."""
+    known = {f"v{v:04d}" for v in registered(entries)}
+    if store.local:
+        base = Path(store.base)
+        for leftover in [*base.glob(".*.tmp"), *base.glob("versions/.*.tmp")]:
+            shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
+    for name in _version_dirs(store) - known:
+        store.fs.rm(store.path("versions", name), recursive=True)
+        print(f"removed {name}, left by an interrupted promotion", file=sys.stderr)
+
+
+def _version_dirs(store: Store) -> set[str]:
+    root = store.path("versions")
+    if not store.fs.exists(root):
+        return set()
+    names = {p.rstrip("/").rsplit("/", 1)[-1] for p in store.fs.ls(root, detail=False)}
+    return {n for n in names if n.startswith("v") and n[1:].isdigit()}
 
 
 # ---------------------------------------------------------------- versions
@@ -173,7 +275,7 @@ def _store_version(store: Store, version: int, candidate: Path, manifest: dict[s
     """Copy the candidate (and evidence) in, complete before it becomes visible; return the manifest sha256."""
     target = store.path("versions", f"v{version:04d}")
     data = json.dumps(manifest, indent=2, sort_keys=True, default=str).encode("utf-8")
-    if store.fs.exists(target):  # an orphan left by a killed run: never referenced by the ledger
+    if store.fs.exists(target):  # an orphan left by a killed run (normally gone with _tidy)
         store.fs.rm(target, recursive=True)
     if store.local:
         Path(target).parent.mkdir(parents=True, exist_ok=True)
@@ -183,6 +285,7 @@ def _store_version(store: Store, version: int, candidate: Path, manifest: dict[s
             (tmp / "evidence").mkdir(exist_ok=True)
             (tmp / "evidence" / name).write_bytes(blob)
         (tmp / "manifest.json").write_bytes(data)
+        tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes 0700: servers and auditors run as other users
         os.replace(tmp, target)
     else:
         store.fs.put(str(candidate), target + "/files", recursive=True)
@@ -212,30 +315,48 @@ def champion(store: Store) -> tuple[Path | None, int | None]:
 def init(store: Store, by: str | None = None) -> None:
     """Create the ledger with a first entry (idempotent), so that stages can depend on it."""
     with _locked(store):
-        if not read_ledger(store):
+        entries = read_ledger(store)
+        _tidy(store, entries)
+        if not entries:
             _append(store, [], {"action": "init", "version": None, "registered": None, "aliases": {},
                                 "by": by or _who(), "reason": "registry created"})
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckFailed(f"refusing to promote: no {what} at {path}") from None
+    except (OSError, ValueError) as err:
+        raise CheckFailed(f"refusing to promote: {what} {path} is unreadable ({type(err).__name__})") from None
+    if not isinstance(doc, dict):
+        raise CheckFailed(f"refusing to promote: {what} {path} is not a JSON object")
+    return doc
+
 
 def promote(store: Store, model: str, candidate: Path, decision_path: Path, evaluation_path: Path | None,
             by: str | None = None, approved_by: str | None = None, reason: str = "",
             evidence: dict[str, bytes] | None = None) -> dict[str, Any]:
     """Register the candidate (once) and move `champion` to it, only with a passing decision for it."""
-    from pipelines.evaluate import candidate_hash
+    from pipelines.modeling import content_hash
 
-    if not decision_path.exists():
-        raise CheckFailed(f"refusing to promote: no gate decision at {decision_path}")
-    decision = json.loads(decision_path.read_text(encoding="utf-8"))
-    current_hash = candidate_hash(candidate)
+    decision = _read_json(decision_path, "gate decision")
+    if not (candidate / "adapter").is_dir():
+        raise InputError(f"no trained candidate at {candidate}; run the train stage first")
+    current_hash = content_hash(candidate)
     if decision.get("candidate_hash") != current_hash:
         raise CheckFailed(f"refusing to promote: the gate decision is for candidate "
                           f"{str(decision.get('candidate_hash'))[:12]}, not {current_hash[:12]}")
     if decision.get("passed") is not True:
-        failed = [r["rule"] for r in decision.get("rules", []) if not r.get("passed")]
+        rules = decision.get("rules") if isinstance(decision.get("rules"), list) else []
+        failed = [str(r.get("rule")) for r in rules if isinstance(r, dict) and not r.get("passed")]
         raise CheckFailed(f"refusing to promote: the gate failed ({', '.join(failed) or 'no rules'})")
-    evaluation = json.loads(evaluation_path.read_text("utf-8")) if evaluation_path and evaluation_path.exists() else None
+    evaluation = (_read_json(evaluation_path, "evaluation") if evaluation_path and evaluation_path.exists()
+                  else None)
     by = by or _who()
     with _locked(store):
         entries = read_ledger(store)
+        _tidy(store, entries)
         known = {v["candidate_hash"]: n for n, v in registered(entries).items()}
         current = aliases(entries)
         version = known.get(current_hash)
@@ -248,6 +369,8 @@ def promote(store: Store, model: str, candidate: Path, decision_path: Path, eval
             manifest = build_manifest(model, version, candidate, decision, evaluation, by, evidence)
             reg = {"version": version, "candidate_hash": current_hash,
                    "manifest_sha256": _store_version(store, version, candidate, manifest, evidence)}
+        else:
+            _require_intact(store, model, version, registered(entries)[version])
         moved = {**current, "champion": version}
         if current.get("champion") is not None:
             moved["previous"] = current["champion"]
@@ -258,12 +381,25 @@ def promote(store: Store, model: str, candidate: Path, decision_path: Path, eval
     return {"version": version, "changed": True, "entry": entry}
 
 
+def _require_intact(store: Store, model: str, version: int, reg: dict[str, Any]) -> None:
+    problems = verify_version(store, version, reg)
+    if problems:
+        raise CheckFailed(f"refusing to point an alias of {model} at v{version}: it fails verification "
+                          f"({problems[0]}" + (f"; +{len(problems) - 1} more)" if len(problems) > 1 else ")"))
+
+
 def move_alias(store: Store, model: str, alias: str, to_version: int | None, reason: str,
-               by: str | None = None) -> dict[str, Any]:
-    """Point `alias` at a registered version. For `champion`, the default target is `previous`
-    (a rollback) and `previous` then points at the version being replaced."""
+               by: str | None = None, run: str | None = None) -> dict[str, Any]:
+    """Point `alias` at a registered version that verifies. For `champion`, the default target is
+    `previous` (a rollback) and `previous` then points at the version being replaced."""
+    from pipelines.config import check_reason
+
+    reason = check_reason(reason)
+    if not alias or not isinstance(alias, str) or len(alias) > 64:
+        raise InputError("alias name must be 1 to 64 characters")
     with _locked(store):
         entries = read_ledger(store)
+        _tidy(store, entries)
         current = aliases(entries)
         if alias == "champion" and to_version is None:
             to_version = current.get("previous")
@@ -271,23 +407,90 @@ def move_alias(store: Store, model: str, alias: str, to_version: int | None, rea
                 raise CheckFailed(f"cannot roll back {model}: no previous version")
         if to_version not in registered(entries):
             raise CheckFailed(f"{model} has no registered version {to_version}")
+        _require_intact(store, model, to_version, registered(entries)[to_version])
         moved = {**current, alias: to_version}
         if alias == "champion" and current.get("champion") not in (None, to_version):
             moved["previous"] = current["champion"]
         action = "rollback" if alias == "champion" else "alias"
         entry = _append(store, entries, {"action": action, "version": to_version, "registered": None,
-                                         "aliases": moved, "by": by or _who(), "reason": reason})
+                                         "aliases": moved, "by": by or _who(), "reason": reason,
+                                         **({"run": run} if run else {})})
     print(f"{model}: {alias} -> v{to_version} ({action}, ledger entry {entry['seq']})", file=sys.stderr)
     return entry
 
 
-def verify(store: Store) -> list[str]:
-    """Every problem found, first the first: altered ledger lines, manifests or files."""
+def record_lineage_commit(store: Store, version: int, commit: str, branch: str, run: str | None = None,
+                          by: str | None = None) -> dict[str, Any]:
+    """Anchor a lifecycle run's lineage commit for `version` in the ledger (aliases unchanged), so that
+    `pipelines lineage` can tell when the git branch holding the evidence was moved or rewritten."""
+    with _locked(store):
+        entries = read_ledger(store)
+        if version not in registered(entries):
+            raise CheckFailed(f"no registered version {version} to record a lineage commit for")
+        return _append(store, entries, {"action": "lineage", "version": version, "registered": None,
+                                        "aliases": aliases(entries), "by": by or _who(),
+                                        "reason": f"evidence committed to git branch {branch}",
+                                        "lineage_commit": commit, "lineage_branch": branch,
+                                        **({"run": run} if run else {})})
+
+
+def lineage_commits(entries: list[dict[str, Any]], version: int) -> list[dict[str, Any]]:
+    return [e for e in entries if e.get("action") == "lineage" and e.get("version") == version]
+
+
+def read_manifest(store: Store, version: int, reg: dict[str, Any]) -> dict[str, Any]:
+    """The manifest of a registered version, only if its sha256 is the one the ledger recorded."""
+    path = store.path("versions", f"v{version:04d}", "manifest.json")
+    if not store.fs.exists(path):
+        raise CheckFailed(f"v{version}: manifest missing")
+    raw = store.fs.cat_file(path)
+    if _sha(raw) != reg["manifest_sha256"]:
+        raise CheckFailed(f"v{version}: manifest.json altered")
+    try:
+        manifest = json.loads(raw)
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+            raise ValueError
+    except ValueError:
+        raise CheckFailed(f"v{version}: manifest.json is not a manifest object") from None
+    return manifest
+
+
+def verify_version(store: Store, version: int, reg: dict[str, Any]) -> list[str]:
+    """Every problem of one version: its manifest against the ledger, its files and evidence against the manifest."""
+    try:
+        manifest = read_manifest(store, version, reg)
+    except CheckFailed as err:
+        return [str(err)]
     problems: list[str] = []
+    vdir = store.path("versions", f"v{version:04d}")
+    evidence = manifest.get("evidence") if isinstance(manifest.get("evidence"), dict) else {}
+    for name, digest in evidence.items():
+        path = f"{vdir}/evidence/{name}"
+        if not store.fs.exists(path):
+            problems.append(f"v{version}: evidence {name} missing")
+        elif _sha(store.fs.cat_file(path)) != digest:
+            problems.append(f"v{version}: evidence {name} altered")
+    files = manifest["files"]
+    present = ({p[len(vdir) + len("/files/"):] for p in store.fs.find(vdir + "/files")}
+               if store.fs.exists(vdir + "/files") else set())
+    for rel, digest in files.items():
+        if rel not in present:
+            problems.append(f"v{version}: file {rel} missing")
+        elif _sha(store.fs.cat_file(f"{vdir}/files/{rel}")) != digest:
+            problems.append(f"v{version}: file {rel} altered")
+    for rel in sorted(present - set(files)):
+        problems.append(f"v{version}: unexpected file {rel}")
+    return problems
+
+
+def verify(store: Store) -> list[str]:
+    """Every problem found, first the first: the ledger's shape, chain and head; manifests, files and
+    evidence of every version; aliases; version directories the ledger does not name."""
     try:
         entries = read_ledger(store)
     except CheckFailed as err:
         return [str(err)]
+    problems: list[str] = []
     prev = GENESIS
     for number, e in enumerate(entries, start=1):
         if e.get("prev_hash") != prev:
@@ -295,35 +498,15 @@ def verify(store: Store) -> list[str]:
         if entry_hash(e) != e.get("hash"):
             problems.append(f"ledger line {number}: altered (hash mismatch)")
         prev = e.get("hash")
-    for version, reg in sorted(registered(entries).items()):
-        vdir = store.path("versions", f"v{version:04d}")
-        manifest_path = vdir + "/manifest.json"
-        if not store.fs.exists(manifest_path):
-            problems.append(f"v{version}: manifest missing")
-            continue
-        raw = store.fs.cat_file(manifest_path)
-        if _sha(raw) != reg["manifest_sha256"]:
-            problems.append(f"v{version}: manifest.json altered")
-            continue
-        files = json.loads(raw)["files"]
-        for name, digest in json.loads(raw).get("evidence", {}).items():
-            path = f"{vdir}/evidence/{name}"
-            if not store.fs.exists(path):
-                problems.append(f"v{version}: evidence {name} missing")
-            elif _sha(store.fs.cat_file(path)) != digest:
-                problems.append(f"v{version}: evidence {name} altered")
-        present = {p[len(vdir) + len("/files/"):] for p in store.fs.find(vdir + "/files")}
-        for rel, digest in files.items():
-            if rel not in present:
-                problems.append(f"v{version}: file {rel} missing")
-            elif _sha(store.fs.cat_file(f"{vdir}/files/{rel}")) != digest:
-                problems.append(f"v{version}: file {rel} altered")
-        for rel in sorted(present - set(files)):
-            problems.append(f"v{version}: unexpected file {rel}")
     known = registered(entries)
+    for version, reg in sorted(known.items()):
+        problems += verify_version(store, version, reg)
     for name, version in aliases(entries).items():
         if version not in known:
             problems.append(f"alias {name} points at unregistered version {version}")
+    for name in sorted(_version_dirs(store) - {f"v{v:04d}" for v in known}):
+        problems.append(f"{name}: version directory not named by the ledger (left by an interrupted promotion, "
+                        "removed by the next registry write; or its ledger entry was lost)")
     return problems
 
 
@@ -375,7 +558,8 @@ def describe(store: Store, model: str) -> str:
 
 
 def show_version(store: Store, version: int) -> dict[str, Any]:
-    path = store.path("versions", f"v{version:04d}", "manifest.json")
-    if version not in registered(read_ledger(store)) or not store.fs.exists(path):
+    """The manifest of a registered version (checked against the ledger's manifest_sha256)."""
+    reg = registered(read_ledger(store)).get(version)
+    if reg is None:
         raise InputError(f"no registered version {version}")
-    return json.loads(store.fs.cat_file(path))
+    return read_manifest(store, version, reg)

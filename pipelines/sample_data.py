@@ -180,5 +180,9 @@ def write_sample(out: str | Path, rows: int = 2000, seed: int = 0, faulty: bool 
         data = frame.to_json(orient="records", lines=True, force_ascii=False).encode("utf-8")
     else:
         data = frame.to_csv(index=False, lineterminator="\n").encode("utf-8")
+    if path.is_dir() or (path.exists() and path.read_bytes() != data):
+        from pipelines.errors import OutputError
+
+        raise OutputError(f"refusing to overwrite {path}: it exists with other content (a drop is never rewritten)")
     atomic_write_bytes(path, data)
     return path

@@ -267,7 +267,7 @@ def train(params: Params, resume: bool = True) -> TrainResult:
 
 
 def _write_outputs(tp, model, tok, labels, config, metrics, history) -> None:
-    with atomic_dir(tp.output_dir) as tmp:
+    with atomic_dir(tp.output_dir, owner="train") as tmp:
         model.save_pretrained(str(tmp / "adapter"), safe_serialization=True)
         tok.save_pretrained(str(tmp / "tokenizer"))
         if labels is not None:
@@ -279,7 +279,7 @@ def _write_outputs(tp, model, tok, labels, config, metrics, history) -> None:
                     (tmp / "adapter" / "adapter_model.safetensors").read_bytes()).hexdigest()}
         write_json(tmp / "model_card.json", card)
         (tmp / "model_card.md").write_text(_card_md(card), encoding="utf-8")
-    with atomic_dir(tp.report_dir) as tmp:
+    with atomic_dir(tp.report_dir, owner="train-report") as tmp:
         write_json(tmp / "metrics.json", metrics)
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=["step", "loss", "lr"], lineterminator="\n")

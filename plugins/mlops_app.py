@@ -2,18 +2,19 @@
 the lifecycle run records and `pipelines.lineage`. Every route needs an Airflow user with DAG read access."""
 from __future__ import annotations
 
-import html
 import json
 import os
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
+import jinja2
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 REPO = Path(os.environ.get("PIPELINES_REPO") or Path(__file__).resolve().parents[1])
-ESC = html.escape
+# Every stored value (ledger reasons, run notes, model names) is rendered through autoescaping templates.
+TEMPLATES = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).resolve().parent / "templates"),
+                               autoescape=True)
 
 
 async def airflow_user(request: Request):
@@ -41,7 +42,13 @@ def _params():
 
 def _store(model: str):
     from pipelines import registry
+    from pipelines.config import check_model_name
+    from pipelines.errors import ConfigError
 
+    try:
+        check_model_name(model)
+    except ConfigError as err:
+        raise HTTPException(status_code=404, detail=str(err)) from None
     root = _params().registry.root
     root = root if "://" in root or Path(root).is_absolute() else str(REPO / root)
     return registry.open_store(root, model)
@@ -56,83 +63,85 @@ def _models() -> list[str]:
 
 def _records() -> list[dict[str, Any]]:
     runs = sorted((REPO / ".lifecycle" / "runs").glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
-    return [json.loads(p.read_text(encoding="utf-8")) for p in runs]
+    records = []
+    for path in runs:
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            record = {"run_id": path.stem, "note": "run record unreadable"}
+        records.append(record if isinstance(record, dict) else {"run_id": path.stem, "note": "run record malformed"})
+    return records
 
 
-def _page(title: str, body: str) -> HTMLResponse:
-    style = ("body{font-family:system-ui,sans-serif;margin:1.5em}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}"
-             ".ok{color:#067d17}.bad{color:#b00020}.alias{background:#e0ecff;border-radius:4px;padding:1px 6px;margin:0 2px}")
-    return HTMLResponse(f"<!doctype html><html><head><meta charset='utf-8'><title>{ESC(title)}</title>"
-                        f"<style>{style}</style></head><body><h1>{ESC(title)}</h1>{body}</body></html>")
+def _page(template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+    return HTMLResponse(TEMPLATES.get_template(template).render(**context), status_code=status_code)
 
 
 def _wants_json(request: Request) -> bool:
     return request.query_params.get("format") == "json"
 
 
+def _summary(model: str) -> dict[str, Any]:
+    """One model's row; a damaged registry says what is wrong instead of failing the whole page."""
+    from pipelines import registry
+    from pipelines.errors import PipelineError
+
+    try:
+        entries = registry.read_ledger(_store(model))
+    except (PipelineError, OSError) as err:
+        return {"model": model, "aliases": {}, "versions": [], "error": str(err)}
+    return {"model": model, "aliases": registry.aliases(entries), "versions": sorted(registry.registered(entries))}
+
+
 @app.get("/")
 def models(request: Request) -> Response:
-    from pipelines import registry
-
-    data = []
-    for model in _models():
-        entries = registry.read_ledger(_store(model))
-        data.append({"model": model, "aliases": registry.aliases(entries), "versions": sorted(registry.registered(entries))})
+    data = [_summary(model) for model in _models()]
     if _wants_json(request):
         return JSONResponse(data)
-    rows = "".join(f"<tr><td><a href='models/{quote(d['model'])}'>{ESC(d['model'])}</a></td><td>{len(d['versions'])}</td>"
-                   f"<td>{' '.join(f'<span class=alias>{ESC(a)}=v{v}</span>' for a, v in sorted(d['aliases'].items()))}</td></tr>"
-                   for d in data)
-    return _page("Models", f"<table id='models'><tr><th>model</th><th>versions</th><th>aliases</th></tr>{rows}</table>")
+    return _page("models.html", title="Models", models=data)
+
+
+def _version_row(store, number: int, reg: dict, current: dict[str, int]) -> dict[str, Any]:
+    from pipelines import registry
+    from pipelines.errors import PipelineError
+
+    row: dict[str, Any] = {"version": number, "aliases": [a for a, v in current.items() if v == number]}
+    try:
+        m = registry.read_manifest(store, number, reg)
+    except (PipelineError, OSError) as err:
+        return {**row, "created_at": None, "error": str(err)}
+    decision = m.get("gate_decision") if isinstance(m.get("gate_decision"), dict) else {}
+    run = m.get("run") if isinstance(m.get("run"), dict) else {}
+    return {**row, "created_at": m.get("created_at"), "gate_passed": decision.get("passed"),
+            "rules": len(decision.get("rules") or []), "run_id": run.get("run_id"),
+            "triggered_by": m.get("triggered_by")}
 
 
 @app.get("/models/{model}")
 def model_page(model: str, request: Request) -> Response:
     from pipelines import registry
+    from pipelines.errors import PipelineError
 
     store = _store(model)
-    entries = registry.read_ledger(store)
+    try:
+        entries = registry.read_ledger(store)
+    except PipelineError as err:  # this model's ledger is damaged: say so, with status 409
+        if _wants_json(request):
+            return JSONResponse({"model": model, "error": str(err)}, 409)
+        return _page("model.html", 409, title=model, model=model, problems=[str(err)], versions=[],
+                     decisions=[], ledger=[])
     if not entries:
         raise HTTPException(status_code=404, detail=f"no model {model!r}")
     current = registry.aliases(entries)
-    versions = []
-    for number in sorted(registry.registered(entries), reverse=True):
-        m = registry.show_version(store, number)
-        decision = m.get("gate_decision") or {}
-        versions.append({"version": number, "aliases": [a for a, v in current.items() if v == number],
-                         "created_at": m.get("created_at"), "gate_passed": decision.get("passed"),
-                         "rules": len(decision.get("rules", [])), "run_id": (m.get("run") or {}).get("run_id"),
-                         "triggered_by": m.get("triggered_by")})
-    decisions = [{"run_id": r.get("run_id"), "note": r.get("note"), "gate": r.get("gate")} for r in _records()]
+    versions = [_version_row(store, n, reg, current) for n, reg in sorted(registry.registered(entries).items(), reverse=True)]
+    decisions = [{"run_id": r.get("run_id"), "note": r.get("note"),
+                  "gate": r.get("gate") if isinstance(r.get("gate"), dict) else None} for r in _records()]
     if _wants_json(request):
         return JSONResponse({"model": model, "aliases": current, "versions": versions, "ledger": entries,
                              "gate_decisions": decisions})
-    vrows = "".join(
-        f"<tr><td><a href='{quote(model)}/versions/{v['version']}'>v{v['version']}</a></td>"
-        f"<td>{' '.join(f'<span class=alias>{ESC(a)}</span>' for a in v['aliases'])}</td><td>{ESC(str(v['created_at']))}</td>"
-        f"<td class='{'ok' if v['gate_passed'] else 'bad'}'>{'passed' if v['gate_passed'] else 'not passed'} ({v['rules']} rules)</td>"
-        f"<td>{_run_link(v['run_id'])}</td><td>{ESC(str(v['triggered_by']))}</td></tr>" for v in versions)
-    drows = "".join(
-        f"<tr><td>{_run_link(d['run_id'])}</td><td class='{'ok' if (d['gate'] or {}).get('passed') else 'bad'}'>"
-        f"{ESC(str((d['gate'] or {}).get('summary', '-')))}</td><td>{ESC(str(d['note']))}</td></tr>" for d in decisions)
-    lrows = "".join(f"<tr><td>{e['seq']}</td><td>{ESC(str(e['at']))}</td><td>{ESC(e['action'])}</td><td>{_version(e['version'])}</td>"
-                    f"<td>{ESC(str(e['by']))}</td><td>{ESC(str(e.get('reason', '')))}</td></tr>" for e in entries)
-    return _page(f"{model}", "<h2>Versions</h2><table id='versions'><tr><th>version</th><th>aliases</th><th>created</th>"
-                 f"<th>gate</th><th>run</th><th>triggered by</th></tr>{vrows}</table>"
-                 "<h2>Gate decisions of lifecycle runs</h2><table id='decisions'><tr><th>run</th><th>gate</th><th>outcome</th></tr>"
-                 f"{drows}</table><h2>Ledger</h2><table id='ledger'><tr><th>#</th><th>at</th><th>action</th><th>version</th>"
-                 f"<th>by</th><th>reason</th></tr>{lrows}</table>")
-
-
-def _version(number: int | None) -> str:
-    return "-" if number is None else f"v{number}"
-
-
-def _run_link(run_id: str | None) -> str:
-    if not run_id:
-        return "-"
-    return f"<a href='/mlops/runs/{quote(run_id, safe='')}'>{ESC(run_id)}</a>"
+    problems = [f"v{v['version']}: {v['error']}" for v in versions if v.get("error")]
+    return _page("model.html", title=model, model=model, problems=problems, versions=versions,
+                 decisions=decisions, ledger=entries)
 
 
 @app.get("/models/{model}/versions/{version}")
@@ -140,6 +149,7 @@ def version_page(model: str, version: int, request: Request) -> Response:
     from pipelines import lineage
     from pipelines.errors import PipelineError
 
+    _store(model)  # the name check
     try:
         chain = lineage.trace(_params(), model, alias=None, version=version, root=REPO)
     except PipelineError as err:
@@ -153,16 +163,14 @@ def version_page(model: str, version: int, request: Request) -> Response:
 def run_page(run_id: str, request: Request) -> Response:
     from pipelines.lifecycle import read_record
 
-    record = read_record(REPO, run_id)
-    if record is None:
-        if _wants_json(request):
-            raise HTTPException(status_code=404, detail=f"no lifecycle record for run {run_id!r}")
-        return _page(f"Run {run_id}", "<p>This run left no lifecycle record (not a model_lifecycle run, or it "
-                     "stopped before its first task).</p>")
+    try:
+        record = read_record(REPO, run_id)
+    except (OSError, ValueError):
+        record = {"run_id": run_id, "note": "run record unreadable"}
+    if record is None and _wants_json(request):
+        raise HTTPException(status_code=404, detail=f"no lifecycle record for run {run_id!r}")
     if _wants_json(request):
         return JSONResponse(record)
-    promo = record.get("promotion")
-    link = (f"<p>Lineage: <a href='/mlops/models/{quote(promo['model'])}/versions/{promo['version']}'>"
-            f"{ESC(promo['model'])} v{promo['version']}</a></p>") if promo else ""
-    return _page(f"Run {run_id}", f"<p id='note'>{ESC(str(record.get('note')))}</p>{link}"
-                 f"<pre>{ESC(json.dumps(record, indent=2, sort_keys=True, default=str))}</pre>")
+    promo = record.get("promotion") if isinstance(record, dict) and isinstance(record.get("promotion"), dict) else None
+    return _page("run.html", title=f"Run {run_id}", record=record, promo=promo,
+                 pretty=json.dumps(record, indent=2, sort_keys=True, default=str))

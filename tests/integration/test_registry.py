@@ -182,13 +182,18 @@ def test_a_promotion_killed_at_any_moment_leaves_a_complete_champion(workdir):
         time.sleep(rng.uniform(0.05, 1.4) * span)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        assert registry.verify(store) == []
+        # A kill may leave an unreferenced version directory or temp files: reported, never read as state.
+        leftovers = registry.verify(store)
+        assert all("not named by the ledger" in p for p in leftovers), leftovers
         champ_dir, version = registry.champion(store)
         manifest = registry.show_version(store, version)
         assert set(manifest["files"]) == {p.relative_to(champ_dir).as_posix()
                                           for p in champ_dir.rglob("*") if p.is_file()}
         outcomes.add(candidate_hash(champ_dir) == candidate_hash(cand))
     assert outcomes == {True, False}, "kills should land both before and after the commit point"
+    registry.init(store)  # any write tidies what the kills left
+    assert registry.verify(store) == []
+    assert not list(Path(store.base).glob(".*.tmp")) and not list(Path(store.base).glob("versions/.*.tmp"))
 
 
 def test_promotions_and_rollback_are_mirrored_as_gto_tags(tmp_path):

@@ -61,18 +61,71 @@ def test_atomic_write_keeps_old_file_when_writing_fails(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
 
 
+def _names(path):
+    return sorted(p.name for p in path.iterdir() if p.name != ".pipelines-output")
+
+
 def test_atomic_dir_replaces_whole_or_nothing(tmp_path):
     out = tmp_path / "prepared"
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, owner="prepare") as tmp:
         (tmp / "a").write_text("1")
     assert (out / "a").read_text() == "1"
+    assert (out / ".pipelines-output").read_text() == "prepare\n"
     with pytest.raises(RuntimeError):
-        with atomic_dir(out) as tmp:
+        with atomic_dir(out, owner="prepare") as tmp:
             (tmp / "b").write_text("2")
             raise RuntimeError("crash mid-write")
-    assert sorted(p.name for p in out.iterdir()) == ["a"]
+    assert _names(out) == ["a"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared"]
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, owner="prepare") as tmp:
         (tmp / "c").write_text("3")
-    assert sorted(p.name for p in out.iterdir()) == ["c"]
+    assert _names(out) == ["c"]
     assert oct(out.stat().st_mode & 0o777) != oct(0o700)
+
+
+@pytest.mark.parametrize("existing, owner, refused", [
+    ("absent", "prepare", False),
+    ("empty", "prepare", False),
+    ("own-output", "prepare", False),
+    ("other-stage-output", "prepare", True),   # validate's report dir is not prepare's to replace
+    ("unmarked-data", "prepare", True),         # the registry, raw drops, anything a user made
+    ("a-file", "prepare", True),
+])
+def test_atomic_dir_replaces_only_its_own_or_an_empty_directory(tmp_path, existing, owner, refused):
+    from pipelines.errors import OutputError
+
+    out = tmp_path / "target"
+    if existing == "a-file":
+        out.write_text("precious")
+    elif existing != "absent":
+        out.mkdir()
+        if existing != "empty":
+            (out / "precious.bin").write_bytes(b"keep me")
+        if existing == "own-output":
+            (out / ".pipelines-output").write_text("prepare\n")
+        if existing == "other-stage-output":
+            (out / ".pipelines-output").write_text("validate\n")
+    before = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    if refused:
+        with pytest.raises(OutputError, match="refusing to replace"):
+            with atomic_dir(out, owner=owner) as tmp:
+                (tmp / "new").write_text("x")
+        after = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+        assert after == before and sorted(p.name for p in tmp_path.iterdir()) == ["target"]
+    else:
+        with atomic_dir(out, owner=owner) as tmp:
+            (tmp / "new").write_text("x")
+        assert _names(out) == ["new"]
+
+
+@pytest.mark.parametrize("content, message", [
+    ("text," + "x" * 140_000 + "\nhello,a\n", "header line is 140,005 characters"),
+    ("text,label\rhello,a\rhi,b\r", "CR-only line endings"),
+])
+def test_csv_header_problems_are_one_line_input_errors(tmp_path, content, message):
+    from pipelines.errors import InputError
+
+    path = tmp_path / "drop.csv"
+    path.write_bytes(content.encode())
+    with pytest.raises(InputError, match=message):
+        read_dataset(path)
