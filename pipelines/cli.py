@@ -191,16 +191,18 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from pipelines.config import check_model_name, with_overrides
-    from pipelines.serve import create_app
+    from pipelines.serve import auth_line, create_app, server_config
 
     params = _params(args)
     if args.model:
         check_model_name(args.model)
-    sp = with_overrides(params.serve, host=args.host, port=args.port, alias=args.alias)
+    sp = with_overrides(params.serve, host=args.host, port=args.port, alias=args.alias,
+                        allow_unauthenticated=args.allow_unauthenticated or None)
     params = params.model_copy(update={"serve": sp})
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(params, alias=sp.alias, model=args.model, batching=not args.no_batching)
-    uvicorn.run(app, host=sp.host, port=sp.port, log_level="warning", access_log=False)
+    print(auth_line(app.state.keys, sp.host, sp.allow_unauthenticated), file=sys.stderr, flush=True)
+    uvicorn.Server(server_config(app, sp, sp.host, sp.port)).run()
     return 0
 
 
@@ -335,6 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--host")
     sv.add_argument("--port", type=int)
     sv.add_argument("--no-batching", action="store_true", help="one request, one forward pass (baseline)")
+    sv.add_argument("--allow-unauthenticated", action="store_true",
+                    help="serve without API keys on a non-loopback address (behind an authenticating proxy)")
     sv.set_defaults(handler=_serve)
 
     vp = sub.add_parser("vllm-promote", help="load the champion's adapter into a running vLLM server")

@@ -195,7 +195,9 @@ class ServeParams(_Section):
     max_chars: int = Field(4000, ge=1)
     max_input_tokens: int | None = Field(512, ge=1)
     max_tokens: int = Field(256, ge=1)
-    request_timeout_s: float = Field(30.0, gt=0.0)
+    request_timeout_s: float = Field(30.0, gt=0.0)  # reading the body included
+    header_timeout_s: float = Field(10.0, gt=0.0)  # a connection must send a request's headers within this
+    max_connections: int = Field(1024, ge=1)  # open connections; more are closed at once
     max_batch: int = Field(64, ge=1)  # texts per forward pass
     max_wait_ms: float = Field(5.0, ge=0.0)
     max_queue: int = Field(256, ge=1)  # waiting requests before 429

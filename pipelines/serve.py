@@ -41,20 +41,31 @@ class Loaded:
     version: int
     task: str
     model: Any
-    tok: Any
+    tok: Any  # used only by the forward thread
     labels: list[str] | None
     max_length: int
+    count_tok: Any = None  # a private copy for request checks: a tokenizer's truncation state is not thread-safe
 
 
 def load_version(store, version: int) -> Loaded:
+    """Load a registered version, only if the registry vouches for it: the manifest's sha256 must be the
+    one the ledger recorded and every file must match the manifest (`registry.verify_version`)."""
+    import copy
+
     from pipelines import batching, registry
     from pipelines.modeling import load_trained
 
+    reg = registry.registered(registry.read_ledger(store)).get(version)
+    if reg is None:
+        raise RuntimeError(f"v{version} is not registered")
+    problems = registry.verify_version(store, version, reg)
+    if problems:
+        raise RuntimeError(f"v{version} fails verification: {problems[0]}")
     directory = registry.version_dir(store, version)
-    manifest = registry.show_version(store, version)
-    for rel, digest in manifest["files"].items():  # never serve bytes the registry did not record
-        if registry.file_sha256(directory / rel) != digest:
-            raise RuntimeError(f"v{version}: {rel} does not match its manifest")
+    if not store.local:  # a downloaded copy: check the bytes that will actually be loaded
+        for rel, digest in registry.read_manifest(store, version, reg)["files"].items():
+            if registry.file_sha256(directory / rel) != digest:
+                raise RuntimeError(f"v{version}: {rel} does not match its manifest")
     config = json.loads((directory / "train_config.json").read_text(encoding="utf-8"))
     model, tok = load_trained(directory)
     labels = None
@@ -63,7 +74,8 @@ def load_version(store, version: int) -> Loaded:
         labels = sorted(label_map, key=label_map.get)
     else:
         batching.ensure_chat_template(tok)
-    return Loaded(version, config["task"], model, tok, labels, int(config["params"]["max_length"]))
+    return Loaded(version, config["task"], model, tok, labels, int(config["params"]["max_length"]),
+                  count_tok=copy.deepcopy(tok))
 
 
 def classify(loaded: Loaded, texts: list[str]):
@@ -108,42 +120,60 @@ def generate(loaded: Loaded, messages: list[dict] | None, max_tokens: int, promp
 
 
 class Holder:
-    """The served version and the watcher that swaps it when the alias moves."""
+    """The served version and the watcher that swaps it when the alias moves.
+
+    A version that fails to load or warm up is not retried until the ledger changes (a new entry:
+    the alias moved away and back, or a repair was recorded), so a broken version costs one attempt."""
 
     def __init__(self, store, alias: str, metrics) -> None:
         self.store, self.alias, self.metrics = store, alias, metrics
         self.current: Loaded | None = None
-        self.failed: set[int] = set()
+        self.failed: tuple[int, str] | None = None  # (version, ledger tip hash) of the last failed load
+        self.status = "loading"
+        self._said: str | None = None
         self._stop = threading.Event()
 
-    def target(self) -> int | None:
-        from pipelines import registry
-
-        return registry.aliases(registry.read_ledger(self.store)).get(self.alias)
+    def _say(self, level: int, message: str) -> None:
+        """Log a state once, not on every poll."""
+        if message != self._said:
+            log.log(level, message)
+            self._said = message
+        self.status = message
 
     def poll(self) -> None:
+        from pipelines import registry
+
         try:
-            target = self.target()
-        except Exception as err:  # an unreadable ledger must not take serving down
-            log.error("cannot read the registry ledger: %s", err)
+            entries = registry.read_ledger(self.store)
+        except Exception as err:  # an unreadable ledger must not take serving down, nor be trusted
+            self._say(logging.ERROR, f"cannot read the registry ledger: {err}; still serving "
+                      f"{self.current.version if self.current else 'nothing'}")
             return
-        if target is None or (self.current and self.current.version == target):
-            self.failed.discard(target)
+        current = registry.aliases(entries)
+        target = current.get(self.alias)
+        tip = entries[-1]["hash"] if entries else ""
+        if target is None:
+            self._say(logging.ERROR, f"alias '{self.alias}' is not set for {self.store.base.rsplit('/', 1)[-1]} "
+                      f"(aliases: {', '.join(sorted(current)) or 'none'}); serving "
+                      f"{'v%s' % self.current.version if self.current else 'nothing'} until it is")
             return
-        if target in self.failed:
+        if self.current and self.current.version == target:
+            return
+        if self.failed == (target, tip):
             return
         try:
             candidate = load_version(self.store, target)
             warm_up(candidate)
         except Exception as err:
-            self.failed.add(target)
+            self.failed = (target, tip)
             self.metrics.load_failures.inc()
-            log.error("version %s failed to load or warm up; still serving %s: %s", target,
-                      self.current.version if self.current else None, err)
+            self._say(logging.ERROR, f"version {target} failed to load or warm up; still serving "
+                      f"{self.current.version if self.current else None}: {err}")
             return
         self.current = candidate  # one reference swap: requests already holding the old one finish on it
+        self.failed = None
         self.metrics.version.set(target)
-        log.warning("now serving %s v%s", self.alias, target)
+        self._say(logging.WARNING, f"now serving {self.alias} v{target}")
 
     def start(self, interval: float) -> None:
         def loop():
@@ -253,11 +283,85 @@ class Batcher:
 
 
 def api_keys(env_var: str, keys_file: str | None) -> list[str]:
+    """Keys from the environment variable and the keys file; a configured file must exist (fail closed)."""
+    from pipelines.errors import ConfigError
+
     keys = [k.strip() for k in os.environ.get(env_var, "").split(",") if k.strip()]
-    if keys_file and Path(keys_file).exists():
-        keys += [ln.strip() for ln in Path(keys_file).read_text(encoding="utf-8").splitlines()
-                 if ln.strip() and not ln.startswith("#")]
+    if keys_file:
+        try:
+            text = Path(keys_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"serve.api_keys_file {keys_file} cannot be read ({type(err).__name__}); "
+                              "refusing to start without the keys it should hold") from None
+        keys += [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+        if not keys:
+            raise ConfigError(f"serve.api_keys_file {keys_file} holds no keys; refusing to start unauthenticated")
     return keys
+
+
+LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
+def auth_line(keys: list[str], host: str, allow_unauthenticated: bool) -> str:
+    """The one start-up line about authentication; refuses an open server on a non-loopback address."""
+    from pipelines.errors import ConfigError
+
+    if keys:
+        return f"authentication: on ({len(keys)} API key{'s' if len(keys) != 1 else ''})"
+    if host not in LOOPBACK and not host.startswith("127.") and not allow_unauthenticated:
+        raise ConfigError(f"refusing to serve on {host} without API keys: set serve.api_keys_env / api_keys_file, "
+                          "or serve.allow_unauthenticated: true (--allow-unauthenticated)")
+    return f"authentication: OFF (no API keys configured; listening on {host})"
+
+
+def server_config(app, sp, host: str, port: int):
+    """uvicorn's config with the limits a public server needs: at most `max_connections` connections and
+    `header_timeout_s` to send a request's headers (the body is bounded by the app's request timeout)."""
+    import uvicorn
+
+    return uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                          http=_guarded_protocol(sp.header_timeout_s, sp.max_connections),
+                          limit_concurrency=sp.max_connections, timeout_keep_alive=5)
+
+
+def _guarded_protocol(header_timeout: float, max_connections: int):
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as Base
+    except ImportError:  # httptools is optional for uvicorn
+        from uvicorn.protocols.http.h11_impl import H11Protocol as Base
+
+    class Guarded(Base):
+        """Closes connections over the limit at once and those that do not finish their headers in time."""
+
+        _timer = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            if len(self.connections) > max_connections:
+                transport.close()
+                return
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            if self._timer is None and (self.cycle is None or self.cycle.response_complete):
+                self._arm()  # a new request starts on a kept-alive connection
+            super().data_received(data)
+
+        def connection_lost(self, exc) -> None:
+            if self._timer is not None:
+                self._timer.cancel()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            self._timer = self.loop.call_later(header_timeout, self._expire, self.cycle)
+
+        def _expire(self, cycle_before) -> None:
+            self._timer = None
+            waiting = self.cycle is cycle_before or self.cycle is None or self.cycle.response_complete
+            if waiting and not self.transport.is_closing():
+                self.transport.close()  # no complete request headers within header_timeout_s
+
+    return Guarded
 
 
 def create_app(params: Params, alias: str = "champion", model: str | None = None, batching: bool = True,
@@ -274,6 +378,7 @@ def create_app(params: Params, alias: str = "champion", model: str | None = None
     metrics = Metrics()
     holder = Holder(store, alias, metrics)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
+    checker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="request-check")  # token counts, off the loop
     batcher = Batcher(sp.max_batch, sp.max_wait_ms, sp.max_queue, executor, metrics) if batching else None
 
     async def lifespan(app):
@@ -286,10 +391,12 @@ def create_app(params: Params, alias: str = "champion", model: str | None = None
         if task:
             task.cancel()
         executor.shutdown(wait=False, cancel_futures=True)
+        checker.shutdown(wait=False, cancel_futures=True)
 
+    keys = api_keys(sp.api_keys_env, sp.api_keys_file)  # before anything starts: a missing keys file stops us
     app = FastAPI(title="pipelines serving", version="1", lifespan=lifespan)
-    app.state.keys = api_keys(sp.api_keys_env, sp.api_keys_file)
-    install_routes(app, sp, name, holder, batcher, executor, metrics)
+    app.state.keys = keys
+    install_routes(app, sp, name, holder, batcher, executor, metrics, checker)
     return app
 
 

@@ -11,22 +11,39 @@ import json
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from pipelines.serve import QueueFull, check_key, classify, completion_id, generate, matches_ood
 
 OPEN_PATHS = {"/healthz", "/readyz", "/docs", "/openapi.json"}
+ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+               405: "invalid_request_error", 408: "timeout_error", 413: "request_too_large",
+               422: "invalid_request_error", 429: "rate_limit_error", 503: "service_unavailable",
+               504: "timeout_error"}
+
+
+def _utf8(text: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("contains a lone surrogate (\\ud800-\\udfff), which is not valid text") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_utf8)]
 
 
 class ClassifyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    texts: list[str] = Field(min_length=1)
+    texts: list[Text] = Field(min_length=1)
     top_k: int = Field(3, ge=1, le=20)
 
 
 class ChatMessage(BaseModel):
     role: Literal["system", "user", "assistant", "tool"]
-    content: str
+    content: Text
 
 
 class ChatRequest(BaseModel):
@@ -40,18 +57,46 @@ class ChatRequest(BaseModel):
 class CompletionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
     model: str | None = None
-    prompt: str
+    prompt: Text
     max_tokens: int | None = Field(None, ge=1)
     stream: bool = False
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: int
+
+
+class ErrorResponse(BaseModel):
+    """The one error shape of every route (OpenAI's): `{"error": {"message", "type", "param", "code"}}`."""
+
+    error: ErrorDetail
+
+
+def error_body(status: int, message: str, param: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": ERROR_TYPES.get(status, "server_error"), "param": param,
+                      "code": status}}
+
+
+def _documented(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ErrorResponse, "description": ERROR_TYPES.get(code, "error")} for code in codes}
+
+
+COMMON_ERRORS = (401, 413, 422, 429, 503, 504)
 
 
 class Guard:
     """Pure ASGI middleware: body size limit, API keys, request timeout, request metrics.
 
-    (Starlette's BaseHTTPMiddleware costs a task and a stream copy per request; this does not.)"""
+    The body is read here, bounded in size (413 also for chunked bodies without a content-length) and
+    in time (the request timeout covers it), then replayed to the app. Metrics label only known
+    routes, so random paths cannot grow /metrics. (Starlette's BaseHTTPMiddleware costs a task and a
+    stream copy per request; this does not.)"""
 
-    def __init__(self, app, sp, app_state, metrics) -> None:
-        self.app, self.sp, self.state, self.metrics = app, sp, app_state, metrics
+    def __init__(self, app, sp, app_state, metrics, routes: set[str]) -> None:
+        self.app, self.sp, self.state, self.metrics, self.routes = app, sp, app_state, metrics, routes
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -69,7 +114,7 @@ class Guard:
         async def reject(code: int, message: str, extra: dict | None = None):
             from starlette.responses import JSONResponse
 
-            await JSONResponse({"error": {"message": message}}, code, headers=extra)(scope, receive, send_tracked)
+            await JSONResponse(error_body(code, message), code, headers=extra)(scope, receive, send_tracked)
 
         try:
             size = headers.get("content-length")
@@ -77,57 +122,82 @@ class Guard:
                 return await reject(413, f"request body over {self.sp.max_body_bytes} bytes")
             if path not in OPEN_PATHS and not check_key(self.state.keys, headers.get("authorization")):
                 return await reject(401, "missing or invalid API key", {"WWW-Authenticate": "Bearer"})
-            received = 0
-
-            async def bounded_receive():
-                nonlocal received
-                message = await receive()
-                received += len(message.get("body", b""))
-                if received > self.sp.max_body_bytes:  # chunked bodies without a content-length
-                    raise _TooLarge()
-                return message
-
             try:
                 async with asyncio.timeout(self.sp.request_timeout_s):  # no extra task per request
-                    await self.app(scope, bounded_receive, send_tracked)
+                    body = await self._read_body(receive)
+                    if body is None:
+                        return await reject(413, f"request body over {self.sp.max_body_bytes} bytes")
+                    await self.app(scope, _replay(body, receive), send_tracked)
             except TimeoutError:
                 if status["code"] == 500:
                     await reject(504, f"request took over {self.sp.request_timeout_s}s")
-            except _TooLarge:
-                await reject(413, f"request body over {self.sp.max_body_bytes} bytes")
         finally:
-            label = path if path.startswith("/v1/") or path in OPEN_PATHS or path == "/metrics" else "other"
+            label = path if path in self.routes else "other"
             self.metrics.requests.labels(label, str(status["code"])).inc()
             self.metrics.latency.labels(label).observe(time.perf_counter() - t)
 
+    async def _read_body(self, receive) -> bytes | None:
+        """The whole body, or None once it passes max_body_bytes."""
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return b"".join(chunks)
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.sp.max_body_bytes:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                return b"".join(chunks)
 
-class _TooLarge(Exception):
-    pass
+
+def _replay(body: bytes, receive):
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()  # then the real channel (a disconnect)
+    return replay
 
 
-def install_routes(app, sp, name: str, holder, batcher, executor, metrics) -> None:
+def install_routes(app, sp, name: str, holder, batcher, executor, metrics, checker=None) -> None:
     from fastapi import HTTPException, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     from pipelines.serve_upstream import Upstream
 
     upstream = Upstream.from_params(sp.fallback)
 
-    app.add_middleware(Guard, sp=sp, app_state=app.state, metrics=metrics)
-
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
-        return JSONResponse({"error": {"message": f"{where}: {first.get('msg', 'invalid request')}",
-                                       "type": "invalid_request_error", "param": where}}, 422)
+        message = str(first.get("msg", "invalid request")).encode("utf-8", "replace").decode("utf-8")
+        return JSONResponse(error_body(422, f"{where}: {message}", where), 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        return JSONResponse(error_body(exc.status_code, str(exc.detail)), exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def crashed(request: Request, exc: Exception):
+        import logging
+
+        logging.getLogger("pipelines.serve").error("internal error on %s: %s: %s", request.url.path,
+                                                   type(exc).__name__, exc)
+        return JSONResponse(error_body(500, "internal error"), 500)
 
     def served():
         loaded = holder.current
         if loaded is None:
-            raise HTTPException(503, "no model loaded yet")
+            raise HTTPException(503, f"no model loaded: {holder.status}")
         return loaded
 
     def reply(body: dict, loaded, status: int = 200):
@@ -138,7 +208,7 @@ def install_routes(app, sp, name: str, holder, batcher, executor, metrics) -> No
     async def healthz():
         return {"status": "alive"}
 
-    @app.get("/readyz")
+    @app.get("/readyz", responses={503: {"description": "no model loaded yet"}})
     async def readyz():
         loaded = holder.current
         if loaded is None:
@@ -146,29 +216,29 @@ def install_routes(app, sp, name: str, holder, batcher, executor, metrics) -> No
         return JSONResponse({"status": "ready", "model_version": loaded.version},
                             headers={"X-Model-Version": str(loaded.version)})
 
-    @app.get("/metrics")
+    @app.get("/metrics", responses=_documented(401))
     async def prometheus():
         return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses=_documented(401, 503))
     async def models():
         loaded = served()
         return reply({"object": "list", "data": [{"id": name, "object": "model", "owned_by": "pipelines",
                                                   "version": loaded.version, "task": loaded.task}]}, loaded)
 
-    @app.post("/v1/classify")
+    @app.post("/v1/classify", responses=_documented(400, *COMMON_ERRORS))
     async def classify_route(req: ClassifyRequest):
         loaded = served()
         if loaded.task != "classification":
             raise HTTPException(400, f"model {name} v{loaded.version} is a {loaded.task} model")
-        _check_texts(req.texts, loaded)
+        await _check_texts(req.texts, loaded)
         try:
             if batcher is not None:
                 probs = await batcher.submit(loaded, req.texts)
             else:
                 probs = await asyncio.get_running_loop().run_in_executor(executor, classify, loaded, req.texts)
         except QueueFull:
-            return JSONResponse({"error": {"message": "server busy: queue full, retry later"}}, 429,
+            return JSONResponse(error_body(429, "server busy: queue full, retry later"), 429,
                                 headers={"Retry-After": "1"})
         results = []
         for text, p in zip(req.texts, probs):
@@ -183,21 +253,25 @@ def install_routes(app, sp, name: str, holder, batcher, executor, metrics) -> No
         metrics.tokens.labels("local").inc(sum(len(t.split()) for t in req.texts))
         return reply({"object": "classification", "model": name, "results": results}, loaded)
 
-    def _check_texts(texts: list[str], loaded) -> None:
+    async def _check_texts(texts: list[str], loaded) -> None:
         if len(texts) > sp.max_texts:
             raise HTTPException(413, f"texts: at most {sp.max_texts} per request")
         for i, text in enumerate(texts):
             if len(text) > sp.max_chars:
                 raise HTTPException(413, f"texts[{i}]: over {sp.max_chars} characters")
         if sp.max_input_tokens:
-            # Without special tokens a text has at most one token per UTF-8 byte, so only texts
-            # longer than the limit in bytes need the (costly, event-loop) tokenizer pass.
+            # Without special tokens a text has at most one token per UTF-8 byte, so only texts longer
+            # than the limit in bytes need counting: on the checker thread with the version's own copy
+            # of the tokenizer (never the forward thread's, whose truncation state it would race with).
             long = [i for i, t in enumerate(texts) if len(t.encode("utf-8")) > sp.max_input_tokens]
             if long:
-                counts = loaded.tok([texts[i] for i in long], add_special_tokens=False)["input_ids"]
-                for i, ids in zip(long, counts):
-                    if len(ids) > sp.max_input_tokens:
-                        raise HTTPException(413, f"texts[{i}]: {len(ids)} tokens, over {sp.max_input_tokens}")
+                tok = loaded.count_tok or loaded.tok
+                counts = await asyncio.get_running_loop().run_in_executor(
+                    checker, lambda: [len(ids) for ids in tok([texts[i] for i in long], add_special_tokens=False,
+                                                              truncation=False)["input_ids"]])
+                for i, n in zip(long, counts):
+                    if n > sp.max_input_tokens:
+                        raise HTTPException(413, f"texts[{i}]: {n} tokens, over {sp.max_input_tokens}")
 
     def _max_tokens(requested: int | None) -> int:
         if requested is not None and requested > sp.max_tokens:
@@ -208,7 +282,7 @@ def install_routes(app, sp, name: str, holder, batcher, executor, metrics) -> No
         return await asyncio.get_running_loop().run_in_executor(
             executor, lambda: generate(loaded, messages, max_tokens, prompt=prompt))
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", responses=_documented(400, *COMMON_ERRORS))
     async def chat(req: ChatRequest):
         loaded = served()
         if loaded.task != "causal_lm":
@@ -237,7 +311,7 @@ def install_routes(app, sp, name: str, holder, batcher, executor, metrics) -> No
             body["fallback_error"] = flag
         return reply(body, loaded)
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", responses=_documented(400, *COMMON_ERRORS))
     async def completions(req: CompletionRequest):
         loaded = served()
         if loaded.task != "causal_lm":
@@ -283,3 +357,6 @@ def install_routes(app, sp, name: str, holder, batcher, executor, metrics) -> No
 
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"X-Model-Version": str(loaded.version), "Cache-Control": "no-cache"})
+
+    routes = {route.path for route in app.routes if hasattr(route, "path")}
+    app.add_middleware(Guard, sp=sp, app_state=app.state, metrics=metrics, routes=routes)

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from pipelines import registry
+from pipelines.errors import CheckFailed
 from pipelines.serve import wait_ready
 from tests.conftest import cli_env
 from tests.serving_support import build_registry, free_port
@@ -88,7 +89,16 @@ def test_swaps_under_load_fail_no_request(reg, tmp_path):
         server.wait(timeout=30)
 
 
-def test_a_version_that_fails_to_load_is_skipped_and_the_old_one_kept(reg, tmp_path):
+def _force_alias(store, version: int) -> None:
+    """Move champion without the registry's verification (as a registry written by another tool could)."""
+    with registry._locked(store):
+        entries = registry.read_ledger(store)
+        registry._append(store, entries, {"action": "rollback", "version": version, "registered": None,
+                                          "aliases": {**registry.aliases(entries), "champion": version},
+                                          "by": "test", "reason": "forced"})
+
+
+def test_a_version_that_fails_to_load_is_skipped_then_retried_once_repaired(reg, tmp_path):
     port = free_port()
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({
         "registry": {"root": str(reg["root"] / "registry")}, "serve": {"poll_seconds": 0.3, "port": port}}))
@@ -104,14 +114,21 @@ def test_a_version_that_fails_to_load_is_skipped_and_the_old_one_kept(reg, tmp_p
         original = weights.read_bytes()
         weights.write_bytes(b"corrupted")  # the version now cannot load
         try:
-            registry.move_alias(store, reg["model"], "champion", other, reason="bad version")
+            with pytest.raises(CheckFailed, match="fails verification"):  # the registry refuses it ...
+                registry.move_alias(store, reg["model"], "champion", other, reason="bad version")
+            _force_alias(store, other)  # ... and the server too, when the alias is moved around the registry
             wait_for(lambda: "pipelines_model_load_failures_total 1.0" in httpx.get(f"{url}/metrics").text, 60,
                      "load failure reported")
             r = httpx.post(f"{url}/v1/classify", json={"texts": ["card"]})
             assert r.status_code == 200 and r.headers["X-Model-Version"] == str(current)
         finally:
             weights.write_bytes(original)
-            registry.move_alias(store, reg["model"], "champion", current, reason="restore")
+        # Repaired, the alias moves away and back: the version is tried again and served.
+        registry.move_alias(store, reg["model"], "champion", current, reason="restore")
+        registry.move_alias(store, reg["model"], "champion", other, reason="repaired")
+        wait_for(lambda: httpx.get(f"{url}/readyz").headers.get("X-Model-Version") == str(other), 60,
+                 "repaired version served")
+        registry.move_alias(store, reg["model"], "champion", current, reason="restore")
     finally:
         server.terminate()
         server.wait(timeout=30)
