@@ -1,0 +1,275 @@
+"""Serving under hostile input and misconfiguration (issue 10's catalogue, serving half), and a
+property-based fuzz of the API against its own OpenAPI document."""
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+import yaml
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pipelines import registry
+from pipelines.config import parse_params
+from pipelines.errors import ConfigError
+from pipelines.serve import create_app, server_config
+from tests.conftest import cli_env
+from tests.serving_support import build_registry, free_port
+
+pytestmark = pytest.mark.integration
+KEY = "k3y-for-tests"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture(scope="module")
+def reg(tmp_path_factory):
+    return build_registry(tmp_path_factory.mktemp("attacks"), "classification", versions=1)
+
+
+def params_for(reg, **serve):
+    return parse_params({"registry": {"root": str(reg["root"] / "registry"), "model_name": reg["model"]},
+                         "serve": {"poll_seconds": 0.2, **serve}})
+
+
+@pytest.fixture
+def client(reg, monkeypatch):
+    monkeypatch.setenv("PIPELINES_API_KEYS", KEY)
+    with TestClient(create_app(params_for(reg, max_body_bytes=4096, max_input_tokens=8), poll=False)) as c:
+        yield c
+
+
+def _is_error_shape(response) -> bool:
+    body = response.json()
+    return (set(body) == {"error"} and isinstance(body["error"].get("message"), str)
+            and isinstance(body["error"].get("type"), str) and body["error"].get("code") == response.status_code)
+
+
+# (id, method, path, headers, body, expected status)
+REQUEST_ROWS = [
+    ("lone-surrogate-text", "post", "/v1/classify", AUTH, b'{"texts": ["ok \\ud800 there"]}', 422),
+    ("lone-surrogate-prompt", "post", "/v1/completions", AUTH, b'{"prompt": "\\udfff"}', 422),
+    ("lone-surrogate-chat", "post", "/v1/chat/completions", AUTH,
+     b'{"messages": [{"role": "user", "content": "\\ud83d"}]}', 422),
+    ("no-key", "post", "/v1/classify", {}, b'{"texts": ["a"]}', 401),
+    ("unknown-route", "get", "/v1/nothing-here", AUTH, None, 404),
+    ("wrong-method", "get", "/v1/classify", AUTH, None, 405),
+    ("bad-field", "post", "/v1/classify", AUTH, b'{"texts": "not a list"}', 422),
+    ("over-token-limit", "post", "/v1/classify", AUTH, b'{"texts": ["one two three four five six seven eight nine ten"]}',
+     413),
+    ("wrong-task-route", "post", "/v1/completions", AUTH, b'{"prompt": "hi"}', 400),
+]
+
+
+@pytest.mark.parametrize("method, path, headers, body, status", [r[1:] for r in REQUEST_ROWS],
+                         ids=[r[0] for r in REQUEST_ROWS])
+def test_hostile_request_gets_a_4xx_in_the_one_error_shape(client, method, path, headers, body, status):
+    r = client.request(method.upper(), path, content=body, headers={**headers, "content-type": "application/json"})
+    assert r.status_code == status, r.text
+    assert _is_error_shape(r), r.text
+    assert client.get("/healthz").status_code == 200
+
+
+def test_an_oversized_chunked_body_is_413(client):
+    def chunks():
+        for _ in range(10):
+            yield b"x" * 1000
+    r = client.post("/v1/classify", content=chunks(), headers={**AUTH, "content-type": "application/json"})
+    assert r.status_code == 413 and _is_error_shape(r)
+
+
+def test_random_paths_do_not_grow_metrics(client):
+    for i in range(300):
+        client.get(f"/v1/probe-{i}", headers=AUTH if i % 2 else {})
+    text = client.get("/metrics", headers=AUTH).text
+    assert "probe-" not in text and 'path="other"' in text
+    assert len(text) < 50_000
+
+
+def test_over_limit_requests_never_pass_under_concurrency(reg, monkeypatch):
+    """Over-limit texts counted on their own thread and tokenizer copy, while real forwards truncate."""
+    monkeypatch.delenv("PIPELINES_API_KEYS", raising=False)
+    # The model truncates to max_length 32 tokens: a count that raced with a forward pass's truncation
+    # would see <= 32 tokens, under the limit of 40, and let a 100-token text through.
+    app = create_app(params_for(reg, max_input_tokens=40), poll=False)
+    long_text = " ".join(["word"] * 100)
+
+    async def run():
+        transport = httpx.ASGITransport(app=app)
+        async with app.router.lifespan_context(app):
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+                over = [c.post("/v1/classify", json={"texts": [long_text]}) for _ in range(150)]
+                normal = [c.post("/v1/classify", json={"texts": ["my card has not arrived " * 6] * 16})
+                          for _ in range(40)]
+                return await asyncio.gather(*over), await asyncio.gather(*normal)
+
+    over, normal = asyncio.run(run())
+    assert [r.status_code for r in over] == [413] * 150
+    assert [r.status_code for r in normal] == [200] * 40
+
+
+def test_a_missing_keys_file_refuses_to_start(reg, tmp_path):
+    with pytest.raises(ConfigError, match="nope.keys"):
+        create_app(params_for(reg, api_keys_file=str(tmp_path / "nope.keys")), poll=False)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({
+        "registry": {"root": str(reg["root"] / "registry"), "model_name": reg["model"]},
+        "serve": {"api_keys_file": str(tmp_path / "nope.keys"), "port": free_port()}}))
+    proc = subprocess.run([sys.executable, "-m", "pipelines", "serve"], cwd=tmp_path, env=cli_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "nope.keys" in proc.stderr.strip().splitlines()[-1], proc.stderr
+
+
+def test_no_keys_on_a_public_address_is_refused_and_loopback_says_auth_is_off(reg, tmp_path):
+    env = {k: v for k, v in cli_env().items() if k != "PIPELINES_API_KEYS"}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({
+        "registry": {"root": str(reg["root"] / "registry"), "model_name": reg["model"]}}))
+    proc = subprocess.run([sys.executable, "-m", "pipelines", "serve", "--host", "0.0.0.0", "--port", "1"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "without API keys" in proc.stderr, proc.stderr
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "pipelines", "serve", "--port", str(port)], cwd=tmp_path,
+                              env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        line = server.stderr.readline()
+        assert line.startswith("authentication: OFF"), line
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _serve_thread(app, sp):
+    import threading
+
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(server_config(app, sp, "127.0.0.1", port))
+    threading.Thread(target=server.run, daemon=True).start()
+    while not server.started:
+        time.sleep(0.02)
+    return server, port
+
+
+def test_slow_clients_are_timed_out_and_connections_bounded(reg, monkeypatch):
+    monkeypatch.delenv("PIPELINES_API_KEYS", raising=False)
+    params = params_for(reg, header_timeout_s=1.0, max_connections=40)
+    server, port = _serve_thread(create_app(params, poll=False), params.serve)
+    socks = []
+    try:
+        for _ in range(120):  # half-open: connect, send part of a request line, then nothing
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            s.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\n")
+            socks.append(s)
+        time.sleep(3.0)
+        closed = 0
+        for s in socks:
+            s.settimeout(2)
+            try:
+                closed += s.recv(1) == b""
+            except (ConnectionResetError, TimeoutError, socket.timeout):
+                closed += isinstance(sys.exc_info()[1], ConnectionResetError)
+        assert closed == len(socks)
+        ok = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10)  # the server still answers
+        assert ok.status_code == 200
+    finally:
+        for s in socks:
+            s.close()
+        server.should_exit = True
+
+
+def test_weights_and_manifest_edited_together_are_never_served(reg, tmp_path, monkeypatch):
+    """The manifest must match the ledger's manifest_sha256, not only the files."""
+    monkeypatch.delenv("PIPELINES_API_KEYS", raising=False)
+    root = tmp_path / "copy"
+    shutil.copytree(reg["root"] / "registry", root / "registry")
+    vdir = root / "registry" / reg["model"] / "versions" / "v0001"
+    weights = vdir / "files" / "adapter" / "adapter_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01
+    weights.write_bytes(bytes(data))
+    manifest = json.loads((vdir / "manifest.json").read_text())
+    manifest["files"]["adapter/adapter_model.safetensors"] = registry.file_sha256(weights)
+    (vdir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    params = parse_params({"registry": {"root": str(root / "registry"), "model_name": reg["model"]}})
+    with TestClient(create_app(params, poll=False)) as c:
+        r = c.get("/readyz")
+        assert r.status_code == 503
+        served = c.post("/v1/classify", json={"texts": ["card"]})
+        assert served.status_code == 503 and "manifest.json altered" in served.json()["error"]["message"]
+
+
+def test_an_alias_that_is_not_set_is_said(reg, monkeypatch, caplog):
+    monkeypatch.delenv("PIPELINES_API_KEYS", raising=False)
+    with caplog.at_level("ERROR", logger="pipelines.serve"):
+        with TestClient(create_app(params_for(reg), alias="canary", poll=False)) as c:
+            r = c.post("/v1/classify", json={"texts": ["card"]})
+    assert r.status_code == 503 and "alias 'canary' is not set" in r.json()["error"]["message"]
+    assert any("alias 'canary' is not set" in m for m in caplog.messages)
+
+
+# ---------------------------------------------------------------- fuzz against the OpenAPI document
+
+def _strategy(schema: dict, components: dict, depth: int = 0):
+    """A hypothesis strategy for a JSON schema as FastAPI writes it (objects, arrays, scalars, enums, anyOf)."""
+    if "$ref" in schema:
+        return _strategy(components[schema["$ref"].rsplit("/", 1)[-1]], components, depth)
+    if "anyOf" in schema:
+        return st.one_of([_strategy(s, components, depth) for s in schema["anyOf"]])
+    if "enum" in schema:
+        return st.sampled_from(schema["enum"])
+    kind = schema.get("type")
+    if kind == "object" and depth < 4:
+        props = schema.get("properties", {})
+        required = set(schema.get("required", []))
+        return st.fixed_dictionaries(
+            {k: _strategy(v, components, depth + 1) for k, v in props.items() if k in required},
+            optional={k: _strategy(v, components, depth + 1) for k, v in props.items() if k not in required})
+    if kind == "array" and depth < 4:
+        return st.lists(_strategy(schema.get("items", {}), components, depth + 1), max_size=5)
+    if kind == "string":
+        return st.text(alphabet=st.characters(codec=None), max_size=60) | st.sampled_from(["\ud800", "a\udfffb"])
+    if kind == "integer":
+        return st.integers(-10, 10_000)
+    if kind == "boolean":
+        return st.booleans()
+    if kind == "null":
+        return st.none()
+    return st.none() | st.integers() | st.text(max_size=10)
+
+
+def _mutate(value):
+    """Valid bodies, and bodies with a field dropped or of the wrong type."""
+    return st.one_of(st.just(value), st.just({k: v for k, v in list(value.items())[1:]}),
+                     st.sampled_from(list(value) or ["x"]).map(lambda k: {**value, k: {"wrong": [1]}}))
+
+
+@pytest.fixture(scope="module")
+def openapi_client(reg):
+    import os
+
+    os.environ.pop("PIPELINES_API_KEYS", None)
+    with TestClient(create_app(params_for(reg, max_body_bytes=4096), poll=False)) as c:
+        yield c, c.get("/openapi.json").json()
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_fuzz_every_answer_is_documented_in_openapi(openapi_client, data):
+    client, doc = openapi_client
+    components = doc["components"]["schemas"]
+    path = data.draw(st.sampled_from([p for p, ops in doc["paths"].items() if "post" in ops]))
+    op = doc["paths"][path]["post"]
+    schema = op["requestBody"]["content"]["application/json"]["schema"]
+    body = data.draw(_strategy(schema, components).flatmap(_mutate))
+    r = client.post(path, content=json.dumps(body).encode(), headers={"content-type": "application/json"})
+    documented = {int(code) for code in op["responses"]}
+    assert r.status_code in documented, (path, body, r.status_code, r.text)
+    if r.status_code >= 400:
+        assert _is_error_shape(r), r.text
