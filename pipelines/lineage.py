@@ -52,9 +52,13 @@ def _md5(path: Path) -> str:
 
 def dvc_object_roots(root: Path) -> list[Path]:
     """Where DVC keeps objects for this repo: the local cache and, when local, the default remote."""
+    from dvc.exceptions import NotDvcRepoError
     from dvc.repo import Repo
 
-    repo = Repo(str(root))
+    try:
+        repo = Repo(str(root))
+    except NotDvcRepoError:  # no DVC here: every DVC object is then reported missing, not a crash
+        return []
     try:
         roots = [Path(repo.cache.local.path)]
         name = repo.config["core"].get("remote")

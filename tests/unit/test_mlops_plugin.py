@@ -72,3 +72,37 @@ def test_no_login_no_page():
     bare = TestClient(mlops_app.app)
     for path in ("/", "/models/text-classifier", "/runs/x"):
         assert bare.get(path).status_code == 401
+
+
+def test_stored_values_are_escaped_on_every_page(client, tmp_path):
+    store = registry.open_store(str(tmp_path / "registry"), "text-classifier")
+    registry.move_alias(store, "text-classifier", "champion", 1, reason="<img src=x onerror=alert(1)>",
+                        by="<b>mallory</b>")
+    lifecycle.update_record(tmp_path, "run<1>", promotion={"model": "text-classifier", "version": "1<script>"})
+    pages = [client.get("/models/text-classifier").text, client.get("/runs/run<1>").text]
+    for body in pages:
+        assert "<img src=x" not in body and "<b>mallory" not in body and "1<script>" not in body
+    assert "&lt;img src=x onerror=alert(1)&gt;" in pages[0] and "1&lt;script&gt;" in pages[1]
+
+
+def test_a_damaged_model_says_what_is_wrong_and_the_others_still_work(client, tmp_path):
+    other = registry.open_store(str(tmp_path / "registry"), "other-model")
+    registry.init(other)
+    (tmp_path / "registry" / "other-model" / "ledger.jsonl").write_bytes(b"null\n")
+    data = client.get("/?format=json").json()
+    broken = next(d for d in data if d["model"] == "other-model")
+    fine = next(d for d in data if d["model"] == "text-classifier")
+    assert "line 1" in broken["error"] and fine["versions"] == [1, 2]
+    index = client.get("/")
+    assert index.status_code == 200 and "damaged: registry ledger line 1" in index.text
+    page = client.get("/models/other-model")
+    assert page.status_code == 409 and "damaged" in page.text
+    (tmp_path / "registry" / "text-classifier" / "versions" / "v0001" / "manifest.json").unlink()
+    page = client.get("/models/text-classifier")
+    assert page.status_code == 200 and "v1: manifest missing" in page.text
+
+
+@pytest.mark.parametrize("model", ["..%2F..%2Fetc", "a..b", "UPPER", "a" * 80])
+def test_a_model_name_that_is_not_one_is_404(client, model):
+    assert client.get(f"/models/{model}").status_code == 404
+    assert client.get(f"/models/{model}/versions/1").status_code == 404
