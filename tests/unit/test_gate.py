@@ -101,7 +101,8 @@ def test_decision_fails_when_the_candidate_changed_after_evaluation(tmp_path):
     assert [r["rule"] for r in decision["rules"] if not r["passed"]] == ["candidate_identity"]
 
 
-@pytest.mark.parametrize("breakage", ["no_metrics", "garbage_metrics", "no_candidate"])
+@pytest.mark.parametrize("breakage", ["no_metrics", "garbage_metrics", "list_metrics", "candidate_not_object",
+                                      "no_candidate"])
 def test_decision_fails_closed_on_missing_or_crashed_evaluation(tmp_path, breakage):
     _candidate(tmp_path)
     _evaluation(tmp_path, candidate_hash(tmp_path / "cand"))
@@ -109,6 +110,10 @@ def test_decision_fails_closed_on_missing_or_crashed_evaluation(tmp_path, breaka
         (tmp_path / "eval" / "metrics.json").unlink()
     elif breakage == "garbage_metrics":
         (tmp_path / "eval" / "metrics.json").write_text("{truncated")
+    elif breakage == "list_metrics":  # valid JSON of the wrong shape: an exit 3 crash before issue 10
+        (tmp_path / "eval" / "metrics.json").write_text("[1, 2]")
+    elif breakage == "candidate_not_object":
+        (tmp_path / "eval" / "metrics.json").write_text('{"candidate": "0.99", "candidate_hash": null}')
     else:
         import shutil
         shutil.rmtree(tmp_path / "cand")
