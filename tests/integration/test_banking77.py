@@ -6,7 +6,7 @@ from pipelines.cli import main
 
 def test_banking77_passes_validation(banking77, tmp_path, capsys):
     before = banking77.read_bytes()
-    rc = main(["validate", str(banking77), "--text-column", "text", "--label-column", "category",
+    rc = main(["--allow-outside-project", "validate", str(banking77), "--text-column", "text", "--label-column", "category",
                "--report-dir", str(tmp_path / "rep"), "--quarantine", str(tmp_path / "q.jsonl")])
     assert rc == 0, capsys.readouterr().err
     result = json.loads((tmp_path / "rep" / "result.json").read_text())
