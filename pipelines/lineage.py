@@ -79,15 +79,13 @@ def _find_object(md5: str, roots: list[Path]) -> Path | None:
 
 
 def _intact_object(md5: str, roots: list[Path]) -> tuple[Path | None, Path | None]:
-    """(the first copy whose content still has this md5, the first altered copy seen): cache first, then remote."""
-    altered = None
+    """(the intact copy, or the altered copy): the cache first, the remote only when the cache has none.
+    An altered copy is reported even if another is intact: `dvc checkout` would restore the altered one."""
     for base in roots:
         obj = base / md5[:2] / md5[2:]
         if obj.exists():
-            if _md5(obj) == md5.removesuffix(".dir"):
-                return obj, altered
-            altered = altered or obj
-    return None, altered
+            return (obj, None) if _md5(obj) == md5.removesuffix(".dir") else (None, obj)
+    return None, None
 
 
 def check_dvc_object(md5: str, roots: list[Path]) -> tuple[str, str, list[dict]]:

@@ -65,7 +65,7 @@ def test_repro_first_run_noop_and_param_change(project):
     raw_dep = next(d for d in lock["stages"]["validate"]["deps"] if d["path"] == "data/raw")
     assert raw_dep["md5"].endswith(".dir")
     prepared = next(o for o in lock["stages"]["prepare"]["outs"] if o["path"] == "data/prepared")
-    assert prepared["nfiles"] == 6
+    assert prepared["nfiles"] == 7  # 3 splits, label map, 2 data cards, the stage's output marker
     train = project / "data" / "prepared" / "train.parquet"
     mtime = train.stat().st_mtime_ns
 

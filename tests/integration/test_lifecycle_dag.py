@@ -54,7 +54,8 @@ def test_first_run_promotes_and_leaves_a_verified_lineage(repo):
     orchestration = chain["links"][-1]
     assert orchestration["dag_id"] == "model_lifecycle" and orchestration["run_id"] == record["run_id"]
     assert [link["step"] for link in chain["links"]] == ["registry", "gate", "evaluation", "training", "prepared",
-                                                         "validation", "raw", "orchestration"]
+                                                         "validation", "raw", "evidence_branch", "orchestration"]
+    assert chain["links"][-2]["status"] == "ok" and chain["links"][-2]["commit"] == record["lineage_commit"]
 
 
 def test_new_drop_with_form_params_trains_a_challenger(repo):
@@ -121,7 +122,7 @@ def test_rollback_dag_moves_champion_back_with_the_reason(repo):
     assert proc.returncode == 0, proc.stdout[-4000:]
     last = json.loads(ledger(repo).splitlines()[-1])
     assert last["action"] == "rollback" and last["aliases"]["champion"] == 1
-    assert last["reason"].startswith("v2 misroutes card refunds (rollback run")
+    assert last["reason"] == "v2 misroutes card refunds" and last["run"].startswith("rollback run")
     assert dags_test(repo, "rollback", {}).returncode != 0  # the reason is required
 
 

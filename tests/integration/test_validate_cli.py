@@ -48,6 +48,7 @@ def test_bad_input(case, name, content, code, fragment, tmp_path, monkeypatch, c
         before = sha(raw)
     # A previous good run's report must survive an unreadable input untouched.
     (tmp_path / "reports" / "validate").mkdir(parents=True)
+    (tmp_path / "reports" / "validate" / ".pipelines-output").write_text("validate\n")  # validate wrote it
     sentinel = tmp_path / "reports" / "validate" / "result.json"
     sentinel.write_text('{"status": "passed"}')
 
