@@ -11,8 +11,10 @@ from datetime import datetime, timezone
 
 from airflow.sdk import Param, dag, task
 
-from lifecycle_common import MODEL, REPO, guarded, run_info
-from pipelines.config import MODEL_NAME_PATTERN, REASON_MAX_CHARS, REASON_MIN_CHARS
+from lifecycle_common import MODELS, guarded, run_info
+from pipelines.config import REASON_MAX_CHARS, REASON_MIN_CHARS
+
+BY_NAME = {m.name: m for m in MODELS}
 
 
 @dag(
@@ -24,7 +26,7 @@ from pipelines.config import MODEL_NAME_PATTERN, REASON_MAX_CHARS, REASON_MIN_CH
     tags=["mlops", "registry"],
     doc_md=__doc__,
     params={
-        "model": Param(MODEL, type="string", pattern=MODEL_NAME_PATTERN, title="Model"),
+        "model": Param(next(iter(BY_NAME), None), type="string", enum=sorted(BY_NAME) or [""], title="Model"),
         "to_version": Param(None, type=["null", "integer"], minimum=1, title="Target version",
                             description="Empty: the previous champion."),
         "reason": Param(type="string", minLength=REASON_MIN_CHARS, maxLength=REASON_MAX_CHARS,
@@ -35,9 +37,13 @@ from pipelines.config import MODEL_NAME_PATTERN, REASON_MAX_CHARS, REASON_MIN_CH
 def rollback():
     @task
     def move_champion(params=None) -> dict:
-        from pipelines import lifecycle
+        from pipelines.errors import InputError
+        from pipelines.orchestration import steps
 
-        return guarded("move_champion", lifecycle.rollback, REPO, params["model"], params["to_version"],
+        model = BY_NAME.get(params["model"])
+        if model is None:
+            raise InputError(f"unknown model {params['model']!r}; one of {sorted(BY_NAME)}")
+        return guarded("move_champion", model, steps.rollback, model.project, model.name, params["to_version"],
                        params["reason"], run_info())
 
     move_champion()

@@ -17,6 +17,75 @@ from pipelines.errors import CheckFailed, ConfigError, PipelineError
 Handler = Callable[[argparse.Namespace], int]
 
 
+def find_projects(start):
+    """The `projects/` folder of the platform checkout at or above `start` (None if there is none)."""
+    from pathlib import Path
+
+    for base in [Path(start).resolve(), *Path(start).resolve().parents]:
+        if (base / "projects").is_dir() and any((base / "projects").glob("*/params.yaml")):
+            return base / "projects"
+    return None
+
+
+def _enter_project(args: argparse.Namespace) -> None:
+    """`pipelines --model NAME ...` runs the command in the model's folder projects/NAME (like `git -C`);
+    so does a command's own `--model NAME` when neither --params nor ./params.yaml names a project."""
+    from pathlib import Path
+
+    from pipelines.config import check_model_name
+
+    explicit = args.project_model
+    name = explicit or (getattr(args, "model", None) if args.params is None and not Path("params.yaml").exists() else None)
+    if not name:
+        return
+    check_model_name(name)
+    projects = find_projects(Path.cwd())
+    folder = projects / name if projects is not None else None
+    if folder is None or not (folder / "params.yaml").is_file():
+        if explicit:
+            raise ConfigError(f"no model folder projects/{name}/ with a params.yaml here or above "
+                              f"(models: {', '.join(sorted(p.parent.name for p in projects.glob('*/params.yaml'))) if projects else 'none'})")
+        return
+    os.chdir(folder)
+
+
+def _models(args: argparse.Namespace) -> int:
+    """Every model of the platform: its folder, DAG, champion and newest run."""
+    import json
+    from pathlib import Path
+
+    from pipelines import registry
+    from pipelines.config import load_params
+    from pipelines.orchestration import records
+
+    projects = find_projects(Path.cwd())
+    if projects is None:
+        raise ConfigError("no projects/ folder with a model here or above")
+    rows = []
+    for path in sorted(projects.glob("*/params.yaml")):
+        name = path.parent.name
+        try:
+            params = load_params(path, must_exist=True)
+            root = params.registry.root
+            root = root if "://" in root or Path(root).is_absolute() else str((path.parent / root).resolve())
+            champ = registry.aliases(registry.read_ledger(registry.open_store(root, name))).get("champion")
+            runs = records.list_runs(str(projects.parent), name, limit=1)
+            rows.append({"model": name, "dag_id": f"lifecycle__{name}", "task": params.data.task,
+                         "champion": champ, "last_run": runs[0].get("run_id") if runs else None,
+                         "note": runs[0].get("note") if runs else None})
+        except PipelineError as err:
+            rows.append({"model": name, "dag_id": f"lifecycle__{name}", "error": str(err)})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for r in rows:
+        tail = f"error: {r['error']}" if "error" in r else (
+            f"{r['task']:<14} champion {('v' + str(r['champion'])) if r['champion'] else '-':<5} "
+            f"last run {r['last_run'] or '-'}: {r['note'] or ''}")
+        print(f"{r['model']:<20} {r['dag_id']:<32} {tail}")
+    return 0
+
+
 def _params(args: argparse.Namespace):
     """params.yaml, or the file `--params` names (which must then exist)."""
     from pipelines.config import load_params
@@ -89,7 +158,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     _workspace(args, params, inputs=[params.train.output_dir, params.prepare.output_dir]).check_dir(
         params.evaluate.report_dir)
     store = registry.open_store(params.registry.root, params.registry.model_name)
-    champ_dir, champ_version = registry.champion(store)
+    champ_dir, champ_version = registry.champion(store, params.evaluate.compare_with)
     evaluate(params, champ_dir, champ_version)
     return 0
 
@@ -100,7 +169,7 @@ def _gate(args: argparse.Namespace) -> int:
     params = _params(args)
     _workspace(args, params, inputs=[params.train.output_dir, params.evaluate.report_dir]).check_file(
         params.gate.decision_path)
-    run_gate(params)
+    run_gate(params, exit_zero=args.exit_zero)
     return 0
 
 
@@ -257,7 +326,8 @@ def _lineage(args: argparse.Namespace) -> int:
 def _sample(args: argparse.Namespace) -> int:
     from pipelines.sample_data import write_sample
 
-    path = write_sample(args.out, rows=args.rows, seed=args.seed, faulty=args.faulty, fmt=args.format)
+    path = write_sample(args.out, rows=args.rows, seed=args.seed, faulty=args.faulty, fmt=args.format,
+                        domain=args.domain)
     print(f"wrote {path}", file=sys.stderr)
     return 0
 
@@ -272,6 +342,8 @@ def _demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pipelines", description=__doc__.splitlines()[0])
     parser.add_argument("--params", default=None, help="params file (default: params.yaml; a named file must exist)")
+    parser.add_argument("--model", dest="project_model", metavar="NAME", default=None,
+                        help="run in the model's folder projects/NAME (default: the current directory)")
     parser.add_argument("--allow-outside-project", action="store_true",
                         help="let stages write outputs outside the project (the params file's directory)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -307,6 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(handler=_evaluate)
 
     g = sub.add_parser("gate", help="apply the promotion policy; exit 1 when the candidate fails")
+    g.add_argument("--exit-zero", action="store_true",
+                   help="exit 0 on a rejection too (the decision file says it; the lifecycle reads it)")
     g.set_defaults(handler=_gate)
 
     pr = sub.add_parser("promote", help="register the candidate and make it champion (needs a passing gate)")
@@ -358,12 +432,18 @@ def build_parser() -> argparse.ArgumentParser:
     ln.add_argument("--html", default=None, metavar="FILE", help="also write the chain as an HTML page")
     ln.set_defaults(handler=_lineage)
 
+    ms = sub.add_parser("models", help="every model of the platform: folder, DAG, champion, newest run")
+    ms.add_argument("--json", action="store_true")
+    ms.set_defaults(handler=_models)
+
     s = sub.add_parser("sample", help="write a deterministic sample dataset (a weekly drop)")
     s.add_argument("--out", default="data/raw", help="directory (a drop file is written in it) or file path")
     s.add_argument("--rows", type=int, default=2000)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--format", choices=["csv", "jsonl", "parquet"], default="csv")
     s.add_argument("--faulty", action="store_true", help="plant contract violations (for gate demos)")
+    s.add_argument("--domain", choices=["banking", "it_helpdesk"], default="banking",
+                   help="which generated intents (each model of the platform has its own)")
     s.set_defaults(handler=_sample)
 
     d = sub.add_parser("demo", help="the main job on the embedded default: the model_lifecycle DAG, "
@@ -377,6 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _enter_project(args)
         return args.handler(args)
     except BrokenPipeError:  # `pipelines registry list | head`: the reader left; not an error of ours
         with contextlib.suppress(OSError):

@@ -145,6 +145,9 @@ class EvaluateParams(_Section):
     latency_samples: int = Field(100, ge=1)  # single-example forward passes timed for p50/p95
     max_new_tokens: int = Field(64, ge=1)  # causal_lm greedy answers
     golden_prompts: str | None = "golden/prompts.jsonl"  # causal_lm regression prompts
+    # The champion version to compare with: pinned by each lifecycle run when it starts, so dvc.lock
+    # records it and DVC's run-cache can skip an unchanged evaluation; null = the champion alias now.
+    compare_with: int | None = Field(None, ge=1)
 
 
 class GateParams(_Section):
@@ -214,6 +217,8 @@ class GateBounds(_Section):
 class LifecycleParams(_Section):
     """What the `model_lifecycle` DAG's params form offers; `pipelines.lifecycle` re-checks a run's values."""
 
+    schedule: str | None = "0 3 * * 1"                  # cron (UTC) of the weekly retrain; null: only triggers
+    sample_domain: Literal["banking", "it_helpdesk"] = "banking"  # `pipelines sample` data for this model's demo
     datasets: dict[str, str] = Field(default_factory=lambda: {"default": "data/raw"})  # name -> raw path
     base_models: tuple[str, ...] = ("minilm",)          # the allowlist a run may choose from
     max_epochs: int = Field(20, ge=1)

@@ -215,7 +215,7 @@ def _evidence_branch(entries: list, number: int, stored: dict[str, bytes], root:
     if git("merge-base", "--is-ancestor", commit, f"refs/heads/{branch}").returncode != 0:
         return _link("evidence_branch", "altered", f"commit {commit[:12]} is no longer on branch {branch!r} "
                      "(moved or rewritten)", **data)
-    lock = git("show", f"{commit}:dvc.lock")
+    lock = git("show", f"{commit}:./dvc.lock")  # ./: the dvc.lock of the model folder `root` (git resolves it)
     if "dvc.lock" in stored and (lock.returncode != 0 or lock.stdout != stored["dvc.lock"]):
         return _link("evidence_branch", "altered", f"dvc.lock in commit {commit[:12]} differs from the one "
                      "stored with the version", **data)

@@ -240,29 +240,33 @@ def _files(directory: Path) -> dict[str, str]:
             for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
-def _git(*args: str) -> str | None:
+def _git(*args: str, cwd: Path | None = None) -> str | None:
     try:
-        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
 
 
 def build_manifest(model: str, version: int, candidate: Path, decision: dict, evaluation: dict | None,
-                   by: str, evidence: dict[str, bytes] | None = None) -> dict[str, Any]:
+                   by: str, evidence: dict[str, bytes] | None = None, root: Path = Path("."),
+                   run: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`root`: the model's folder (its dvc.lock, inside the git checkout the candidate was trained from);
+    `run`: the orchestrator's run (dag_id, run_id, task_id), or taken from Airflow's task environment."""
     config = json.loads((candidate / "train_config.json").read_text(encoding="utf-8"))
     files = _files(candidate)
-    dvc_lock = Path("dvc.lock")
+    dvc_lock = Path(root) / "dvc.lock"
+    run = run or {"dag_id": os.environ.get("AIRFLOW_CTX_DAG_ID"), "run_id": os.environ.get("AIRFLOW_CTX_DAG_RUN_ID"),
+                  "task_id": os.environ.get("AIRFLOW_CTX_TASK_ID")}
     return {
         "model": model, "version": version, "candidate_hash": decision["candidate_hash"], "files": files,
         "adapter_sha256": files.get("adapter/adapter_model.safetensors"),
         "base_model": config.get("base_model"), "base_hash": config.get("base_hash"),
         "data_version": config.get("data_version"), "params": config.get("params"),
-        "git_commit": _git("rev-parse", "HEAD"),
+        "git_commit": _git("rev-parse", "HEAD", cwd=root),
         "dvc_lock_sha256": _sha(dvc_lock.read_bytes()) if dvc_lock.exists() else None,
         "metrics": (evaluation or {}).get("candidate"), "gate_decision": decision,
-        "run": {"dag_id": os.environ.get("AIRFLOW_CTX_DAG_ID"), "run_id": os.environ.get("AIRFLOW_CTX_DAG_RUN_ID"),
-                "task_id": os.environ.get("AIRFLOW_CTX_TASK_ID")},
+        "run": {k: run.get(k) for k in ("dag_id", "run_id", "task_id")},
         "triggered_by": by, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         # Copies of what the auditor's chain needs (dvc.lock, raw .dvc, params, reports), kept beside the
         # version so that `pipelines lineage` can re-check them after the workspace has moved on.
@@ -305,9 +309,18 @@ def version_dir(store: Store, version: int, cache: Path | None = None) -> Path:
     return cache / f"v{version:04d}"
 
 
-def champion(store: Store) -> tuple[Path | None, int | None]:
-    current = aliases(read_ledger(store)).get("champion")
-    return (version_dir(store, current), current) if current is not None else (None, None)
+def champion(store: Store, pinned: int | None = None) -> tuple[Path | None, int | None]:
+    """The champion's directory and version; `pinned`: that registered version instead (it must verify)."""
+    entries = read_ledger(store)
+    current = aliases(entries).get("champion") if pinned is None else pinned
+    if current is None:
+        return None, None
+    if pinned is not None:
+        reg = registered(entries).get(pinned)
+        if reg is None:
+            raise InputError(f"evaluate.compare_with: the registry at {store.base} has no registered version {pinned}")
+        _require_intact(store, store.base.rstrip("/").rsplit("/", 1)[-1], pinned, reg)
+    return version_dir(store, current), current
 
 
 # ---------------------------------------------------------------- commands
@@ -336,8 +349,10 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
 
 def promote(store: Store, model: str, candidate: Path, decision_path: Path, evaluation_path: Path | None,
             by: str | None = None, approved_by: str | None = None, reason: str = "",
-            evidence: dict[str, bytes] | None = None) -> dict[str, Any]:
-    """Register the candidate (once) and move `champion` to it, only with a passing decision for it."""
+            evidence: dict[str, bytes] | None = None, root: Path = Path("."),
+            run: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Register the candidate (once) and move `champion` to it, only with a passing decision for it.
+    `root` and `run` are recorded in the manifest (see `build_manifest`)."""
     from pipelines.modeling import content_hash
 
     decision = _read_json(decision_path, "gate decision")
@@ -366,7 +381,7 @@ def promote(store: Store, model: str, candidate: Path, decision_path: Path, eval
         reg = None
         if version is None:
             version = max(registered(entries), default=0) + 1
-            manifest = build_manifest(model, version, candidate, decision, evaluation, by, evidence)
+            manifest = build_manifest(model, version, candidate, decision, evaluation, by, evidence, root, run)
             reg = {"version": version, "candidate_hash": current_hash,
                    "manifest_sha256": _store_version(store, version, candidate, manifest, evidence)}
         else:

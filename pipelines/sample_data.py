@@ -54,6 +54,28 @@ INTENTS: dict[str, list[str]] = {
 }
 WEIGHTS = np.array([14, 9, 6, 12, 8, 5, 7, 4, 3, 6, 5, 9, 6, 4, 5], dtype=float)
 
+# A second platform model's data: an internal IT help desk router (other intents, same generator).
+IT_INTENTS: dict[str, list[str]] = {
+    "password_reset": ["I forgot my password {when}", "please reset my password, I am locked out",
+                       "my password expired and I cannot log in on {device}"],
+    "vpn_issue": ["the VPN keeps disconnecting {when}", "I cannot connect to the VPN from {city}",
+                  "VPN says authentication failed on {device}"],
+    "laptop_hardware": ["my laptop screen is flickering", "the keyboard on my laptop stopped working {when}",
+                        "my laptop will not turn on since {when}"],
+    "software_install": ["can you install {merchant} on my machine?", "I need a licence for {merchant}",
+                         "how do I get {merchant} installed on {device}?"],
+    "email_problem": ["my mailbox is full and I cannot send email", "Outlook is not syncing {when}",
+                      "emails to {bank} are bouncing back"],
+    "access_request": ["I need access to the {city} shared drive", "please grant me access to the finance folder",
+                       "my new colleague needs an account by {day} {month}"],
+    "printer_issue": ["the printer on floor {years} is jammed", "I cannot print from {device}",
+                      "the printer in the {city} office says offline"],
+    "phishing_report": ["I got a suspicious email {when} asking for my password",
+                        "I think I clicked a phishing link {when}", "someone pretending to be {bank} emailed me"],
+}
+IT_WEIGHTS = np.array([12, 9, 5, 8, 7, 6, 4, 3], dtype=float)
+DOMAINS = {"banking": (INTENTS, WEIGHTS), "it_helpdesk": (IT_INTENTS, IT_WEIGHTS)}
+
 OPENERS = ["", "", "", "Hi, ", "Hello, ", "Hey there. ", "Good morning, ", "Hi team, ", "Quick question: ",
            "Sorry to bother you, ", "Urgent: ", "Help! "]
 CLOSERS = ["", "", "", " Thanks.", " Thank you!", " Please help.", " Any idea?", " This is really annoying.",
@@ -116,14 +138,15 @@ def _fill(template: str, rng: np.random.Generator) -> str:
     return template.format(**values)
 
 
-def generate(rows: int, seed: int = 0, faulty: bool = False) -> pd.DataFrame:
-    """Generate `rows` labelled support requests; `faulty` plants contract violations."""
+def generate(rows: int, seed: int = 0, faulty: bool = False, domain: str = "banking") -> pd.DataFrame:
+    """Generate `rows` labelled support requests of a domain (`DOMAINS`); `faulty` plants contract violations."""
     rng = np.random.default_rng(seed)
-    labels = list(INTENTS)
-    picks = rng.choice(len(labels), size=rows, p=WEIGHTS / WEIGHTS.sum())
+    intents, weights = DOMAINS[domain]
+    labels = list(intents)
+    picks = rng.choice(len(labels), size=rows, p=weights / weights.sum())
     texts = []
     for k in picks:
-        templates = INTENTS[labels[k]]
+        templates = intents[labels[k]]
         body = _fill(templates[int(rng.integers(0, len(templates)))], rng)
         text = (OPENERS[int(rng.integers(0, len(OPENERS)))] + body
                 + _fill(DETAILS[int(rng.integers(0, len(DETAILS)))], rng)
@@ -139,10 +162,10 @@ def generate(rows: int, seed: int = 0, faulty: bool = False) -> pd.DataFrame:
                 card=_luhn_card(rng))
         texts.append(text)
     frame = pd.DataFrame({"text": texts, "label": [labels[k] for k in picks]})
-    return _plant_faults(frame, rng) if faulty else frame
+    return _plant_faults(frame, rng, labels[:2]) if faulty else frame
 
 
-def _plant_faults(frame: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
+def _plant_faults(frame: pd.DataFrame, rng: np.random.Generator, swap: list[str]) -> pd.DataFrame:
     """Break about 20% of rows in the ways real drops break."""
     frame = frame.astype(object)
     n = len(frame)
@@ -162,15 +185,16 @@ def _plant_faults(frame: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame
         else:  # same text as another row, different label
             other = int(bad[(j + 1) % len(bad)])
             frame.at[i, "text"] = frame.at[other, "text"]
-            frame.at[i, "label"] = "refund_request" if frame.at[other, "label"] != "refund_request" else "change_pin"
+            frame.at[i, "label"] = swap[0] if frame.at[other, "label"] != swap[0] else swap[1]
     return frame
 
 
-def write_sample(out: str | Path, rows: int = 2000, seed: int = 0, faulty: bool = False, fmt: str = "csv") -> Path:
+def write_sample(out: str | Path, rows: int = 2000, seed: int = 0, faulty: bool = False, fmt: str = "csv",
+                 domain: str = "banking") -> Path:
     """Write one drop; `out` is a directory (file named after seed) or a file path."""
     out = Path(out)
     path = out if out.suffix else out / f"drop-{seed:04d}{'-faulty' if faulty else ''}.{fmt}"
-    frame = generate(rows, seed=seed, faulty=faulty)
+    frame = generate(rows, seed=seed, faulty=faulty, domain=domain)
     if path.suffix == ".parquet":
         import io
         buf = io.BytesIO()

@@ -1,5 +1,7 @@
-"""The FastAPI app behind the "Models" page: server-rendered HTML (or JSON) over the registry,
-the lifecycle run records and `pipelines.lineage`. Every route needs an Airflow user with DAG read access."""
+"""The FastAPI app behind the "Models" page: server-rendered HTML (or JSON) over every model folder
+(`projects/<model>/`), the registry, the lifecycle run records (read from each run's ref in the git
+remote, PIPELINES_GIT_REMOTE or this checkout) and `pipelines.lineage`. Every route needs an Airflow
+user with DAG read access."""
 from __future__ import annotations
 
 import json
@@ -34,14 +36,16 @@ app = FastAPI(title="MLOps: models, versions, gate decisions, lineage", dependen
               docs_url=None, redoc_url=None, openapi_url=None)
 
 
-def _params():
-    from pipelines.config import load_params
-
-    return load_params(REPO / "params.yaml")
+def _remote() -> str:
+    return os.environ.get("PIPELINES_GIT_REMOTE") or str(REPO)
 
 
-def _store(model: str):
-    from pipelines import registry
+def _models() -> list[str]:
+    """The model folders of this checkout (projects/<model>/params.yaml)."""
+    return sorted(p.parent.name for p in (REPO / "projects").glob("*/params.yaml"))
+
+
+def _folder(model: str) -> Path:
     from pipelines.config import check_model_name
     from pipelines.errors import ConfigError
 
@@ -49,28 +53,29 @@ def _store(model: str):
         check_model_name(model)
     except ConfigError as err:
         raise HTTPException(status_code=404, detail=str(err)) from None
-    root = _params().registry.root
-    root = root if "://" in root or Path(root).is_absolute() else str(REPO / root)
+    if model not in _models():
+        raise HTTPException(status_code=404, detail=f"no model {model!r}")
+    return REPO / "projects" / model
+
+
+def _params(model: str):
+    from pipelines.config import load_params
+
+    return load_params(_folder(model) / "params.yaml", must_exist=True)
+
+
+def _store(model: str):
+    from pipelines import registry
+
+    root = _params(model).registry.root
+    root = root if "://" in root or Path(root).is_absolute() else str((_folder(model) / root).resolve())
     return registry.open_store(root, model)
 
 
-def _models() -> list[str]:
-    params = _params()
-    root = params.registry.root if Path(params.registry.root).is_absolute() else REPO / params.registry.root
-    found = sorted(p.parent.name for p in Path(root).glob("*/ledger.jsonl")) if "://" not in str(root) else []
-    return found or [params.registry.model_name]
+def _records(model: str) -> list[dict[str, Any]]:
+    from pipelines.orchestration import records
 
-
-def _records() -> list[dict[str, Any]]:
-    runs = sorted((REPO / ".lifecycle" / "runs").glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
-    records = []
-    for path in runs:
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            record = {"run_id": path.stem, "note": "run record unreadable"}
-        records.append(record if isinstance(record, dict) else {"run_id": path.stem, "note": "run record malformed"})
-    return records
+    return records.list_runs(_remote(), model)
 
 
 def _page(template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
@@ -88,6 +93,8 @@ def _summary(model: str) -> dict[str, Any]:
 
     try:
         entries = registry.read_ledger(_store(model))
+    except HTTPException:
+        raise
     except (PipelineError, OSError) as err:
         return {"model": model, "aliases": {}, "versions": [], "error": str(err)}
     return {"model": model, "aliases": registry.aliases(entries), "versions": sorted(registry.registered(entries))}
@@ -130,12 +137,10 @@ def model_page(model: str, request: Request) -> Response:
             return JSONResponse({"model": model, "error": str(err)}, 409)
         return _page("model.html", 409, title=model, model=model, problems=[str(err)], versions=[],
                      decisions=[], ledger=[])
-    if not entries:
-        raise HTTPException(status_code=404, detail=f"no model {model!r}")
     current = registry.aliases(entries)
     versions = [_version_row(store, n, reg, current) for n, reg in sorted(registry.registered(entries).items(), reverse=True)]
     decisions = [{"run_id": r.get("run_id"), "note": r.get("note"),
-                  "gate": r.get("gate") if isinstance(r.get("gate"), dict) else None} for r in _records()]
+                  "gate": r.get("gate") if isinstance(r.get("gate"), dict) else None} for r in _records(model)]
     if _wants_json(request):
         return JSONResponse({"model": model, "aliases": current, "versions": versions, "ledger": entries,
                              "gate_decisions": decisions})
@@ -149,9 +154,8 @@ def version_page(model: str, version: int, request: Request) -> Response:
     from pipelines import lineage
     from pipelines.errors import PipelineError
 
-    _store(model)  # the name check
     try:
-        chain = lineage.trace(_params(), model, alias=None, version=version, root=REPO)
+        chain = lineage.trace(_params(model), model, alias=None, version=version, root=_folder(model))
     except PipelineError as err:
         raise HTTPException(status_code=404, detail=str(err)) from None
     if _wants_json(request):
@@ -159,18 +163,27 @@ def version_page(model: str, version: int, request: Request) -> Response:
     return HTMLResponse(lineage.render_html(chain))
 
 
-@app.get("/runs/{run_id}")
-def run_page(run_id: str, request: Request) -> Response:
-    from pipelines.lifecycle import read_record
+@app.get("/dags/{dag_id}/runs/{run_id}")
+def dag_run_page(dag_id: str, run_id: str, request: Request) -> Response:
+    """From a DAG run's "Lifecycle" link: the run of `lifecycle__<model>` is that model's run."""
+    if not dag_id.startswith("lifecycle__"):
+        raise HTTPException(status_code=404, detail=f"{dag_id!r} is not a model lifecycle DAG")
+    return run_page(dag_id.removeprefix("lifecycle__"), run_id, request)
 
+
+@app.get("/models/{model}/runs/{run_id}")
+def run_page(model: str, run_id: str, request: Request) -> Response:
+    from pipelines.orchestration import records
+
+    _folder(model)
     try:
-        record = read_record(REPO, run_id)
-    except (OSError, ValueError):
+        record = records.read(_remote(), model, run_id)
+    except (OSError, RuntimeError):
         record = {"run_id": run_id, "note": "run record unreadable"}
     if record is None and _wants_json(request):
         raise HTTPException(status_code=404, detail=f"no lifecycle record for run {run_id!r}")
     if _wants_json(request):
         return JSONResponse(record)
     promo = record.get("promotion") if isinstance(record, dict) and isinstance(record.get("promotion"), dict) else None
-    return _page("run.html", title=f"Run {run_id}", record=record, promo=promo,
+    return _page("run.html", title=f"Run {run_id}", model=model, record=record, promo=promo,
                  pretty=json.dumps(record, indent=2, sort_keys=True, default=str))

@@ -1,4 +1,5 @@
-"""Listener: when a model_lifecycle run ends, its note says what it decided (from the run record)."""
+"""Listener: when a `lifecycle__<model>` run ends, its note says what it decided (from the run's
+record, read from its run ref in the git remote: the scheduler needs no disk a task wrote)."""
 from __future__ import annotations
 
 import os
@@ -7,15 +8,17 @@ from pathlib import Path
 from airflow.listeners import hookimpl
 
 REPO = Path(os.environ.get("PIPELINES_REPO") or Path(__file__).resolve().parents[1])
+PREFIX = "lifecycle__"
 
 
 def _note(dag_run) -> None:
-    if dag_run.dag_id != "model_lifecycle":
+    if not dag_run.dag_id.startswith(PREFIX):
         return
     try:
-        from pipelines.lifecycle import read_record
+        from pipelines.orchestration import records
 
-        record = read_record(REPO, dag_run.run_id)
+        remote = os.environ.get("PIPELINES_GIT_REMOTE") or str(REPO)
+        record = records.read(remote, dag_run.dag_id.removeprefix(PREFIX), dag_run.run_id)
         if record and record.get("note"):
             dag_run.note = record["note"][:1000]
     except Exception as err:  # a note is a courtesy: never break the scheduler for it

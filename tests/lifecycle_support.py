@@ -1,7 +1,7 @@
 """A throw-away copy of this project as its own git + DVC repo, for running the real DAGs on it."""
 from __future__ import annotations
 
-import os
+import json
 import shutil
 import subprocess
 import sys
@@ -12,6 +12,7 @@ import yaml
 from tests.conftest import ROOT, cli_env
 
 GIT_ID = ["-c", "user.name=test", "-c", "user.email=test@example.com"]
+MODELS = {"text-classifier": "banking", "it-helpdesk": "it_helpdesk"}
 
 
 def sh(*args, cwd, check=True, timeout=900, env=None) -> subprocess.CompletedProcess:
@@ -25,27 +26,49 @@ def sh(*args, cwd, check=True, timeout=900, env=None) -> subprocess.CompletedPro
 def project_files() -> list[str]:
     out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
                          capture_output=True, text=True, check=True).stdout.split("\n")
-    return [f for f in out if f and (ROOT / f).is_file()]
+    return [f for f in out if f and ((ROOT / f).is_file() or (ROOT / f).is_symlink())]
 
 
-def make_project(tmp: Path, rows: int = 600, **params_update) -> Path:
-    """Copy the project's files, make training CI-sized, commit, and write one sample drop."""
-    repo = tmp / "project"
-    for rel in project_files():
-        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / rel, repo / rel)
-    params = yaml.safe_load((repo / "params.yaml").read_text())
+def ci_sized(repo: Path, model: str, **params_update) -> None:
+    """Make a model's training CI-sized and its gate lenient (tests tighten it per run)."""
+    path = repo / "projects" / model / "params.yaml"
+    params = yaml.safe_load(path.read_text())
     params["train"].update(epochs=2, max_length=32, checkpoint_every=20)
     params["evaluate"].update(latency_samples=5)
     params["gate"].update(min_accuracy=0.3, min_macro_f1=0.2, min_class_recall=None, max_p95_latency_ms=None)
     for section, values in params_update.items():
         params[section].update(values)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def make_project(tmp: Path, rows: int = 600, models: tuple[str, ...] = ("text-classifier",), **params_update) -> Path:
+    """Copy the project's files, make training CI-sized, commit, and write one sample drop per model
+    (`models`; the other model folders are removed)."""
+    repo = tmp / "project"
+    for rel in project_files():
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        if (ROOT / rel).is_symlink():
+            (repo / rel).symlink_to((ROOT / rel).readlink())
+        else:
+            shutil.copy2(ROOT / rel, repo / rel)
+    for folder in (repo / "projects").iterdir():
+        if folder.name not in models:
+            shutil.rmtree(folder)
+    for model in models:
+        ci_sized(repo, model, **params_update)
     sh("git", "init", "-q", "-b", "main", cwd=repo)
     sh("git", "add", "-A", cwd=repo)
     sh("git", *GIT_ID, "commit", "-qm", "project under test", cwd=repo)
-    sh(sys.executable, "-m", "pipelines", "sample", "--out", "data/raw", "--rows", rows, cwd=repo)
+    for model in models:
+        drop(repo, model, rows=rows, seed=0)
     return repo
+
+
+def drop(repo: Path, model: str, rows: int, seed: int, faulty: bool = False) -> Path:
+    """A new sample drop in the model's default dataset directory (in the user's checkout)."""
+    args = ["sample", "--out", f"projects/{model}/data/raw", "--rows", rows, "--seed", seed, "--domain", MODELS[model]]
+    out = pipelines(repo, *args, *(["--faulty"] if faulty else [])).stderr.strip().split()[-1]
+    return repo / out
 
 
 def airflow_env(repo: Path, **extra: str) -> dict[str, str]:
@@ -59,14 +82,25 @@ def pipelines(repo: Path, *args, check=True) -> subprocess.CompletedProcess:
 
 
 def dags_test(repo: Path, dag_id: str, conf: dict | None = None) -> subprocess.CompletedProcess:
-    import json
-
     return sh(Path(sys.executable).parent / "airflow", "dags", "test", dag_id, "-c", json.dumps(conf or {}),
               cwd=repo, check=False, env=airflow_env(repo))
 
 
-def last_record(repo: Path) -> dict:
-    import json
+def run_refs(repo: Path, model: str) -> list[str]:
+    out = sh("git", "for-each-ref", "--sort=committerdate", "--format=%(refname)", f"refs/runs/{model}/", cwd=repo)
+    return out.stdout.split()
 
-    runs = sorted((repo / ".lifecycle" / "runs").glob("*.json"), key=os.path.getmtime)
-    return json.loads(runs[-1].read_text()) if runs else {}
+
+def last_record(repo: Path, model: str = "text-classifier") -> dict:
+    """The record of the model's newest run, read from its run ref in the repository."""
+    refs = run_refs(repo, model)
+    if not refs:
+        return {}
+    return json.loads(sh("git", "show", f"{refs[-1]}:lineage/run.json", cwd=repo).stdout)
+
+
+def user_state(repo: Path) -> tuple[str, str]:
+    """What a run must never change in the user's checkout: HEAD and `git status`."""
+    head = sh("git", "rev-parse", "HEAD", cwd=repo).stdout.strip()
+    status = sh("git", "status", "--porcelain", "--ignored=no", cwd=repo).stdout
+    return head, status

@@ -1,0 +1,374 @@
+"""The steps of a model's lifecycle DAG, one function per task (no Airflow imports here).
+
+Every step takes `Shared` (the git remote, the DVC remote, this worker's cache and scratch) and the
+run's pointer (`RunRef`, by XCom), works in a disposable checkout of the run's commit and returns the
+new pointer; no step reads a file another task left on a local disk or writes into the user's checkout.
+- `start` [snapshot]: a checkout of the remote's HEAD; the run's form values re-checked and applied to
+  the checkout's params file; the chosen dataset copied in, `dvc add`ed and pushed; the registry made.
+  The first commit of `refs/runs/<model>/<run>`.
+- `run_stage` [validate, prepare, train, evaluate]: `dvc repro --pull --single-item <stage>` (inputs
+  pulled from the DVC remote, unchanged stages restored from DVC's run-cache on any worker), outputs
+  and run-cache pushed, dvc.lock committed. `train`'s checkpoints go to shared storage as written.
+- `gate` [gate]: the gate stage; a rejection is an outcome (returned), not an error.
+- `promote`, `notify_serving`, `record` [lineage]: registry, serving confirmation, the run's evidence
+  committed to the `lineage` branch (a compare-and-swap push: runs of other models may race).
+- `fail`, `finish`: the run's record says where it stopped / that it ended.
+Exit 1/2 of a stage's CLI become `CheckFailed`/`ConfigError` (deterministic: no retry); git, DVC
+and disk failures a `TransientError` (retried).
+"""
+from __future__ import annotations
+
+import contextlib
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipelines import registry
+from pipelines.config import Params, check_model_name, load_params
+from pipelines.errors import CheckFailed, ConfigError, InputError, PipelineError
+from pipelines.orchestration import checkpoints, gitops, records
+from pipelines.orchestration.gitops import TransientError
+from pipelines.orchestration.runconf import apply_overrides, check_conf, overrides
+from pipelines.orchestration.runspace import RunRef, Shared, TaskSpace, run_ref_name, stage_error, task_space
+
+STAGES = ("validate", "prepare", "train", "evaluate", "gate")
+
+
+def _params(ws: TaskSpace) -> Params:
+    return load_params(ws.project / "params.yaml", must_exist=True)
+
+
+def _dataset_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    return sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")) if path.is_dir() else []
+
+
+def _copy_dataset(source: str, target: Path) -> None:
+    """The chosen dataset into the workspace: a local file/directory, or any fsspec URL."""
+    if "://" in source:
+        from fsspec.core import url_to_fs
+
+        fs, path = url_to_fs(source)
+        if not fs.exists(path):
+            raise InputError(f"no data at {source}")
+        fs.get(path, str(target), recursive=True)
+        return
+    src = Path(source)
+    if src.is_dir():
+        shutil.copytree(src, target, ignore=shutil.ignore_patterns(".*"))
+    elif src.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, target)
+
+
+# ---------------------------------------------------------------- snapshot
+
+def start(shared: Shared, project: str, model: str, raw_conf: dict[str, Any] | None,
+          run: dict[str, Any]) -> dict[str, Any]:
+    """Snapshot: the run's first commit (params applied, dataset DVC-tracked and pushed)."""
+    check_model_name(model)
+    ref = RunRef(model, project, run["run_id"], run_ref_name(model, run["run_id"]), "")
+    with task_space(shared, ref, start_ref="HEAD") as ws:
+        params = _params(ws)
+        if params.registry.model_name != model:
+            raise ConfigError(f"{project}/params.yaml: registry.model_name is {params.registry.model_name!r}, "
+                              f"but the folder is {model!r}: they must match")
+        conf = check_conf(raw_conf, params)
+        changes = overrides(conf, params)
+        where = params.lifecycle.datasets[conf.dataset]
+        source = shared.resolve(project, where, f"dataset {conf.dataset!r}")
+        rel = where if not ("://" in where or Path(where).is_absolute()) else f"data/datasets/{conf.dataset}"
+        if rel != params.data.raw:
+            changes.setdefault("data", {})["raw"] = rel
+        reg_root = shared.resolve(project, params.registry.root, "registry.root")
+        if reg_root != params.registry.root:  # the run's params name the registry every worker uses
+            changes.setdefault("registry", {})["root"] = reg_root
+        store = registry.open_store(reg_root, model)
+        registry.init(store, by=run.get("triggered_by"))
+        champ = registry.aliases(registry.read_ledger(store)).get("champion")
+        if champ != params.evaluate.compare_with:  # this run compares with today's champion, whatever happens meanwhile
+            changes.setdefault("evaluate", {})["compare_with"] = champ
+        apply_overrides(ws.project / "params.yaml", changes)
+        params = _params(ws)
+        target = ws.project / rel
+        shutil.rmtree(target, ignore_errors=True)
+        _copy_dataset(source, target)
+        files = _dataset_files(target)
+        if not files:
+            raise InputError(f"dataset {conf.dataset!r}: no data at {source}")
+        ws.dvc("add", rel)
+        ws.dvc("push", f"{rel}.dvc")
+        md5 = (yaml.safe_load((ws.project / f"{rel}.dvc").read_text(encoding="utf-8")) or {})["outs"][0]["md5"]
+        snapshot = {"dataset": conf.dataset, "source": source, "path": rel, "md5": md5,
+                    "files": [str(f.relative_to(target)) if f != target else f.name for f in files],
+                    "overrides": {k: v for k, v in changes.items() if k not in ("registry", "evaluate")},
+                    "champion": champ,
+                    "require_approval": conf.require_approval, "git_base": ws.run.commit}
+        records.update(ws.root, run_id=run["run_id"], model=model, project=project, run=run, snapshot=snapshot,
+                       started_at=time.time())
+        new = ws.commit(f"{model} run {run['run_id']}: snapshot of {conf.dataset} ({md5[:12]})",
+                        force=[f"{project}/{rel}.dvc", f"{project}/params.yaml"])
+    return {**new.to_xcom(), "snapshot": snapshot, "require_approval": conf.require_approval}
+
+
+# ---------------------------------------------------------------- stages
+
+def _missing_inputs(ws: TaskSpace, stage: str) -> list[str]:
+    """The stage's inputs DVC tracks (outputs of earlier stages, `dvc add`ed data) not in the checkout,
+    relative to the model's folder. (`dvc repro --pull` would fetch them itself, but resolves the
+    paths of a stage in a sub-folder against the repository root: DVC 3.67.)"""
+    import os
+
+    from dvc.repo import Repo
+
+    with Repo(str(ws.root)) as repo:
+        found = repo.stage.collect(f"{ws.project / 'dvc.yaml'}:{stage}")  # absolute: not the cwd
+        tracked = [out.fs_path for out in repo.index.outs]
+        missing = [dep.fs_path for st in found for dep in st.deps if not dep.exists]
+    return [os.path.relpath(path, ws.project) for path in missing
+            if any(path == out or path.startswith(out.rstrip("/") + "/") for out in tracked)]
+
+
+def _repro(ws: TaskSpace, stage: str) -> dict[str, Any]:
+    """`dvc repro --pull` one stage in the workspace, outputs and run-cache pushed after."""
+    sync = None
+    if stage == "train":
+        params = _params(ws)
+        local = ws.project / params.train.checkpoint_dir
+        url = checkpoints.store_url(ws.remote_url, ws.run.model, ws.run.ref.rsplit("/", 1)[-1])
+        restored = checkpoints.restore(url, local)
+        if restored:
+            print(f"resuming from shared checkpoints: {', '.join(restored)}", flush=True)
+        sync = checkpoints.CheckpointSync(local, url)
+    t0 = time.perf_counter()
+    missing = _missing_inputs(ws, stage)
+    if missing:
+        ws.dvc("pull", *missing)
+    code, tail = ws.stream([sys.executable, "-m", "dvc", "repro", "--pull", "--single-item", stage],
+                           during=sync.sync if sync else None)
+    if code != 0:
+        raise stage_error(stage, code, tail)
+    seconds = round(time.perf_counter() - t0, 2)
+    ran = not any(("is cached - skipping run" in ln or "didn't change, skipping" in ln) for ln in tail)
+    ws.dvc("push", "--run-cache", stage)
+    if sync is not None:
+        sync.clear()
+    return {"stage": stage, "ran": ran, "seconds": seconds}
+
+
+def run_stage(shared: Shared, run: RunRef, stage: str) -> dict[str, Any]:
+    """One DVC stage of the run; returns the new run pointer with whether it ran and for how long."""
+    if stage not in STAGES:
+        raise ConfigError(f"unknown stage {stage!r}; one of {', '.join(STAGES)}")
+    with task_space(shared, run) as ws:
+        outcome = _repro(ws, stage)
+        stages = {**records.load(ws.root).get("stages", {}), stage: outcome}
+        records.update(ws.root, stages=stages)
+        new = ws.commit(f"{run.model} run {run.run_id}: {stage} ({'ran' if outcome['ran'] else 'cached'})")
+    return {**new.to_xcom(), **outcome}
+
+
+def gate_summary(params: Params, project: Path) -> dict[str, Any]:
+    path = project / params.gate.decision_path
+    try:
+        decision = yaml.safe_load(path.read_text(encoding="utf-8"))
+        failed = [r for r in decision["rules"] if not r["passed"]]
+        return {"passed": decision["passed"] is True, "candidate": decision["candidate_hash"],
+                "champion_version": decision.get("champion_version"),
+                "summary": f"{len(decision['rules']) - len(failed)}/{len(decision['rules'])} rules",
+                "reasons": "; ".join(f"{r['rule']}: {r['detail']} (measured {r['measured']}, threshold {r['threshold']})"
+                                     for r in failed) or "all rules passed"}
+    except (OSError, TypeError, KeyError, yaml.YAMLError) as err:
+        raise CheckFailed(f"gate: the decision {params.gate.decision_path} is unreadable ({type(err).__name__})") from None
+
+
+def gate(shared: Shared, run: RunRef) -> dict[str, Any]:
+    """The gate stage (`pipelines gate --exit-zero`: a rejection is its decision, not a failure)."""
+    with task_space(shared, run) as ws:
+        outcome = _repro(ws, "gate")
+        if not outcome["ran"]:  # restored from the run-cache: the decision is checked out all the same
+            pass
+        summary = gate_summary(_params(ws), ws.project)
+        stages = {**records.load(ws.root).get("stages", {}), "gate": outcome}
+        records.update(ws.root, stages=stages, gate=summary)
+        verdict = "passed" if summary["passed"] else "rejected"
+        new = ws.commit(f"{run.model} run {run.run_id}: gate {verdict} ({summary['summary']})")
+    return {**new.to_xcom(), **summary}
+
+
+# ---------------------------------------------------------------- registry, serving, lineage
+
+def _pull(ws: TaskSpace, params: Params, paths: list[str]) -> None:
+    """Fetch these outputs of earlier tasks from the DVC remote (those DVC tracks)."""
+    lock = yaml.safe_load((ws.project / "dvc.lock").read_text(encoding="utf-8")) if (ws.project / "dvc.lock").exists() else {}
+    outs = {o["path"] for s in (lock or {}).get("stages", {}).values() for o in s.get("outs", [])}
+    wanted = sorted({p for p in paths if p in outs or any(p.startswith(o.rstrip("/") + "/") for o in outs)})
+    if wanted:
+        ws.dvc("pull", *wanted)
+
+
+def _evidence(ws: TaskSpace, params: Params) -> list[str]:
+    from pipelines.lineage import evidence_paths
+
+    paths = list(evidence_paths(params).values())
+    _pull(ws, params, paths)
+    return paths
+
+
+def promote(shared: Shared, run: RunRef, info: dict[str, Any], approved_by: str | None = None) -> dict[str, Any]:
+    """Register the candidate and make it champion, with its lineage evidence beside it."""
+    from pipelines import lineage
+
+    with task_space(shared, run) as ws:
+        params = _params(ws)
+        tp, proj = params.train, ws.project
+        metrics = f"{params.evaluate.report_dir}/metrics.json"
+        _pull(ws, params, [tp.output_dir, params.gate.decision_path, metrics])
+        _evidence(ws, params)
+        model = params.registry.model_name
+        store = registry.open_store(params.registry.root, model)
+        result = registry.promote(store, model, proj / tp.output_dir, proj / params.gate.decision_path,
+                                  proj / metrics, by=info.get("triggered_by"), approved_by=approved_by,
+                                  reason=f"{info.get('dag_id')} run {info.get('run_id')}: passed gate",
+                                  evidence=lineage.evidence(params, proj), root=proj,
+                                  run={"dag_id": info.get("dag_id"), "run_id": info.get("run_id"), "task_id": "promote"})
+        if params.registry.gto_tags and result["changed"]:
+            print("note: registry.gto_tags is not mirrored from task workspaces (git tags belong to the "
+                  "user's repository); run `pipelines registry` by hand to mirror", flush=True)
+        promotion = {"model": model, "version": result["version"], "changed": result["changed"],
+                     "approved_by": approved_by}
+        records.update(ws.root, promotion=promotion)
+        new = ws.commit(f"{model} run {run.run_id}: promoted v{result['version']}")
+    return {**new.to_xcom(), **promotion}
+
+
+def notify_serving(shared: Shared, run: RunRef, version: int) -> list[str]:
+    """Confirm that each configured server answers with the new champion (they follow the alias)."""
+    import httpx
+
+    with task_space(shared, run, dvc=False) as ws:
+        params = _params(ws)
+    confirmed = []
+    for url in params.lifecycle.serving_urls:
+        deadline = time.monotonic() + params.lifecycle.serving_timeout_s
+        seen = None
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
+                seen = httpx.get(f"{url.rstrip('/')}/readyz", timeout=5).headers.get("x-model-version")
+                if seen == str(version):
+                    confirmed.append(url)
+                    break
+            time.sleep(1)
+        else:
+            raise TransientError(f"{url} still serves v{seen}, not v{version}, after "
+                                 f"{params.lifecycle.serving_timeout_s:.0f} s")
+    if not params.lifecycle.serving_urls:
+        print(f"no serving_urls configured; servers following '{params.serve.alias}' pick up v{version} "
+              f"within serve.poll_seconds ({params.serve.poll_seconds} s)", flush=True)
+    return confirmed
+
+
+def record(shared: Shared, run: RunRef, info: dict[str, Any], approval: str | None = None) -> dict[str, Any]:
+    """Commit the run's evidence to the lineage branch (compare-and-swap: other runs may push too)."""
+    from pipelines.lineage_branch import commit_run
+
+    with task_space(shared, run) as ws:
+        params = _params(ws)
+        files = [f"{run.project}/{p}" for p in _evidence(ws, params)]
+        rec = records.update(ws.root, **({"approval": approval} if approval else {}))
+        branch = params.lineage.branch
+        message = f"lineage: {run.model} {info.get('dag_id')} {run.run_id}\n\n{records.run_note(rec)}"
+        for _ in range(8):
+            tip = gitops.fetch(ws.root, shared.git_remote, f"refs/heads/{branch}", into=f"refs/heads/{branch}")
+            commit = commit_run(ws.root, branch, files, {**rec, "run": info}, message)
+            if gitops.push(ws.root, shared.git_remote, commit, f"refs/heads/{branch}", expect=tip or ""):
+                break
+        else:
+            raise TransientError(f"the {branch} branch kept moving; will retry")
+        promoted = rec.get("promotion")
+        if promoted and promoted.get("changed"):  # anchor the commit in the ledger for auditors
+            store = registry.open_store(params.registry.root, promoted["model"])
+            registry.record_lineage_commit(store, promoted["version"], commit, branch,
+                                           run=f"{info.get('dag_id')} run {run.run_id}", by=info.get("triggered_by"))
+        rec = records.update(ws.root, lineage_commit=commit, lineage_branch=branch)
+        new = ws.commit(f"{run.model} run {run.run_id}: lineage {commit[:12]}")
+    return {**new.to_xcom(), "lineage_commit": commit, "lineage_branch": branch, "note": rec["note"]}
+
+
+# ---------------------------------------------------------------- other DAGs and run bookkeeping
+
+def rollback(shared: Shared, project: str, model: str, to_version: int | None, reason: str,
+             info: dict[str, Any]) -> dict[str, Any]:
+    """Move `champion` back (to `previous`, or to `to_version`) with the reason in the ledger."""
+    check_model_name(model)
+    ref = RunRef(model, project, info.get("run_id", ""), "", "")
+    with task_space(shared, ref, start_ref="HEAD", dvc=False) as ws:
+        params = _params(ws)
+    root = shared.resolve(project, params.registry.root, "registry.root")
+    store = registry.open_store(root, model)
+    if not registry.read_ledger(store):
+        raise InputError(f"model {model!r} has no registry at {root}")
+    entry = registry.move_alias(store, model, "champion", to_version, by=info.get("triggered_by"),
+                                reason=reason, run=f"{info.get('dag_id')} run {info.get('run_id')}")
+    return {"model": model, "champion": entry["version"], "ledger_seq": entry["seq"]}
+
+
+def _amend_record(shared: Shared, model: str, project: str, run_id: str, message: str, **fields: Any) -> None:
+    ref = run_ref_name(model, run_id)
+    with tempfile_dir(shared) as tmp:
+        tip = gitops.fetch(tmp, shared.git_remote, ref) if _init(tmp) else None
+    if tip is None:
+        return
+    with task_space(shared, RunRef(model, project, run_id, ref, tip), dvc=False) as ws:
+        records.update(ws.root, **fields)
+        ws.commit(message)
+
+
+@contextlib.contextmanager
+def tempfile_dir(shared: Shared):
+    import tempfile
+
+    Path(shared.scratch).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=shared.scratch, prefix="record-") as tmp:
+        yield Path(tmp)
+
+
+def _init(path: Path) -> bool:
+    gitops.git(path, "init", "--quiet")
+    return True
+
+
+def fail(shared: Shared, model: str, project: str, run_id: str, task: str, error: BaseException) -> None:
+    """Note in the run's record where and why it stopped (the DAG run's note shows it). Never raises."""
+    with contextlib.suppress(Exception):
+        _amend_record(shared, model, project, run_id, f"{model} run {run_id}: stopped at {task}",
+                      failed={"task": task, "error": str(error).splitlines()[0][:300]})
+
+
+def finish(shared: Shared, model: str, project: str, run_id: str) -> bool:
+    """Teardown: mark the run's record finished. Workspaces are already gone."""
+    with contextlib.suppress(Exception):
+        _amend_record(shared, model, project, run_id, f"{model} run {run_id}: finished", finished=True)
+        return True
+    return False
+
+
+def new_drops(dataset_dir: Path, seen: dict[str, list[int]] | None) -> tuple[list[str], dict[str, list[int]]]:
+    """Files of a dataset directory that are new or changed since `seen` (the last look's state, kept
+    by the caller); returns them and the state to keep. The first look (`seen` None) reports nothing."""
+    base = Path(dataset_dir)
+    now = {str(p.relative_to(base)): [p.stat().st_size, p.stat().st_mtime_ns]
+           for p in sorted(base.rglob("*")) if p.is_file() and not p.name.startswith(".")} if base.is_dir() else {}
+    if seen is None:
+        return [], now
+    return sorted(name for name, sig in now.items() if seen.get(name) != sig), now
+
+
+def is_deterministic(error: BaseException) -> bool:
+    """Bad data, bad params, a failed check: retrying cannot help."""
+    return isinstance(error, PipelineError)
