@@ -446,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which generated intents (each model of the platform has its own)")
     s.set_defaults(handler=_sample)
 
-    d = sub.add_parser("demo", help="the main job on the embedded default: the model_lifecycle DAG, "
+    d = sub.add_parser("demo", help="the main job on the embedded default: each model's lifecycle DAG, "
                                     "twice, then serve and verify lineage")
     d.add_argument("--faulty-drop", action="store_true", help="also add a faulty drop and show validate stop the run")
     d.add_argument("--single-run", action="store_true", help="skip the second run on a new weekly drop")

@@ -1,5 +1,6 @@
-"""DAG integrity: the files parse without errors, fast, without importing the heavy stack, and the
-lifecycle DAG is wired the way its docs say (schedule, serialisation, pools, form, stage names)."""
+"""DAG integrity: the files parse without errors, fast, without importing the heavy stack; one
+lifecycle DAG per model folder, wired the way its docs say (schedule, queues, pools, form, stage
+names); a model folder added or broken changes only its own DAG."""
 from __future__ import annotations
 
 import json
@@ -13,6 +14,8 @@ import yaml
 from tests.conftest import ROOT
 
 DAGS = ROOT / "dags"
+MODELS = sorted(p.parent.name for p in (ROOT / "projects").glob("*/params.yaml"))
+LIFECYCLES = [f"lifecycle__{m}" for m in MODELS]
 os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(DAGS))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 if str(DAGS) not in sys.path:  # Airflow puts the DAGs folder on sys.path; so does this test
@@ -28,7 +31,8 @@ def bag():
 
 def test_no_import_errors_and_the_expected_dags(bag):
     assert bag.import_errors == {}
-    assert set(bag.dags) == {"model_lifecycle", "rollback", "data_arrival"}
+    assert set(bag.dags) == {*LIFECYCLES, "rollback", "data_arrival"}
+    assert len(MODELS) >= 2
 
 
 PROBE = r"""
@@ -44,7 +48,7 @@ print(json.dumps({"seconds": seconds, "heavy": heavy, "errors": list(bag.import_
 """
 
 
-@pytest.mark.parametrize("name", ["model_lifecycle.py", "rollback.py", "data_arrival.py"])
+@pytest.mark.parametrize("name", ["lifecycle.py", "rollback.py", "data_arrival.py"])
 def test_parse_is_light_and_fast(name):
     env = {**os.environ, "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS), "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}
     out = subprocess.run([sys.executable, "-c", PROBE, str(DAGS / name), str(DAGS)], env=env, capture_output=True, text=True,
@@ -55,35 +59,39 @@ def test_parse_is_light_and_fast(name):
     assert result["seconds"] < 1.0, f"{name} took {result['seconds']:.2f} s to parse"
 
 
-def test_lifecycle_schedule_serialisation_and_doc(bag):
-    dag = bag.dags["model_lifecycle"]
-    assert dag.max_active_runs == 1 and dag.catchup is False and dag.doc_md and "mlops" in dag.tags
+@pytest.mark.parametrize("model", MODELS)
+def test_lifecycle_schedule_concurrency_and_doc(bag, model):
+    dag = bag.dags[f"lifecycle__{model}"]
+    assert dag.max_active_runs > 1 and dag.catchup is False and dag.doc_md and model in dag.tags
     timetable = dag.timetable
     assert type(timetable).__name__ == "AssetOrTimeSchedule"
-    assert [a.name for a in timetable.asset_condition.objects] == ["raw_drops"]
+    assert [a.name for a in timetable.asset_condition.objects] == [f"raw_drops__{model}"]
     assert timetable.timetable.expression == "0 3 * * 1"
+    assert [o.name for o in dag.get_task("promote").outlets] == [f"champion__{model}"]
 
 
-def test_stage_tasks_match_dvc_stages_and_params_sections(bag):
-    dag = bag.dags["model_lifecycle"]
-    stages = set(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"])
-    params = set(yaml.safe_load((ROOT / "params.yaml").read_text()))
+@pytest.mark.parametrize("model", MODELS)
+def test_stage_tasks_match_dvc_stages_and_params_sections(bag, model):
+    dag = bag.dags[f"lifecycle__{model}"]
+    stages = set(yaml.safe_load((ROOT / "projects" / model / "dvc.yaml").read_text())["stages"])
+    params = set(yaml.safe_load((ROOT / "projects" / model / "params.yaml").read_text()))
     assert stages <= set(dag.task_ids) and stages <= params
     assert {"snapshot", "approve", "promote", "notify_serving", "lineage", "finish"} <= set(dag.task_ids)
     order = ["snapshot", "validate", "prepare", "train", "evaluate", "gate"]
     for up, down in zip(order, order[1:]):
         assert down in dag.get_task(up).downstream_task_ids
     train = dag.get_task("train")
-    assert train.pool == "gpu" and train.execution_timeout is not None and train.retries >= 1
+    assert train.pool == "gpu" and train.queue == "gpu" and train.execution_timeout is not None and train.retries >= 1
+    assert all(dag.get_task(t).queue != "gpu" for t in dag.task_ids if t != "train")
     assert dag.get_task("finish").is_teardown
     assert dag.get_task("promote").trigger_rule == "none_failed_min_one_success"
 
 
 def test_form_fields_are_the_ones_pipelines_checks_again(bag):
-    from pipelines.lifecycle import RunConf
+    from pipelines.orchestration.runconf import RunConf
 
-    dag = bag.dags["model_lifecycle"]
-    assert set(dag.params) == set(RunConf.model_fields)
+    for dag_id in LIFECYCLES:
+        assert set(bag.dags[dag_id].params) == set(RunConf.model_fields)
 
 
 @pytest.mark.parametrize("conf, ok", [
@@ -98,7 +106,7 @@ def test_form_schema_accepts_and_refuses(bag, conf, ok):
 
     from airflow.sdk.exceptions import ParamValidationError
 
-    bound = copy.deepcopy(bag.dags["model_lifecycle"].params)
+    bound = copy.deepcopy(bag.dags["lifecycle__text-classifier"].params)
     try:
         bound.update(conf)  # assigning a value validates it against the Param's JSON Schema
         bound.validate()
@@ -112,6 +120,32 @@ def test_rollback_and_arrival_dags(bag):
     rollback = bag.dags["rollback"]
     assert type(rollback.timetable).__name__ == "NullTimetable"  # manual only
     assert {"model", "to_version", "reason"} == set(rollback.params)
+    assert rollback.params.get_param("model").schema["enum"] == MODELS
     arrival = bag.dags["data_arrival"]
-    outlets = arrival.get_task("detect_new_drop").outlets
-    assert [o.name for o in outlets] == ["raw_drops"]
+    for model in MODELS:
+        assert [o.name for o in arrival.get_task(f"detect__{model}").outlets] == [f"raw_drops__{model}"]
+
+
+def test_adding_a_model_is_adding_a_folder_and_a_broken_one_breaks_only_itself(tmp_path):
+    """A copy of the DAG folder over a projects/ with a new model and a broken one: no DAG code changed."""
+    import shutil
+
+    shutil.copytree(DAGS, tmp_path / "dags")
+    for model in MODELS:
+        shutil.copytree(ROOT / "projects" / model, tmp_path / "projects" / model, symlinks=True)
+    shutil.copytree(ROOT / "projects" / "text-classifier", tmp_path / "projects" / "fraud-flags")
+    params = tmp_path / "projects" / "fraud-flags" / "params.yaml"
+    params.write_text(params.read_text().replace("model_name: text-classifier", "model_name: fraud-flags"))
+    (tmp_path / "projects" / "broken").mkdir()
+    (tmp_path / "projects" / "broken" / "params.yaml").write_text("train: {epochs: -1}\n")
+    probe = ("import json, sys; sys.path.insert(0, sys.argv[1]); from airflow.dag_processing.dagbag import DagBag; "
+             "b = DagBag(dag_folder=sys.argv[1]); "
+             "d = b.dags.get('lifecycle__broken'); print(json.dumps({'errors': list(b.import_errors), "
+             "'dags': sorted(b.dags), 'broken': d and d.description}))")
+    env = {**os.environ, "PIPELINES_REPO": str(tmp_path), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+           "AIRFLOW__CORE__DAGS_FOLDER": str(tmp_path / "dags")}
+    out = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "dags")], env=env, capture_output=True,
+                         text=True, timeout=120)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["errors"] == [] and {"lifecycle__fraud-flags", "lifecycle__broken", *LIFECYCLES} <= set(result["dags"])
+    assert "train.epochs" in result["broken"]
