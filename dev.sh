@@ -41,11 +41,26 @@ browser() {
     echo "warning: could not install chromium; the browser test will be skipped" >&2
 }
 
+services() {
+  # The CeleryExecutor test runs real PostgreSQL and Redis servers from Debian. Install them when
+  # missing and we may; otherwise that test skips, saying why.
+  local missing=()
+  [ -x /usr/lib/postgresql/15/bin/initdb ] || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+  command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+  [ ${#missing[@]} -eq 0 ] && return 0
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo -n"
+  echo "installing Debian's ${missing[*]} for the CeleryExecutor test..." >&2
+  { $sudo apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null 2>&1 ||
+    { $sudo apt-get update -qq >/dev/null 2>&1 && $sudo apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null 2>&1; }; } ||
+    echo "warning: could not install ${missing[*]}; the CeleryExecutor test will be skipped" >&2
+}
+
 cmd=${1:-help}
 shift || true
 case "$cmd" in
   setup) setup ;;
   demo)  setup; PATH="$VENV/bin:$PATH" exec "$VENV/bin/python" -m pipelines demo "$@" ;;
-  test)  setup; browser; PATH="$VENV/bin:$PATH" exec "$VENV/bin/python" -m pytest "$@" ;;
+  test)  setup; browser; services; PATH="$VENV/bin:$PATH" exec "$VENV/bin/python" -m pytest "$@" ;;
   *) echo "usage: ./dev.sh {demo|test|setup}" >&2; exit 2 ;;
 esac

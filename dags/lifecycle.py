@@ -61,6 +61,25 @@ def _stage(model: Model, name: str, upstream, **kwargs):
     return run_stage(upstream)
 
 
+def _train(model: Model, upstream):
+    """`train` on the `gpu` queue and pool; or, with PIPELINES_TRAIN_POD_IMAGE set (KubernetesExecutor or
+    a cluster without GPU Celery workers), as a pod that requests `nvidia.com/gpu` (needs the
+    cncf.kubernetes provider; see pipelines.orchestration.kubernetes)."""
+    import os
+
+    kwargs = {"pool": "gpu", "execution_timeout": timedelta(hours=6), "retries": 3}
+    image = os.environ.get("PIPELINES_TRAIN_POD_IMAGE")
+    if not image:
+        return _stage(model, "train", upstream, queue="gpu", **kwargs)
+    from pipelines.orchestration.kubernetes import build_operator, train_pod_spec
+
+    spec = train_pod_spec(image, "{{ ti.xcom_pull(task_ids='prepare') | tojson }}",
+                          git_remote=os.environ["PIPELINES_GIT_REMOTE"], dvc_remote=os.environ.get("PIPELINES_DVC_REMOTE"))
+    pod = build_operator({**spec, **kwargs})
+    upstream >> pod
+    return pod.output
+
+
 def build(model: Model):
     lc = model.params.lifecycle if model.params else LifecycleParams()
     fields = form(lc)
@@ -146,8 +165,7 @@ def build(model: Model):
         snap = snapshot()
         validated = _stage(model, "validate", snap, retries=1)
         prepared = _stage(model, "prepare", validated, retries=1)
-        trained = _stage(model, "train", prepared, pool="gpu", queue="gpu", execution_timeout=timedelta(hours=6),
-                         retries=3)
+        trained = _train(model, prepared)
         evaluated = _stage(model, "evaluate", trained, retries=1)
         outcome = gate(evaluated)
         decided = decide(outcome, snap)

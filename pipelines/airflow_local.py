@@ -31,10 +31,13 @@ def env(root: Path | str, home: Path | str | None = None) -> dict[str, str]:
 
 
 def airflow(root: Path | str, *args: str, check: bool = True, home: Path | str | None = None,
-            stream: bool = False) -> subprocess.CompletedProcess:
+            stream: bool = False, extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """An `airflow` command on this checkout's embedded Airflow (`extra`: environment overrides, such
+    as another metadata DB)."""
     cmd = [str(Path(sys.executable).parent / "airflow"), *args]
+    environ = {**env(root, home), **(extra or {})}
     if stream:  # show progress as it happens, keep the text for the caller
-        proc = subprocess.Popen(cmd, cwd=root, env=env(root, home), stdout=subprocess.PIPE,
+        proc = subprocess.Popen(cmd, cwd=root, env=environ, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
         lines = []
         for line in proc.stdout:
@@ -43,7 +46,7 @@ def airflow(root: Path | str, *args: str, check: bool = True, home: Path | str |
                 print(line.rstrip()[:300], file=sys.stderr, flush=True)
         done = subprocess.CompletedProcess(cmd, proc.wait(), "".join(lines), "")
     else:
-        done = subprocess.run(cmd, cwd=root, env=env(root, home), text=True, capture_output=True)
+        done = subprocess.run(cmd, cwd=root, env=environ, text=True, capture_output=True)
     if check and done.returncode != 0:
         tail = (done.stderr or done.stdout).strip().splitlines()
         raise CheckFailed(f"`airflow {' '.join(args[:2])}` failed: {tail[-1] if tail else done.returncode}")
@@ -56,10 +59,10 @@ def _worth_showing(line: str) -> bool:
     return any(k in line for k in keys)
 
 
-def setup(root: Path | str, home: Path | str | None = None) -> None:
+def setup(root: Path | str, home: Path | str | None = None, extra: dict[str, str] | None = None) -> None:
     """Migrate the metadata DB (idempotent) and create the `gpu` pool the train task runs in."""
-    airflow(root, "db", "migrate", home=home)
-    airflow(root, "pools", "set", "gpu", "1", "accelerators for train (1 slot per device)", home=home)
+    airflow(root, "db", "migrate", home=home, extra=extra)
+    airflow(root, "pools", "set", "gpu", "1", "accelerators for train (1 slot per device)", home=home, extra=extra)
 
 
 def dags_test(root: Path | str, dag_id: str, conf: dict | None = None, home: Path | str | None = None,

@@ -332,6 +332,35 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _step(args: argparse.Namespace) -> int:
+    """One lifecycle step outside Airflow's Python workers (a Kubernetes pod): the shared locations
+    from this process' environment, the run pointer from --run; the result as JSON."""
+    import json
+    from pathlib import Path
+
+    from pipelines.dataio import atomic_write_text
+    from pipelines.orchestration import steps
+    from pipelines.orchestration.runspace import RunRef, Shared
+
+    try:
+        run = RunRef.of(json.loads(args.run))
+    except (ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"--run: not a run pointer ({type(err).__name__}: {err})") from None
+    env = os.environ
+    if not env.get("PIPELINES_GIT_REMOTE"):
+        raise ConfigError("PIPELINES_GIT_REMOTE is not set: the step needs the git remote of the platform")
+    shared = Shared(env["PIPELINES_GIT_REMOTE"], env.get("PIPELINES_WORKER_CACHE", "/work/dvc-cache"),
+                    env.get("PIPELINES_SCRATCH", "/work/scratch"), env.get("PIPELINES_DVC_REMOTE") or None)
+    result = steps.run_stage(shared, run, args.stage)
+    result["worker"] = env.get("PIPELINES_WORKER_NAME", "")
+    text = json.dumps(result)
+    if args.xcom_file:
+        Path(args.xcom_file).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(Path(args.xcom_file), text)
+    print(text)
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from pipelines.demo import run_demo
 
@@ -445,6 +474,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--domain", choices=["banking", "it_helpdesk"], default="banking",
                    help="which generated intents (each model of the platform has its own)")
     s.set_defaults(handler=_sample)
+
+    st = sub.add_parser("step", help="run one stage task of a lifecycle run (what a Kubernetes pod runs)")
+    st.add_argument("stage", choices=["validate", "prepare", "train", "evaluate"])
+    st.add_argument("--run", required=True, help="the run pointer (the previous task's XCom, JSON)")
+    st.add_argument("--xcom-file", help="also write the result here (KubernetesPodOperator: /airflow/xcom/return.json)")
+    st.set_defaults(handler=_step)
 
     d = sub.add_parser("demo", help="the main job on the embedded default: each model's lifecycle DAG, "
                                     "twice, then serve and verify lineage")

@@ -207,7 +207,7 @@ def train(params: Params, resume: bool = True) -> TrainResult:
             "task": task, "data_version": data_version}
 
     step, start, history, tokens_seen = 0, (0, 0), [], 0
-    Path(tp.checkpoint_dir).mkdir(parents=True, exist_ok=True)  # a declared DVC output, even for short runs
+    Path(tp.checkpoint_dir).mkdir(parents=True, exist_ok=True)
     ckpt = checkpoint.latest_valid(tp.checkpoint_dir, meta) if resume else None
     if ckpt is not None:
         state = checkpoint.load(ckpt, model, optimizer, scheduler)

@@ -1,7 +1,8 @@
 """A real `airflow standalone` (api-server, scheduler, dag-processor, triggerer) on a throw-away copy
-of the project: model_lifecycle triggered through the REST API v2 with params as the UI form sends
-them, the registry and the lineage checked, the run's note written by the plugin's listener, a new
-drop starting the lifecycle through the `raw_drops` Asset, and the plugin page protected and shown
+of the project: lifecycle__text-classifier triggered through the REST API v2 with params as the UI form
+sends them, the registry and the lineage checked, the run's note written by the plugin's listener, a
+new drop starting the lifecycle through the `raw_drops__text-classifier` Asset (the arrival state in an
+Airflow Variable), and the plugin page protected and shown
 in a real headless Chromium (screenshot kept as a test artefact)."""
 from __future__ import annotations
 
@@ -17,19 +18,20 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pipelines import airflow_local, lifecycle
-from tests.lifecycle_support import airflow_env, make_project, pipelines
+from pipelines import airflow_local
+from pipelines.orchestration import records, steps
+from tests.lifecycle_support import airflow_env, drop, make_project, pipelines
 from tests.serving_support import free_port
 
 pytestmark = pytest.mark.integration
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+DAG = "lifecycle__text-classifier"
 
 
 @pytest.fixture(scope="module")
 def airflow(tmp_path_factory):
     repo = make_project(tmp_path_factory.mktemp("standalone"), train={"epochs": 2, "max_length": 32,
                                                                       "checkpoint_every": 20})
-    lifecycle.new_drops(repo, "data/raw")  # the arrival sensor's first look: today's drop is known
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = airflow_env(repo, AIRFLOW__API__HOST="127.0.0.1", AIRFLOW__API__PORT=str(port),
@@ -39,6 +41,8 @@ def airflow(tmp_path_factory):
                       AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL="5",
                       AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="5")
     airflow_local.setup(repo)
+    _, seen = steps.new_drops(repo / "projects" / "text-classifier" / "data" / "raw", None)  # the first look
+    airflow_local.airflow(repo, "variables", "set", "pipelines_arrival__text-classifier", json.dumps(seen))
     log = open(repo / ".airflow" / "standalone.log", "w")
     proc = subprocess.Popen([str(Path(sys.executable).parent / "airflow"), "standalone"], cwd=repo, env=env,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -98,22 +102,22 @@ def _wait_run(af, dag_id: str, run_id: str, seconds: float = 900) -> dict:
 
 def test_trigger_from_the_rest_api_like_the_ui_form(airflow):
     af = airflow
-    _wait_for(lambda: _api(af, "GET", "/dags/model_lifecycle").status_code == 200, 180, "the DAG to be parsed")
+    _wait_for(lambda: _api(af, "GET", f"/dags/{DAG}").status_code == 200, 180, "the DAG to be parsed")
     form = {"dataset": "default", "base_model": "minilm", "epochs": 2, "learning_rate": 0.003, "lora_rank": 8,
             "min_accuracy": None, "min_macro_f1": None, "require_approval": False}
-    refused = _api(af, "POST", "/dags/model_lifecycle/dagRuns", json={"logical_date": None, "conf": {**form, "epochs": 99}})
+    refused = _api(af, "POST", f"/dags/{DAG}/dagRuns", json={"logical_date": None, "conf": {**form, "epochs": 99}})
     assert refused.status_code == 400 and "epochs" in refused.text
-    created = _api(af, "POST", "/dags/model_lifecycle/dagRuns", json={"logical_date": None, "conf": form})
+    created = _api(af, "POST", f"/dags/{DAG}/dagRuns", json={"logical_date": None, "conf": form})
     assert created.status_code == 200, created.text
     run_id = created.json()["dag_run_id"]
-    assert _api(af, "PATCH", "/dags/model_lifecycle", json={"is_paused": False}).status_code == 200
-    _wait_run(af, "model_lifecycle", run_id)
+    assert _api(af, "PATCH", f"/dags/{DAG}", json={"is_paused": False}).status_code == 200
+    _wait_run(af, DAG, run_id)
 
-    record = lifecycle.read_record(af["repo"], run_id)
+    record = records.read(str(af["repo"]), "text-classifier", run_id)
     assert record["promotion"]["version"] == 1 and record["run"]["triggered_by"] == "admin"
-    chain = json.loads(pipelines(af["repo"], "lineage", "--json").stdout)
+    chain = json.loads(pipelines(af["repo"], "--model", "text-classifier", "lineage", "--json").stdout)
     assert chain["verified"] and chain["links"][-1]["run_id"] == run_id and chain["links"][-1]["triggered_by"] == "admin"
-    note = _wait_for(lambda: _api(af, "GET", f"/dags/model_lifecycle/dagRuns/{run_id}").json().get("note"), 60,
+    note = _wait_for(lambda: _api(af, "GET", f"/dags/{DAG}/dagRuns/{run_id}").json().get("note"), 60,
                      "the listener's note")
     assert note == record["note"] and note.startswith("promoted text-classifier v1")
     af["run_id"] = run_id
@@ -122,17 +126,17 @@ def test_trigger_from_the_rest_api_like_the_ui_form(airflow):
 def test_new_drop_starts_the_lifecycle_through_the_asset(airflow):
     af = airflow
     assert af.get("run_id"), "needs the first run"
-    pipelines(af["repo"], "sample", "--out", "data/raw", "--rows", "300", "--seed", "3")
+    drop(af["repo"], "text-classifier", rows=300, seed=3)
     assert _api(af, "PATCH", "/dags/data_arrival", json={"is_paused": False}).status_code == 200
     sensed = _api(af, "POST", "/dags/data_arrival/dagRuns", json={"logical_date": None}).json()["dag_run_id"]
     _wait_run(af, "data_arrival", sensed, seconds=180)
 
     def asset_run():
-        runs = _api(af, "GET", "/dags/model_lifecycle/dagRuns").json()["dag_runs"]
+        runs = _api(af, "GET", f"/dags/{DAG}/dagRuns").json()["dag_runs"]
         return next((r for r in runs if r["run_type"] == "asset_triggered"), None)
-    run = _wait_for(asset_run, 120, "an asset-triggered model_lifecycle run")
-    _wait_run(af, "model_lifecycle", run["dag_run_id"])
-    record = lifecycle.read_record(af["repo"], run["dag_run_id"])
+    run = _wait_for(asset_run, 120, f"an asset-triggered {DAG} run")
+    _wait_run(af, DAG, run["dag_run_id"])
+    record = records.read(str(af["repo"]), "text-classifier", run["dag_run_id"])
     assert record["run"]["triggered_by"] == "asset event (new data drop)"
     assert len(record["snapshot"]["files"]) == 2 and record["gate"]["champion_version"] == 1
 
@@ -147,7 +151,7 @@ def test_plugin_pages_need_an_airflow_login(airflow):
     assert data["aliases"]["champion"] in (1, 2) and [v["version"] for v in data["versions"]][-1] == 1
     lineage = httpx.get(f"{page}/versions/1?format=json", headers=af["headers"], timeout=60).json()
     assert lineage["verified"] is True
-    run = httpx.get(f"{af['url']}/mlops/runs/{af['run_id']}?format=json", headers=af["headers"], timeout=10).json()
+    run = httpx.get(f"{page}/runs/{af['run_id']}?format=json", headers=af["headers"], timeout=10).json()
     assert run["promotion"]["version"] == 1
 
 

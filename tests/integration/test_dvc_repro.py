@@ -1,4 +1,5 @@
-"""`dvc repro` of the real dvc.yaml in a temporary git repo: first run, no-op, one param change."""
+"""`dvc repro` by hand in a model folder of a temporary copy of the platform: first run, no-op, one
+param change, a pinned champion; the stages' code is the repository's `pipelines` package."""
 import shutil
 import subprocess
 import sys
@@ -22,28 +23,26 @@ def dvc(*args, cwd, check=True):
 
 @pytest.fixture
 def project(tmp_path):
-    repo = tmp_path / "project"
-    repo.mkdir()
-    for name in ("dvc.yaml", ".dvcignore"):
-        shutil.copy(ROOT / name, repo / name)
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    repo = tmp_path / "platform"
+    folder = repo / "projects" / "text-classifier"
+    folder.mkdir(parents=True)
+    shutil.copy(ROOT / ".dvcignore", repo / ".dvcignore")
+    shutil.copy(ROOT / "projects" / "text-classifier" / "dvc.yaml", folder / "dvc.yaml")
+    params = yaml.safe_load((ROOT / "projects" / "text-classifier" / "params.yaml").read_text())
     params["train"].update(max_steps=3, max_length=32, checkpoint_every=2)  # CI-sized training
     params["evaluate"].update(latency_samples=5)
     # 3 training steps make a weak model: this test is about DVC mechanics, so floors are off
     params["gate"].update(min_accuracy=None, min_macro_f1=None, min_class_recall=None, max_p95_latency_ms=None)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     shutil.copytree(ROOT / "pipelines", repo / "pipelines", ignore=shutil.ignore_patterns("__pycache__"))
     (repo / ".dvc").mkdir()
     for name in ("config", ".gitignore"):
         shutil.copy(ROOT / ".dvc" / name, repo / ".dvc" / name)
-    for sub in ("data", "models"):
-        (repo / sub).mkdir()
-        shutil.copy(ROOT / sub / ".gitignore", repo / sub / ".gitignore")
     sh("git", "init", "-q", cwd=repo)
-    sh(sys.executable, "-m", "pipelines", "sample", "--out", "data/raw", "--rows", "600", cwd=repo)
-    dvc("add", "-q", "data/raw", cwd=repo)
-    sh(sys.executable, "-m", "pipelines", "registry", "init", cwd=repo)
-    return repo
+    sh(sys.executable, "-m", "pipelines", "sample", "--out", "data/raw", "--rows", "600", cwd=folder)
+    dvc("add", "-q", "data/raw", cwd=folder)
+    sh(sys.executable, "-m", "pipelines", "registry", "init", cwd=folder)
+    return folder
 
 
 ALL = {"validate", "prepare", "train", "evaluate", "gate"}
@@ -89,13 +88,17 @@ def test_repro_first_run_noop_and_param_change(project):
     assert ran(dvc("repro", cwd=project)) == {"train", "evaluate", "gate"}
 
     dvc("push", "-q", cwd=project)
-    assert any((project / ".dvc-storage" / "files" / "md5").rglob("*"))
+    assert any((project.parents[1] / ".dvc-storage" / "files" / "md5").rglob("*"))
     assert dvc("status", cwd=project).stdout.strip() == "Data and pipelines are up to date."
     assert "candidate" in dvc("metrics", "show", "--json", cwd=project).stdout
 
-    # a promotion changes the champion: the next repro re-evaluates against it, and only that
+    # pinning the champion to compare with (what each lifecycle run does) re-evaluates, and only that
     sh(sys.executable, "-m", "pipelines", "promote", cwd=project)
+    params["evaluate"]["compare_with"] = 1
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert ran(dvc("repro", cwd=project)) == {"evaluate", "gate"}
+    metrics = yaml.safe_load((project / "reports" / "evaluate" / "metrics.json").read_text())
+    assert metrics["champion_version"] == 1
 
 
 def test_a_new_drop_reruns_both_and_a_faulty_drop_stops_prepare(project):

@@ -6,7 +6,7 @@ from tests.conftest import ROOT
 
 
 def test_repo_params_yaml_parses():
-    params = load_params(ROOT / "params.yaml")
+    params = load_params(ROOT / "projects" / "text-classifier" / "params.yaml", must_exist=True)
     assert params.data.task == "classification"
     assert params.validate_.quarantine_tolerance == 0.01
     assert params.prepare.split.train == 0.8
