@@ -44,7 +44,7 @@ class Cluster:
         self.env = airflow_env(
             repo, AIRFLOW_HOME=str(home), AIRFLOW__CORE__EXECUTOR="CeleryExecutor",
             AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=db, AIRFLOW__CELERY__BROKER_URL=broker,
-            AIRFLOW__CELERY__RESULT_BACKEND="db+" + db.replace("+psycopg2", ""),
+            AIRFLOW__CELERY__RESULT_BACKEND="db+" + db,
             AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=str(home / "passwords.json"),
             AIRFLOW__LOGGING__BASE_LOG_FOLDER=str(home / "logs"),
             AIRFLOW__API__HOST="127.0.0.1", AIRFLOW__API__PORT=str(self.port),
