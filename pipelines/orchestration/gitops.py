@@ -34,6 +34,14 @@ def rev(cwd: Path, ref: str) -> str | None:
     return git(cwd, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", check=False) or None
 
 
+def tip(remote: str, ref: str) -> str | None:
+    """The sha `ref` points at in `remote`, or None if it has no such ref."""
+    import tempfile
+
+    listed = git(Path(tempfile.gettempdir()), "ls-remote", "--", remote, ref)
+    return listed.split()[0] if listed else None
+
+
 def fetch(cwd: Path, remote: str, ref: str, into: str | None = None) -> str | None:
     """Fetch `ref` from `remote` (into the local ref `into`, or FETCH_HEAD); its sha, or None if absent."""
     listed = git(cwd, "ls-remote", "--", remote, ref)
@@ -78,10 +86,12 @@ def push(directory: Path, remote: str, commit: str, ref: str, expect: str | None
                          text=True)
     if out.returncode == 0:
         return True
-    if "stale info" in out.stdout + out.stderr or "[rejected]" in out.stdout:
+    said = out.stdout + out.stderr
+    lost_race = ("stale info", "[rejected]", "failed to update ref", "cannot lock ref", "incorrect old value")
+    if any(sign in said for sign in lost_race):  # the remote moved under us: the caller re-reads and retries
         return False
-    said = (out.stderr or out.stdout).strip().splitlines()
-    raise TransientError(f"`git push {ref}` to {remote} failed: {said[-1] if said else out.returncode}")
+    lines = [ln for ln in said.strip().splitlines() if ln.strip() and not ln.startswith(("To ", "Done"))]
+    raise TransientError(f"`git push {ref}` to {remote} failed: {lines[0] if lines else out.returncode}")
 
 
 def show(cwd: Path, remote: str, ref: str, path: str) -> bytes | None:

@@ -149,27 +149,33 @@ def _repro(ws: TaskSpace, stage: str) -> dict[str, Any]:
     missing = _missing_inputs(ws, stage)
     if missing:
         ws.dvc("pull", *missing)
+    t1 = time.perf_counter()
     code, tail = ws.stream([sys.executable, "-m", "dvc", "repro", "--pull", "--single-item", stage],
                            during=sync.sync if sync else None)
     if code != 0:
         raise stage_error(stage, code, tail)
-    seconds = round(time.perf_counter() - t0, 2)
+    t2 = time.perf_counter()
     ran = not any(("is cached - skipping run" in ln or "didn't change, skipping" in ln) for ln in tail)
     ws.dvc("push", "--run-cache", stage)
     if sync is not None:
         sync.clear()
-    return {"stage": stage, "ran": ran, "seconds": seconds}
+    return {"stage": stage, "ran": ran, "seconds": round(t2 - t1, 2),  # the stage itself (or its run-cache restore)
+            "pull_seconds": round(t1 - t0, 2), "push_seconds": round(time.perf_counter() - t2, 2)}
 
 
 def run_stage(shared: Shared, run: RunRef, stage: str) -> dict[str, Any]:
     """One DVC stage of the run; returns the new run pointer with whether it ran and for how long."""
     if stage not in STAGES:
         raise ConfigError(f"unknown stage {stage!r}; one of {', '.join(STAGES)}")
+    t0 = time.perf_counter()
     with task_space(shared, run) as ws:
+        checkout = round(time.perf_counter() - t0, 2)
         outcome = _repro(ws, stage)
-        stages = {**records.load(ws.root).get("stages", {}), stage: outcome}
+        t1 = time.perf_counter()
+        stages = {**records.load(ws.root).get("stages", {}), stage: {**outcome, "checkout_seconds": checkout}}
         records.update(ws.root, stages=stages)
         new = ws.commit(f"{run.model} run {run.run_id}: {stage} ({'ran' if outcome['ran'] else 'cached'})")
+        outcome |= {"checkout_seconds": checkout, "commit_seconds": round(time.perf_counter() - t1, 2)}
     return {**new.to_xcom(), **outcome}
 
 
@@ -319,28 +325,14 @@ def rollback(shared: Shared, project: str, model: str, to_version: int | None, r
 
 
 def _amend_record(shared: Shared, model: str, project: str, run_id: str, message: str, **fields: Any) -> None:
+    """Add fields to the record at the tip of the run's ref (nothing when the run has no ref yet)."""
     ref = run_ref_name(model, run_id)
-    with tempfile_dir(shared) as tmp:
-        tip = gitops.fetch(tmp, shared.git_remote, ref) if _init(tmp) else None
+    tip = gitops.tip(shared.git_remote, ref)
     if tip is None:
         return
     with task_space(shared, RunRef(model, project, run_id, ref, tip), dvc=False) as ws:
         records.update(ws.root, **fields)
         ws.commit(message)
-
-
-@contextlib.contextmanager
-def tempfile_dir(shared: Shared):
-    import tempfile
-
-    Path(shared.scratch).mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=shared.scratch, prefix="record-") as tmp:
-        yield Path(tmp)
-
-
-def _init(path: Path) -> bool:
-    gitops.git(path, "init", "--quiet")
-    return True
 
 
 def fail(shared: Shared, model: str, project: str, run_id: str, task: str, error: BaseException) -> None:

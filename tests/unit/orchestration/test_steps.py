@@ -178,3 +178,20 @@ def test_notify_serving_waits_for_the_new_version(tmp_path, platform):
             steps.notify_serving(shared(tmp_path, platform), run_of(platform), 3)
     finally:
         server.should_exit = True
+
+
+def test_concurrent_runs_both_land_on_the_lineage_branch(tmp_path, platform):
+    """Two runs finishing at once race for the lineage branch: the compare-and-swap push loses neither."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    runs = [run_of(platform, f"r{i}") for i in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        done = list(pool.map(lambda ir: steps.record(shared(tmp_path, platform, f"w{ir[0]}"), ir[1],
+                                                     {"dag_id": "lifecycle__m", "run_id": ir[1].run_id}),
+                             enumerate(runs)))
+    tip = gitops.rev(platform, "refs/heads/lineage")
+    for out in done:
+        assert subprocess.run(["git", "merge-base", "--is-ancestor", out["lineage_commit"], tip],
+                              cwd=platform).returncode == 0
+    assert int(subprocess.run(["git", "rev-list", "--count", "--first-parent", "lineage"], cwd=platform,
+                              capture_output=True, text=True).stdout) == 5  # four runs on the project commit
