@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from collections import deque
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -85,8 +86,7 @@ def dvc_remote_url(shared: Shared, checkout: Path) -> tuple[str, str]:
         raise ConfigError("the repository has no default DVC remote (dvc remote add -d NAME URL)")
     if shared.dvc_remote:
         return name, shared.dvc_remote
-    url = next((conf[s].get("url") for s in conf.sections() if s.strip("'\" ") == f'remote "{name}"'
-                or s == f"'remote \"{name}\"'"), None)
+    url = next((conf[s].get("url") for s in conf.sections() if s.strip("'") == f'remote "{name}"'), None)
     if not url:
         raise ConfigError(f"the DVC remote {name!r} has no url")
     if "://" in url or Path(url).is_absolute():
@@ -130,8 +130,6 @@ class TaskSpace:
         proc = subprocess.Popen(args, cwd=self.project, env=self.env(), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
         tail: deque[str] = deque(maxlen=80)
-        import threading
-
         done = threading.Event()
         watcher = None
         if during is not None:
@@ -204,4 +202,4 @@ def stage_error(stage: str, code: int, tail: list[str]) -> Exception:
         return CheckFailed(f"{stage}: {reason}")
     if stage_code == 2:
         return ConfigError(f"{stage}: {reason}")
-    return TransientError(f"{stage}: dvc repro failed ({reason})")
+    return TransientError(f"{stage}: {reason}")

@@ -118,22 +118,6 @@ def start(shared: Shared, project: str, model: str, raw_conf: dict[str, Any] | N
 
 # ---------------------------------------------------------------- stages
 
-def _missing_inputs(ws: TaskSpace, stage: str) -> list[str]:
-    """The stage's inputs DVC tracks (outputs of earlier stages, `dvc add`ed data) not in the checkout,
-    relative to the model's folder. (`dvc repro --pull` would fetch them itself, but resolves the
-    paths of a stage in a sub-folder against the repository root: DVC 3.67.)"""
-    import os
-
-    from dvc.repo import Repo
-
-    with Repo(str(ws.root)) as repo:
-        found = repo.stage.collect(f"{ws.project / 'dvc.yaml'}:{stage}")  # absolute: not the cwd
-        tracked = [out.fs_path for out in repo.index.outs]
-        missing = [dep.fs_path for st in found for dep in st.deps if not dep.exists]
-    return [os.path.relpath(path, ws.project) for path in missing
-            if any(path == out or path.startswith(out.rstrip("/") + "/") for out in tracked)]
-
-
 def _repro(ws: TaskSpace, stage: str) -> dict[str, Any]:
     """`dvc repro --pull` one stage in the workspace, outputs and run-cache pushed after."""
     sync = None
@@ -146,21 +130,15 @@ def _repro(ws: TaskSpace, stage: str) -> dict[str, Any]:
             print(f"resuming from shared checkpoints: {', '.join(restored)}", flush=True)
         sync = checkpoints.CheckpointSync(local, url)
     t0 = time.perf_counter()
-    missing = _missing_inputs(ws, stage)
-    if missing:
-        ws.dvc("pull", *missing)
-    t1 = time.perf_counter()
-    code, tail = ws.stream([sys.executable, "-m", "dvc", "repro", "--pull", "--single-item", stage],
+    code, tail = ws.stream([sys.executable, "-m", "pipelines.orchestration.dvc_task", str(ws.project), stage],
                            during=sync.sync if sync else None)
     if code != 0:
         raise stage_error(stage, code, tail)
-    t2 = time.perf_counter()
     ran = not any(("is cached - skipping run" in ln or "didn't change, skipping" in ln) for ln in tail)
-    ws.dvc("push", "--run-cache", stage)
     if sync is not None:
         sync.clear()
-    return {"stage": stage, "ran": ran, "seconds": round(t2 - t1, 2),  # the stage itself (or its run-cache restore)
-            "pull_seconds": round(t1 - t0, 2), "push_seconds": round(time.perf_counter() - t2, 2)}
+    # inputs pulled, the stage run (or restored from the run-cache), outputs and run-cache pushed
+    return {"stage": stage, "ran": ran, "seconds": round(time.perf_counter() - t0, 2)}
 
 
 def run_stage(shared: Shared, run: RunRef, stage: str) -> dict[str, Any]:
@@ -196,9 +174,7 @@ def gate_summary(params: Params, project: Path) -> dict[str, Any]:
 def gate(shared: Shared, run: RunRef) -> dict[str, Any]:
     """The gate stage (`pipelines gate --exit-zero`: a rejection is its decision, not a failure)."""
     with task_space(shared, run) as ws:
-        outcome = _repro(ws, "gate")
-        if not outcome["ran"]:  # restored from the run-cache: the decision is checked out all the same
-            pass
+        outcome = _repro(ws, "gate")  # run or restored from the run-cache: the decision is checked out either way
         summary = gate_summary(_params(ws), ws.project)
         stages = {**records.load(ws.root).get("stages", {}), "gate": outcome}
         records.update(ws.root, stages=stages, gate=summary)

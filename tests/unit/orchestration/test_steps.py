@@ -122,7 +122,7 @@ def test_unreachable_remotes_and_a_refused_push_are_retried_and_write_nothing(tm
     gone = shared(tmp_path, tmp_path / "no-such-repo")
     with pytest.raises(TransientError, match="git ls-remote"):
         steps.run_stage(gone, run_of(platform), "validate")
-    with pytest.raises(TransientError, match="dvc push"):  # the DVC remote cannot be written
+    with pytest.raises(TransientError, match="validate: ERROR: dvc push: .*Not a directory"):  # the DVC remote
         steps.run_stage(shared(tmp_path, platform, dvc_remote="/dev/null/remote"), run_of(platform), "validate")
     hook = platform / ".git" / "hooks" / "pre-receive"
     hook.write_text("#!/bin/sh\necho 'refs/runs is read-only here' >&2\nexit 1\n")
