@@ -210,8 +210,9 @@ def promote(shared: Shared, run: RunRef, info: dict[str, Any], approved_by: str 
         params = _params(ws)
         tp, proj = params.train, ws.project
         metrics = f"{params.evaluate.report_dir}/metrics.json"
-        _pull(ws, params, [tp.output_dir, params.gate.decision_path, metrics])
-        _evidence(ws, params)
+        from pipelines.lineage import evidence_paths
+
+        _pull(ws, params, [tp.output_dir, params.gate.decision_path, metrics, *evidence_paths(params).values()])
         model = params.registry.model_name
         store = registry.open_store(params.registry.root, model)
         result = registry.promote(store, model, proj / tp.output_dir, proj / params.gate.decision_path,
