@@ -260,7 +260,8 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from pipelines.config import check_model_name, with_overrides
-    from pipelines.serve import auth_line, create_app, server_config
+    from pipelines.serve import auth_line, server_config
+    from pipelines.serve_api import create_app
 
     params = _params(args)
     if args.model:

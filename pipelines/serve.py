@@ -1,7 +1,8 @@
 """Serving: an OpenAI-compatible FastAPI server for the version a registry alias points at.
 
-Inputs: the registry (`registry` params), the alias to follow and the `serve` params. Output: an
-ASGI app (`create_app`) and `pipelines serve`, which runs it with uvicorn.
+Inputs: the registry (`registry` params), the alias to follow and the `serve` params. Outputs: the
+engine (model holder, batcher, metrics, auth, the uvicorn protocol guard) that the routes and the
+app factory in `serve_api.py` (`create_app`) use; `pipelines serve` runs that app with uvicorn.
 - `POST /v1/classify` (batch of texts -> label, score, top-k), `POST /v1/chat/completions` and
   `POST /v1/completions` (causal LMs; SSE streaming), `GET /v1/models`, `/healthz`, `/readyz`,
   `/metrics` (Prometheus). Every response names the model version (field and `X-Model-Version`).
@@ -26,7 +27,6 @@ import re
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -362,42 +362,6 @@ def _guarded_protocol(header_timeout: float, max_connections: int):
                 self.transport.close()  # no complete request headers within header_timeout_s
 
     return Guarded
-
-
-def create_app(params: Params, alias: str = "champion", model: str | None = None, batching: bool = True,
-               poll: bool = True):
-    """Build the ASGI app; it loads the alias' version at start-up and follows the alias."""
-    from fastapi import FastAPI
-
-    from pipelines import registry
-    from pipelines.serve_api import install_routes
-
-    sp = params.serve
-    name = model or params.registry.model_name
-    store = registry.open_store(params.registry.root, name)
-    metrics = Metrics()
-    holder = Holder(store, alias, metrics)
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
-    checker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="request-check")  # token counts, off the loop
-    batcher = Batcher(sp.max_batch, sp.max_wait_ms, sp.max_queue, executor, metrics) if batching else None
-
-    async def lifespan(app):
-        await asyncio.get_running_loop().run_in_executor(executor, holder.poll)
-        if poll:
-            holder.start(sp.poll_seconds)
-        task = asyncio.create_task(batcher.run()) if batcher else None
-        yield
-        holder.stop()
-        if task:
-            task.cancel()
-        executor.shutdown(wait=False, cancel_futures=True)
-        checker.shutdown(wait=False, cancel_futures=True)
-
-    keys = api_keys(sp.api_keys_env, sp.api_keys_file)  # before anything starts: a missing keys file stops us
-    app = FastAPI(title="pipelines serving", version="1", lifespan=lifespan)
-    app.state.keys = keys
-    install_routes(app, sp, name, holder, batcher, executor, metrics, checker)
-    return app
 
 
 def check_key(keys: list[str], header: str | None) -> bool:

@@ -1,4 +1,5 @@
-"""HTTP routes of the serving app (see `serve.py` for the moving parts they use).
+"""HTTP routes of the serving app and its factory `create_app` (see `serve.py` for the moving parts
+they use; `serve.py` does not import this module).
 
 Inputs: JSON requests validated by pydantic models (bounded sizes; a 4xx names the bad field).
 Outputs: OpenAI-compatible responses, each naming the model version in `model_version` and the
@@ -9,13 +10,16 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from pipelines.serve import QueueFull, check_key, classify, completion_id, generate, matches_ood
+from pipelines.config import Params
+from pipelines.serve import (Batcher, Holder, Metrics, QueueFull, api_keys, check_key, classify, completion_id,
+                             generate, matches_ood)
 
 OPEN_PATHS = {"/healthz", "/readyz", "/docs", "/openapi.json"}
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
@@ -360,3 +364,38 @@ def install_routes(app, sp, name: str, holder, batcher, executor, metrics, check
 
     routes = {route.path for route in app.routes if hasattr(route, "path")}
     app.add_middleware(Guard, sp=sp, app_state=app.state, metrics=metrics, routes=routes)
+
+
+def create_app(params: Params, alias: str = "champion", model: str | None = None, batching: bool = True,
+               poll: bool = True):
+    """Build the ASGI app; it loads the alias' version at start-up and follows the alias."""
+    from fastapi import FastAPI
+
+    from pipelines import registry
+
+    sp = params.serve
+    name = model or params.registry.model_name
+    store = registry.open_store(params.registry.root, name)
+    metrics = Metrics()
+    holder = Holder(store, alias, metrics)
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
+    checker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="request-check")  # token counts, off the loop
+    batcher = Batcher(sp.max_batch, sp.max_wait_ms, sp.max_queue, executor, metrics) if batching else None
+
+    async def lifespan(app):
+        await asyncio.get_running_loop().run_in_executor(executor, holder.poll)
+        if poll:
+            holder.start(sp.poll_seconds)
+        task = asyncio.create_task(batcher.run()) if batcher else None
+        yield
+        holder.stop()
+        if task:
+            task.cancel()
+        executor.shutdown(wait=False, cancel_futures=True)
+        checker.shutdown(wait=False, cancel_futures=True)
+
+    keys = api_keys(sp.api_keys_env, sp.api_keys_file)  # before anything starts: a missing keys file stops us
+    app = FastAPI(title="pipelines serving", version="1", lifespan=lifespan)
+    app.state.keys = keys
+    install_routes(app, sp, name, holder, batcher, executor, metrics, checker)
+    return app

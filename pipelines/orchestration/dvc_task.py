@@ -10,6 +10,7 @@ a `dvc` process per step: a stage task's fixed cost is dominated by starting DVC
 """
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -22,11 +23,25 @@ def missing_inputs(repo, dvcfile: Path, stage: str) -> list[str]:
     return [p for p in missing if any(p == out or p.startswith(out.rstrip("/") + "/") for out in tracked)]
 
 
+class _Restored(logging.Handler):
+    """Notices DVC saying that the stage did not run (restored from the run-cache, or unchanged)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.restored = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        self.restored |= "is cached - skipping run" in message or "didn't change, skipping" in message
+
+
 def run(project: Path, stage: str) -> int:
     from dvc.logger import setup
     from dvc.repo import Repo
 
     setup()
+    seen = _Restored()
+    logging.getLogger("dvc").addHandler(seen)
     dvcfile = project.resolve() / "dvc.yaml"
     target = f"{dvcfile}:{stage}"
     step = "pull"
@@ -37,8 +52,9 @@ def run(project: Path, stage: str) -> int:
                 repo.pull(targets=missing)
             step = "repro"
             repo.reproduce(target, single_item=True, pull=True)
-            step = "push"
-            repo.push(targets=[target], run_cache=True)
+            if not seen.restored:  # a restored stage's outputs and run-cache entry are on the remote already
+                step = "push"
+                repo.push(targets=[target], run_cache=True)
     except Exception as err:  # DVC's errors and the remote's (OSError, ...): one line for the caller
         chain, cause = [str(err) or type(err).__name__], err.__cause__
         while cause is not None:

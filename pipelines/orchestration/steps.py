@@ -202,6 +202,17 @@ def _evidence(ws: TaskSpace, params: Params) -> list[str]:
     return paths
 
 
+def _already_champion(store: registry.Store, gate: dict[str, Any]) -> dict[str, Any] | None:
+    """When this run's gated candidate (its record, written by the gate task) already is the champion,
+    there is nothing to register or move, nor to pull: say so."""
+    entries = registry.read_ledger(store)
+    champ = registry.aliases(entries).get("champion")
+    if champ is None or not gate.get("passed") or registry.registered(entries)[champ]["candidate_hash"] != gate.get("candidate"):
+        return None
+    print(f"candidate {str(gate['candidate'])[:12]} already is champion v{champ}; nothing to do", flush=True)
+    return {"version": champ, "changed": False}
+
+
 def promote(shared: Shared, run: RunRef, info: dict[str, Any], approved_by: str | None = None) -> dict[str, Any]:
     """Register the candidate and make it champion, with its lineage evidence beside it."""
     from pipelines import lineage
@@ -210,16 +221,18 @@ def promote(shared: Shared, run: RunRef, info: dict[str, Any], approved_by: str 
         params = _params(ws)
         tp, proj = params.train, ws.project
         metrics = f"{params.evaluate.report_dir}/metrics.json"
-        from pipelines.lineage import evidence_paths
-
-        _pull(ws, params, [tp.output_dir, params.gate.decision_path, metrics, *evidence_paths(params).values()])
         model = params.registry.model_name
         store = registry.open_store(params.registry.root, model)
-        result = registry.promote(store, model, proj / tp.output_dir, proj / params.gate.decision_path,
-                                  proj / metrics, by=info.get("triggered_by"), approved_by=approved_by,
-                                  reason=f"{info.get('dag_id')} run {info.get('run_id')}: passed gate",
-                                  evidence=lineage.evidence(params, proj), root=proj,
-                                  run={"dag_id": info.get("dag_id"), "run_id": info.get("run_id"), "task_id": "promote"})
+        result = _already_champion(store, records.load(ws.root).get("gate") or {})
+        if result is None:
+            _pull(ws, params, [tp.output_dir, params.gate.decision_path, metrics,
+                               *lineage.evidence_paths(params).values()])
+            result = registry.promote(
+                store, model, proj / tp.output_dir, proj / params.gate.decision_path, proj / metrics,
+                by=info.get("triggered_by"), approved_by=approved_by,
+                reason=f"{info.get('dag_id')} run {info.get('run_id')}: passed gate",
+                evidence=lineage.evidence(params, proj), root=proj,
+                run={"dag_id": info.get("dag_id"), "run_id": info.get("run_id"), "task_id": "promote"})
         if params.registry.gto_tags and result["changed"]:
             print("note: registry.gto_tags is not mirrored from task workspaces (git tags belong to the "
                   "user's repository); run `pipelines registry` by hand to mirror", flush=True)

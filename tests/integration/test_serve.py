@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipelines.config import parse_params
-from pipelines.serve import create_app
+from pipelines.serve_api import create_app
 from tests.serving_support import build_registry, start_loopback
 from tests.tiny_models import build_causal
 

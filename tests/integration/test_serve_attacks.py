@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 from pipelines import registry
 from pipelines.config import parse_params
 from pipelines.errors import ConfigError
-from pipelines.serve import create_app, server_config
+from pipelines.serve import server_config
+from pipelines.serve_api import create_app
 from tests.conftest import cli_env
 from tests.serving_support import build_registry, free_port
 

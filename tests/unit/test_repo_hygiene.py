@@ -1,4 +1,6 @@
-"""Run outputs must never be committed on main: the demo's promise is that it modifies no tracked file."""
+"""Run outputs must never be committed on main (the demo's promise is that it modifies no tracked file),
+and the package's modules import each other one way only."""
+import ast
 import subprocess
 
 import pytest
@@ -7,6 +9,7 @@ from tests.conftest import ROOT
 
 RUN_OUTPUTS = ("dvc.lock", "data/raw.dvc", "data/raw", "data/prepared", "models/candidate", "registry",
                "reports", "checkpoints", ".dvc-storage", ".dvc/cache")
+RUN_OUTPUTS += tuple(f"projects/{m}/{o}" for m in ("text-classifier", "it-helpdesk") for o in RUN_OUTPUTS)
 
 
 def tracked() -> list[str]:
@@ -19,3 +22,29 @@ def tracked() -> list[str]:
 @pytest.mark.parametrize("output", RUN_OUTPUTS)
 def test_run_outputs_are_not_tracked(output):
     assert not [f for f in tracked() if f == output or f.startswith(output + "/")]
+
+
+def _imports(path) -> set[str]:
+    """The `pipelines.*` modules a module imports, at any depth of the file (lazy imports included)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("pipelines"):
+            found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("pipelines")}
+    return found
+
+
+def test_no_import_cycles_in_the_package():
+    modules = {".".join(p.relative_to(ROOT).with_suffix("").parts): p for p in (ROOT / "pipelines").rglob("*.py")}
+    modules = {name.removesuffix(".__init__"): p for name, p in modules.items()}
+    graph = {name: {m for m in _imports(p) if m in modules and m != name} for name, p in modules.items()}
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        for nxt in graph[start] - seen:
+            if nxt == goal or reaches(nxt, goal, seen | {nxt}):
+                return True
+        return False
+
+    cycles = sorted(f"{a} <-> {b}" for a in graph for b in graph[a] if a < b and reaches(b, a, {b}))
+    assert cycles == []

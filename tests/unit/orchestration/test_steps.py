@@ -195,3 +195,25 @@ def test_concurrent_runs_both_land_on_the_lineage_branch(tmp_path, platform):
                               cwd=platform).returncode == 0
     assert int(subprocess.run(["git", "rev-list", "--count", "--first-parent", "lineage"], cwd=platform,
                               capture_output=True, text=True).stdout) == 5  # four runs on the project commit
+
+
+def test_a_candidate_that_already_is_champion_is_not_pulled_or_registered_again(tmp_path):
+    import json
+
+    from pipelines import registry
+    from pipelines.evaluate import candidate_hash
+
+    cand = tmp_path / "cand"
+    (cand / "adapter").mkdir(parents=True)
+    (cand / "adapter" / "adapter_model.safetensors").write_bytes(b"weights")
+    (cand / "train_config.json").write_text(json.dumps({"base_model": "minilm", "base_hash": "h", "params": {}}))
+    digest = candidate_hash(cand)
+    decision = tmp_path / "decision.json"
+    decision.write_text(json.dumps({"candidate_hash": digest, "passed": True, "rules": []}))
+    store = registry.open_store(str(tmp_path / "registry"), "m")
+    registry.init(store)
+    assert steps._already_champion(store, {"passed": True, "candidate": digest}) is None  # no champion yet
+    registry.promote(store, "m", cand, decision, None)
+    assert steps._already_champion(store, {"passed": True, "candidate": digest}) == {"version": 1, "changed": False}
+    assert steps._already_champion(store, {"passed": True, "candidate": "other"}) is None
+    assert steps._already_champion(store, {"passed": False, "candidate": digest}) is None
