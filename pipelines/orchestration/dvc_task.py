@@ -36,10 +36,8 @@ class _Restored(logging.Handler):
 
 
 def run(project: Path, stage: str) -> int:
-    from dvc.logger import setup
-    from dvc.repo import Repo
+    from dvc.repo import Repo  # importing DVC sets up its console logging (as the `dvc` command prints)
 
-    setup()
     seen = _Restored()
     logging.getLogger("dvc").addHandler(seen)
     dvcfile = project.resolve() / "dvc.yaml"
