@@ -44,12 +44,11 @@ def tip(remote: str, ref: str) -> str | None:
 
 def fetch(cwd: Path, remote: str, ref: str, into: str | None = None) -> str | None:
     """Fetch `ref` from `remote` (into the local ref `into`, or FETCH_HEAD); its sha, or None if absent."""
-    listed = git(cwd, "ls-remote", "--", remote, ref)
-    if not listed:
+    sha = tip(remote, ref)
+    if sha is None:
         return None
-    spec = f"+{ref}:{into}" if into else ref
-    git(cwd, "fetch", "--quiet", "--no-tags", remote, spec)
-    return listed.split()[0]
+    git(cwd, "fetch", "--quiet", "--no-tags", remote, f"+{ref}:{into}" if into else ref)
+    return sha
 
 
 def checkout(directory: Path, remote: str, ref: str, commit: str | None = None) -> str:
