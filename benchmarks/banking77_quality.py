@@ -2,7 +2,7 @@
 
 Takes the full banking77 training set (../shared/data/banking77/train.csv, 10,003 queries, 77
 intents), holds out a stratified 20% (seed 0), trains with the `train` params of params.yaml on
-the rest through `pipelines.train.train`, and scores the held-out 20%. Prints progress, then one
+the rest through `pipelines.stages.train.train`, and scores the held-out 20%. Prints progress, then one
 JSON object as the last line: accuracy, macro_f1, train_seconds (the training loop), total_seconds.
 Target: accuracy >= 0.90 in under 20 minutes on 2 CPU cores (the paper's best full-data
 classifiers reach about 0.93).
@@ -39,9 +39,9 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n: int) -> float:
 def main() -> None:
     import torch
 
-    from pipelines.batching import collate_classification, encode_classification
-    from pipelines.config import load_params
-    from pipelines.train import train
+    from pipelines.core.config import load_params
+    from pipelines.stages.train import train
+    from pipelines.training.batching import collate_classification, encode_classification
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, help="override train.epochs")

@@ -50,7 +50,7 @@ def direct(repo: Path) -> dict[str, float]:
 
 
 def dag_run(repo: Path) -> tuple[float, dict[str, float], dict]:
-    from pipelines import airflow_local
+    from pipelines.devtools import airflow_local
     from pipelines.orchestration import records
 
     t0 = time.perf_counter()
@@ -97,7 +97,7 @@ def celery_runs(tmp: Path, rows: int, sized: dict) -> dict:
 
 
 def main() -> None:
-    from pipelines import airflow_local
+    from pipelines.devtools import airflow_local
     from tests.lifecycle_support import make_project
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

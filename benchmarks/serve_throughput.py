@@ -83,7 +83,7 @@ async def drive(url: str, concurrency: int, seconds: float) -> dict:
 
 def registry_root(tmp: Path) -> Path:
     if (ROOT / "registry" / "text-classifier" / "ledger.jsonl").exists():
-        from pipelines import registry
+        from pipelines.registry import store as registry
 
         store = registry.open_store(str(ROOT / "registry"), "text-classifier")
         if registry.aliases(registry.read_ledger(store)).get("champion"):
@@ -102,7 +102,7 @@ def serve(root: Path, port: int, batching: bool, workdir: Path) -> subprocess.Po
 
 
 def main() -> None:
-    from pipelines.serve import wait_ready
+    from pipelines.serving.engine import wait_ready
     from tests.serving_support import free_port
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -2,7 +2,7 @@
 
 Baseline: Hugging Face `Trainer` on the same LoRA model, data, optimiser settings and number of
 examples per step, with every example padded to max_length, no length grouping, no packing.
-Ours: `pipelines.train.train` (length-grouped dynamic padding for classification, packed rows
+Ours: `pipelines.stages.train.train` (length-grouped dynamic padding for classification, packed rows
 with per-example attention for causal LM). Both final eval losses are computed by the same
 function on the same validation examples.
 - classification: MiniLM + LoRA on a stratified banking77 subset (../shared/data/banking77);
@@ -32,7 +32,7 @@ BANKING77 = ROOT.parent / "shared" / "data" / "banking77" / "train.csv"
 
 
 def params_for(tmp: Path, task: str, **train):
-    from pipelines.config import parse_params
+    from pipelines.core.config import parse_params
 
     return parse_params({"data": {"task": task}, "prepare": {"output_dir": str(tmp / "prepared")},
                          "train": {"output_dir": str(tmp / "model"), "checkpoint_dir": str(tmp / "ckpt"),
@@ -52,8 +52,9 @@ def naive_run(params, examples, val_examples, collator, labels=None) -> dict:
     """HF Trainer, every example padded to max_length, plain random batches."""
     from transformers import Trainer, TrainingArguments
 
-    from pipelines.modeling import attach_lora, load_base, resolve_base, select_hardware
-    from pipelines.train import evaluate_split, seed_everything
+    from pipelines.inference.predict import mean_loss
+    from pipelines.stages.train import seed_everything
+    from pipelines.training.modeling import attach_lora, load_base, resolve_base, select_hardware
 
     tp, task = params.train, params.data.task
     hw = select_hardware()
@@ -73,12 +74,12 @@ def naive_run(params, examples, val_examples, collator, labels=None) -> dict:
     trainer.train()
     seconds = time.perf_counter() - t
     tokens = sum(len(e.input_ids) for e in examples) * tp.epochs
-    evals = evaluate_split(model, val_examples, task, tp, collator.tokenizer.pad_token_id, hw)
+    evals = mean_loss(model, val_examples, task, tp.eval_batch_size, collator.tokenizer.pad_token_id, hw.device)
     return {"tokens_per_s": tokens / seconds, "seconds": seconds, "eval_loss": evals["eval_loss"]}
 
 
 def ours_run(params) -> dict:
-    from pipelines.train import train
+    from pipelines.stages.train import train
 
     m = train(params, resume=False).metrics
     return {"tokens_per_s": m["train_tokens"] / m["train_loop_seconds"], "seconds": m["train_loop_seconds"],
@@ -88,8 +89,8 @@ def ours_run(params) -> dict:
 def classification(n: int, epochs: int) -> dict:
     from transformers import DataCollatorWithPadding
 
-    from pipelines.batching import encode_classification
-    from pipelines.modeling import load_tokenizer, resolve_base
+    from pipelines.training.batching import encode_classification
+    from pipelines.training.modeling import load_tokenizer, resolve_base
 
     frame = pd.read_csv(BANKING77).rename(columns={"category": "label"})
     frame = frame.sample(n + n // 5, random_state=0)
@@ -143,8 +144,8 @@ def build_tiny_llama(path: Path, corpus: list[str]) -> Path:
 def causal_lm(n: int, epochs: int) -> dict:
     from transformers import DataCollatorForSeq2Seq
 
-    from pipelines import batching
-    from pipelines.modeling import load_tokenizer
+    from pipelines.training import batching
+    from pipelines.training.modeling import load_tokenizer
 
     max_length, batch = 256, 16
     rng = np.random.default_rng(0)

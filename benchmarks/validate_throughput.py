@@ -1,7 +1,7 @@
 """Throughput of the full GX validation suite against the same checks in plain pandas.
 
 Generates N rows of the sample dataset (default 1,000,000), then in the same process times
-(a) `pipelines.validate.run_suite` (the full GX suite the `validate` stage runs, without the
+(a) `pipelines.stages.validate.run_suite` (the full GX suite the `validate` stage runs, without the
 Data Docs rendering) and (b) the same checks written directly in pandas: the same derived
 columns, the same masks, counts, example rows and quarantine union. Prints a few lines, then one
 JSON object as the last line: rows, gx_seconds, pandas_seconds, gx_rows_per_s,
@@ -22,11 +22,11 @@ import pandas as pd
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 
-from pipelines import pii  # noqa: E402
-from pipelines.config import DataParams, ValidateParams  # noqa: E402
-from pipelines.sample_data import generate  # noqa: E402
-from pipelines.suite import BLANK, LABEL_FORM, validation_frame  # noqa: E402
-from pipelines.validate import run_suite  # noqa: E402
+from pipelines.core import pii  # noqa: E402
+from pipelines.core.config import DataParams, ValidateParams  # noqa: E402
+from pipelines.core.contract import BLANK, LABEL_FORM, validation_frame  # noqa: E402
+from pipelines.devtools.sample_data import generate  # noqa: E402
+from pipelines.stages.validate import run_suite  # noqa: E402
 
 
 def pandas_checks(frame: pd.DataFrame, data: DataParams, rules: ValidateParams) -> dict:

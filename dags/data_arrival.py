@@ -13,7 +13,6 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 from airflow.sdk import dag, task
-
 from lifecycle_common import MODELS, Model, raw_drops
 
 
@@ -24,8 +23,8 @@ def _detect(model: Model):
 
         from airflow.sdk import Variable
         from airflow.sdk.exceptions import AirflowSkipException
-
         from lifecycle_common import shared
+
         from pipelines.orchestration import steps
 
         datasets = model.params.lifecycle.datasets if model.params else {"default": "data/raw"}

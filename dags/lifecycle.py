@@ -26,9 +26,9 @@ from datetime import timedelta
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task, teardown
-
 from lifecycle_common import MODELS, Model, champion, guarded, raw_drops, run_info
-from pipelines.config import LifecycleParams
+
+from pipelines.core.config import LifecycleParams
 
 
 def form(lc: LifecycleParams) -> dict[str, Param]:

@@ -2,7 +2,7 @@
 shared locations a task works against, the run's identity and the one wrapper that turns
 `pipelines` errors into Airflow task outcomes.
 
-Parsing this file imports only the standard library, yaml, pydantic (`pipelines.config`) and the
+Parsing this file imports only the standard library, yaml, pydantic (`pipelines.core.config`) and the
 Airflow SDK. Where tasks find the shared state is read from the worker's environment when a task
 runs (never at parse time): PIPELINES_GIT_REMOTE (default: this checkout), PIPELINES_DVC_REMOTE
 (default: the repository's default remote), PIPELINES_WORKER_CACHE and PIPELINES_SCRATCH (default:
@@ -16,8 +16,8 @@ from typing import Any, Callable, NamedTuple
 
 from airflow.sdk import Asset, get_current_context
 
-from pipelines.config import MODEL_NAME_PATTERN, Params, load_params
-from pipelines.errors import PipelineError
+from pipelines.core.config import MODEL_NAME_PATTERN, Params, load_params
+from pipelines.core.errors import PipelineError
 
 # The checkout the DAGs were parsed from (an Airflow DAG bundle): its projects/ folders are the models.
 REPO = Path(os.environ.get("PIPELINES_REPO") or Path(__file__).resolve().parents[1])
@@ -108,7 +108,7 @@ def guarded(task: str, model: Model, fn: Callable[..., Any], *args: Any) -> Any:
     here = shared()
     try:
         if model.error:
-            from pipelines.errors import ConfigError
+            from pipelines.core.errors import ConfigError
 
             raise ConfigError(model.error)
         result = fn(here, *args)

@@ -10,9 +10,9 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from airflow.sdk import Param, dag, task
-
 from lifecycle_common import MODELS, guarded, run_info
-from pipelines.config import REASON_MAX_CHARS, REASON_MIN_CHARS
+
+from pipelines.core.config import REASON_MAX_CHARS, REASON_MIN_CHARS
 
 BY_NAME = {m.name: m for m in MODELS}
 
@@ -37,7 +37,7 @@ BY_NAME = {m.name: m for m in MODELS}
 def rollback():
     @task
     def move_champion(params=None) -> dict:
-        from pipelines.errors import InputError
+        from pipelines.core.errors import InputError
         from pipelines.orchestration import steps
 
         model = BY_NAME.get(params["model"])

@@ -12,7 +12,8 @@ import os
 import sys
 from typing import Callable, Sequence
 
-from pipelines.errors import CheckFailed, ConfigError, PipelineError
+from pipelines.core.errors import CheckFailed, ConfigError, PipelineError
+from pipelines.tasks import names as task_names
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -32,7 +33,7 @@ def _enter_project(args: argparse.Namespace) -> None:
     so does a command's own `--model NAME` when neither --params nor ./params.yaml names a project."""
     from pathlib import Path
 
-    from pipelines.config import check_model_name
+    from pipelines.core.config import check_model_name
 
     explicit = args.project_model
     name = explicit or (getattr(args, "model", None) if args.params is None and not Path("params.yaml").exists() else None)
@@ -54,9 +55,9 @@ def _models(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from pipelines import registry
-    from pipelines.config import load_params
+    from pipelines.core.config import load_params
     from pipelines.orchestration import records
+    from pipelines.registry import store as registry
 
     projects = find_projects(Path.cwd())
     if projects is None:
@@ -88,24 +89,24 @@ def _models(args: argparse.Namespace) -> int:
 
 def _params(args: argparse.Namespace):
     """params.yaml, or the file `--params` names (which must then exist)."""
-    from pipelines.config import load_params
+    from pipelines.core.config import load_params
 
     return load_params(args.params or "params.yaml", must_exist=args.params is not None)
 
 
 def _workspace(args: argparse.Namespace, params, inputs=()):
-    """The output-path policy of this project (the params file's directory); see pipelines.workspace."""
+    """The output-path policy of this project (the params file's directory); see pipelines.core.paths."""
     from pathlib import Path
 
-    from pipelines.workspace import Workspace
+    from pipelines.core.paths import Workspace
 
     root = Path(args.params or "params.yaml").resolve().parent
     return Workspace.of(params, root, inputs=inputs, allow_outside=args.allow_outside_project)
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from pipelines.config import with_overrides
-    from pipelines.validate import validate
+    from pipelines.core.config import with_overrides
+    from pipelines.stages.validate import validate
 
     params = _params(args)
     data = with_overrides(params.data, text_column=args.text_column, label_column=args.label_column,
@@ -115,7 +116,7 @@ def _validate(args: argparse.Namespace) -> int:
     report_dir = ws.check_dir(args.report_dir or params.validate_.report_dir)
     quarantine = ws.check_file(args.quarantine or params.validate_.quarantine_path)
     if quarantine == report_dir or report_dir in quarantine.parents:
-        from pipelines.errors import OutputError
+        from pipelines.core.errors import OutputError
 
         raise OutputError(f"refusing to write the quarantine file {quarantine} inside the report directory {report_dir}")
     validate(path, data, params.validate_, report_dir=args.report_dir, quarantine_path=args.quarantine)
@@ -123,8 +124,8 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from pipelines.config import with_overrides
-    from pipelines.prepare import prepare
+    from pipelines.core.config import with_overrides
+    from pipelines.stages.prepare import prepare
 
     params = _params(args)
     data = with_overrides(params.data, text_column=args.text_column, label_column=args.label_column)
@@ -137,8 +138,8 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from pipelines.config import with_overrides
-    from pipelines.train import train
+    from pipelines.core.config import with_overrides
+    from pipelines.stages.train import train
 
     params = _params(args)
     tp = with_overrides(params.train, base_model=args.base_model, epochs=args.epochs, max_steps=args.max_steps,
@@ -151,8 +152,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from pipelines import registry
-    from pipelines.evaluate import evaluate
+    from pipelines.registry import store as registry
+    from pipelines.stages.evaluate import evaluate
 
     params = _params(args)
     _workspace(args, params, inputs=[params.train.output_dir, params.prepare.output_dir]).check_dir(
@@ -164,7 +165,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _gate(args: argparse.Namespace) -> int:
-    from pipelines.gate import run_gate
+    from pipelines.stages.gate import run_gate
 
     params = _params(args)
     _workspace(args, params, inputs=[params.train.output_dir, params.evaluate.report_dir]).check_file(
@@ -175,7 +176,7 @@ def _gate(args: argparse.Namespace) -> int:
 
 def _distinct(paths, names) -> None:
     """Two outputs of one stage may not be the same directory or nest inside each other."""
-    from pipelines.errors import OutputError
+    from pipelines.core.errors import OutputError
 
     for i, a in enumerate(paths):
         for j, b in enumerate(paths):
@@ -184,18 +185,25 @@ def _distinct(paths, names) -> None:
 
 
 def _store(args: argparse.Namespace):
-    from pipelines import registry
-    from pipelines.config import check_model_name
+    from pipelines.core.config import check_model_name
+    from pipelines.registry import store as registry
 
     params = _params(args)
     model = check_model_name(getattr(args, "model", None) or params.registry.model_name)
     return params, model, registry.open_store(params.registry.root, model)
 
 
+def _airflow_task() -> dict[str, str | None]:
+    """The Airflow task this command runs in (a BashOperator sets AIRFLOW_CTX_*), for the manifest."""
+    return {"dag_id": os.environ.get("AIRFLOW_CTX_DAG_ID"), "run_id": os.environ.get("AIRFLOW_CTX_DAG_RUN_ID"),
+            "task_id": os.environ.get("AIRFLOW_CTX_TASK_ID")}
+
+
 def _promote(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from pipelines import lineage, registry
+    from pipelines.registry import audit as lineage
+    from pipelines.registry import store as registry
 
     params, model, store = _store(args)
     registry.init(store)
@@ -203,13 +211,13 @@ def _promote(args: argparse.Namespace) -> int:
                               Path(args.decision or params.gate.decision_path),
                               Path(params.evaluate.report_dir) / "metrics.json",
                               approved_by=args.approved_by, reason=args.reason or "",
-                              evidence=lineage.evidence(params))
+                              evidence=lineage.evidence(params), run=_airflow_task())
     _mirror(params, model, result["version"] if result["changed"] else None, args.reason or "promoted")
     return 0
 
 
 def _mirror(params, model: str, version: int | None, reason: str) -> None:
-    from pipelines import registry
+    from pipelines.registry import store as registry
 
     if params.registry.gto_tags and version is not None:
         warning = registry.gto_mirror(model, version, reason)
@@ -218,7 +226,7 @@ def _mirror(params, model: str, version: int | None, reason: str) -> None:
 
 
 def _rollback(args: argparse.Namespace) -> int:
-    from pipelines import registry
+    from pipelines.registry import store as registry
 
     params, model, store = _store(args)
     entry = registry.move_alias(store, model, "champion", args.to_version, reason=args.reason)
@@ -229,7 +237,7 @@ def _rollback(args: argparse.Namespace) -> int:
 def _registry(args: argparse.Namespace) -> int:
     import json
 
-    from pipelines import registry
+    from pipelines.registry import store as registry
 
     _, model, store = _store(args)
     if args.action == "init":
@@ -259,9 +267,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from pipelines.config import check_model_name, with_overrides
-    from pipelines.serve import auth_line, server_config
-    from pipelines.serve_api import create_app
+    from pipelines.core.config import check_model_name, with_overrides
+    from pipelines.serving.app import create_app
+    from pipelines.serving.engine import auth_line, server_config
 
     params = _params(args)
     if args.model:
@@ -279,8 +287,8 @@ def _serve(args: argparse.Namespace) -> int:
 def _vllm_promote(args: argparse.Namespace) -> int:
     import os
 
-    from pipelines import registry
-    from pipelines.vllm_hook import promote_to_vllm
+    from pipelines.registry import store as registry
+    from pipelines.serving.vllm import promote_to_vllm
 
     params, model, store = _store(args)
     entries = registry.read_ledger(store)
@@ -298,17 +306,16 @@ def _vllm_promote(args: argparse.Namespace) -> int:
 
 def _lineage(args: argparse.Namespace) -> int:
     import json
-    from pathlib import Path
 
-    from pipelines import lineage
-    from pipelines.config import check_model_name
+    from pipelines.core.config import check_model_name
+    from pipelines.registry import audit as lineage
 
     params = _params(args)
     html_path = _workspace(args, params).check_file(args.html) if args.html else None
     chain = lineage.trace(params, check_model_name(args.model or params.registry.model_name),
                           alias=None if args.version else args.alias, version=args.version)
     if html_path:
-        from pipelines.dataio import atomic_write_text
+        from pipelines.core.dataio import atomic_write_text
 
         atomic_write_text(html_path, lineage.render_html(chain))
     if args.json:
@@ -325,7 +332,7 @@ def _lineage(args: argparse.Namespace) -> int:
 
 
 def _sample(args: argparse.Namespace) -> int:
-    from pipelines.sample_data import write_sample
+    from pipelines.devtools.sample_data import write_sample
 
     path = write_sample(args.out, rows=args.rows, seed=args.seed, faulty=args.faulty, fmt=args.format,
                         domain=args.domain)
@@ -339,7 +346,7 @@ def _step(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from pipelines.dataio import atomic_write_text
+    from pipelines.core.dataio import atomic_write_text
     from pipelines.orchestration import steps
     from pipelines.orchestration.runspace import RunRef, Shared
 
@@ -363,7 +370,7 @@ def _step(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from pipelines.demo import run_demo
+    from pipelines.devtools.demo import run_demo
 
     run_demo(faulty_drop=args.faulty_drop, second_run=not args.single_run)
     return 0
@@ -382,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("path", nargs="?", help="file or directory of drops (default: data.raw)")
     v.add_argument("--text-column")
     v.add_argument("--label-column")
-    v.add_argument("--task", choices=["classification", "causal_lm"])
+    v.add_argument("--task", choices=task_names())
     v.add_argument("--pii-policy", choices=["fail", "redact"])
     v.add_argument("--report-dir", help="where result.json and data_docs/ go (default: validate.report_dir)")
     v.add_argument("--quarantine", help="quarantine JSONL path (default: validate.quarantine_path)")

@@ -1,6 +1,6 @@
 """The FastAPI app behind the "Models" page: server-rendered HTML (or JSON) over every model folder
 (`projects/<model>/`), the registry, the lifecycle run records (read from each run's ref in the git
-remote, PIPELINES_GIT_REMOTE or this checkout) and `pipelines.lineage`. Every route needs an Airflow
+remote, PIPELINES_GIT_REMOTE or this checkout) and `pipelines.registry.audit`. Every route needs an Airflow
 user with DAG read access."""
 from __future__ import annotations
 
@@ -46,8 +46,8 @@ def _models() -> list[str]:
 
 
 def _folder(model: str) -> Path:
-    from pipelines.config import check_model_name
-    from pipelines.errors import ConfigError
+    from pipelines.core.config import check_model_name
+    from pipelines.core.errors import ConfigError
 
     try:
         check_model_name(model)
@@ -59,13 +59,13 @@ def _folder(model: str) -> Path:
 
 
 def _params(model: str):
-    from pipelines.config import load_params
+    from pipelines.core.config import load_params
 
     return load_params(_folder(model) / "params.yaml", must_exist=True)
 
 
 def _store(model: str):
-    from pipelines import registry
+    from pipelines.registry import store as registry
 
     root = _params(model).registry.root
     root = root if "://" in root or Path(root).is_absolute() else str((_folder(model) / root).resolve())
@@ -88,8 +88,8 @@ def _wants_json(request: Request) -> bool:
 
 def _summary(model: str) -> dict[str, Any]:
     """One model's row; a damaged registry says what is wrong instead of failing the whole page."""
-    from pipelines import registry
-    from pipelines.errors import PipelineError
+    from pipelines.core.errors import PipelineError
+    from pipelines.registry import store as registry
 
     try:
         entries = registry.read_ledger(_store(model))
@@ -109,8 +109,8 @@ def models(request: Request) -> Response:
 
 
 def _version_row(store, number: int, reg: dict, current: dict[str, int]) -> dict[str, Any]:
-    from pipelines import registry
-    from pipelines.errors import PipelineError
+    from pipelines.core.errors import PipelineError
+    from pipelines.registry import store as registry
 
     row: dict[str, Any] = {"version": number, "aliases": [a for a, v in current.items() if v == number]}
     try:
@@ -126,8 +126,8 @@ def _version_row(store, number: int, reg: dict, current: dict[str, int]) -> dict
 
 @app.get("/models/{model}")
 def model_page(model: str, request: Request) -> Response:
-    from pipelines import registry
-    from pipelines.errors import PipelineError
+    from pipelines.core.errors import PipelineError
+    from pipelines.registry import store as registry
 
     store = _store(model)
     try:
@@ -151,8 +151,8 @@ def model_page(model: str, request: Request) -> Response:
 
 @app.get("/models/{model}/versions/{version}")
 def version_page(model: str, version: int, request: Request) -> Response:
-    from pipelines import lineage
-    from pipelines.errors import PipelineError
+    from pipelines.core.errors import PipelineError
+    from pipelines.registry import audit as lineage
 
     try:
         chain = lineage.trace(_params(model), model, alias=None, version=version, root=_folder(model))

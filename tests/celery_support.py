@@ -16,10 +16,10 @@ from typing import Iterator
 
 import httpx
 
-from pipelines import airflow_local
+from pipelines.devtools import airflow_local
 from tests.lifecycle_support import airflow_env
-from tests.serving_support import free_port
 from tests.services_support import postgres, redis
+from tests.serving_support import free_port
 
 AIRFLOW = str(Path(sys.executable).parent / "airflow")
 

@@ -72,7 +72,7 @@ def drop(repo: Path, model: str, rows: int, seed: int, faulty: bool = False) -> 
 
 
 def airflow_env(repo: Path, **extra: str) -> dict[str, str]:
-    from pipelines import airflow_local
+    from pipelines.devtools import airflow_local
 
     return {**airflow_local.env(repo), **extra}
 

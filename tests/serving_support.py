@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipelines import registry
-from pipelines.config import parse_params
-from pipelines.evaluate import candidate_hash
-from pipelines.train import train
+from pipelines.core.config import parse_params
+from pipelines.registry import store as registry
+from pipelines.stages.train import train
+from pipelines.training.modeling import candidate_hash
 
 INTENTS = {"card_arrival": "my new card has not arrived yet", "refund_request": "I want my money back for order",
            "change_pin": "how do I change the pin of my card"}

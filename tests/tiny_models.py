@@ -27,8 +27,16 @@ def build_tokenizer():
 
 def build_causal(arch: str, path: Path) -> Path:
     import torch
-    from transformers import (FalconConfig, FalconForCausalLM, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig,
-                              LlamaForCausalLM, MistralConfig, MistralForCausalLM)
+    from transformers import (
+        FalconConfig,
+        FalconForCausalLM,
+        GPTNeoXConfig,
+        GPTNeoXForCausalLM,
+        LlamaConfig,
+        LlamaForCausalLM,
+        MistralConfig,
+        MistralForCausalLM,
+    )
 
     torch.manual_seed(0)
     tok = build_tokenizer()

@@ -10,7 +10,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from pipelines.errors import InputError
+from pipelines.core.errors import InputError
 
 IDENTITY = {"GIT_AUTHOR_NAME": "pipelines lifecycle", "GIT_AUTHOR_EMAIL": "lifecycle@pipelines.local",
             "GIT_COMMITTER_NAME": "pipelines lifecycle", "GIT_COMMITTER_EMAIL": "lifecycle@pipelines.local",

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from pipelines.dataio import write_json
+from pipelines.core.dataio import write_json
 from pipelines.orchestration import gitops
 from pipelines.orchestration.runspace import run_ref_name
 

@@ -12,9 +12,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from pipelines.config import Params, parse_params, read_yaml
-from pipelines.dataio import atomic_write_text
-from pipelines.errors import ConfigError
+from pipelines.core.config import Params, parse_params, read_yaml
+from pipelines.core.dataio import atomic_write_text
+from pipelines.core.errors import ConfigError
 
 
 class RunConf(BaseModel):

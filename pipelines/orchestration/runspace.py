@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
-from pipelines.errors import CheckFailed, ConfigError
+from pipelines.core.errors import CheckFailed, ConfigError
 from pipelines.orchestration import gitops
 from pipelines.orchestration.gitops import TransientError
 

@@ -27,13 +27,13 @@ from typing import Any
 
 import yaml
 
-from pipelines import registry
-from pipelines.config import Params, check_model_name, load_params
-from pipelines.errors import CheckFailed, ConfigError, InputError, PipelineError
+from pipelines.core.config import Params, check_model_name, load_params
+from pipelines.core.errors import CheckFailed, ConfigError, InputError, PipelineError
 from pipelines.orchestration import checkpoints, gitops, records
 from pipelines.orchestration.gitops import TransientError
 from pipelines.orchestration.runconf import apply_overrides, check_conf, overrides
 from pipelines.orchestration.runspace import RunRef, Shared, TaskSpace, run_ref_name, stage_error, task_space
+from pipelines.registry import store as registry
 
 STAGES = ("validate", "prepare", "train", "evaluate", "gate")
 
@@ -195,7 +195,7 @@ def _pull(ws: TaskSpace, params: Params, paths: list[str]) -> None:
 
 
 def _evidence(ws: TaskSpace, params: Params) -> list[str]:
-    from pipelines.lineage import evidence_paths
+    from pipelines.registry.audit import evidence_paths
 
     paths = list(evidence_paths(params).values())
     _pull(ws, params, paths)
@@ -215,7 +215,7 @@ def _already_champion(store: registry.Store, gate: dict[str, Any]) -> dict[str, 
 
 def promote(shared: Shared, run: RunRef, info: dict[str, Any], approved_by: str | None = None) -> dict[str, Any]:
     """Register the candidate and make it champion, with its lineage evidence beside it."""
-    from pipelines import lineage
+    from pipelines.registry import audit as lineage
 
     with task_space(shared, run) as ws:
         params = _params(ws)
@@ -271,7 +271,7 @@ def notify_serving(shared: Shared, run: RunRef, version: int) -> list[str]:
 
 def record(shared: Shared, run: RunRef, info: dict[str, Any], approval: str | None = None) -> dict[str, Any]:
     """Commit the run's evidence to the lineage branch (compare-and-swap: other runs may push too)."""
-    from pipelines.lineage_branch import commit_run
+    from pipelines.registry.evidence_branch import commit_run
 
     with task_space(shared, run) as ws:
         params = _params(ws)

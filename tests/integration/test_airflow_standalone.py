@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pipelines import airflow_local
+from pipelines.devtools import airflow_local
 from pipelines.orchestration import records, steps
 from tests.lifecycle_support import airflow_env, drop, make_project, pipelines
 from tests.serving_support import free_port

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines import registry
+from pipelines.registry import store as registry
 from tests.conftest import cli_env
 from tests.integration.test_registry import make_candidate
 

@@ -3,10 +3,10 @@ import json
 
 import pandas as pd
 
-from pipelines.config import parse_params
-from pipelines.evaluate import evaluate
-from pipelines.gate import decide
-from pipelines.train import train
+from pipelines.core.config import parse_params
+from pipelines.stages.evaluate import evaluate
+from pipelines.stages.gate import decide
+from pipelines.stages.train import train
 from tests.tiny_models import build_causal
 
 

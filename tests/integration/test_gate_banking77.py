@@ -4,12 +4,12 @@ import json
 import pandas as pd
 import pytest
 
-from pipelines import registry
-from pipelines.config import parse_params
-from pipelines.errors import CheckFailed
-from pipelines.evaluate import evaluate
-from pipelines.gate import run_gate
-from pipelines.train import train
+from pipelines.core.config import parse_params
+from pipelines.core.errors import CheckFailed
+from pipelines.registry import store as registry
+from pipelines.stages.evaluate import evaluate
+from pipelines.stages.gate import run_gate
+from pipelines.stages.train import train
 
 
 def test_gate_passes_good_and_rejects_degraded_candidate(banking77, tmp_path):

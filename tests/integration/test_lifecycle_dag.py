@@ -10,7 +10,7 @@ import json
 import pytest
 import yaml
 
-from pipelines import airflow_local
+from pipelines.devtools import airflow_local
 from tests.lifecycle_support import dags_test, drop, last_record, make_project, pipelines, run_refs, sh, user_state
 
 pytestmark = pytest.mark.integration

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines import registry
-from pipelines.errors import CheckFailed
-from pipelines.evaluate import candidate_hash
+from pipelines.core.errors import CheckFailed
+from pipelines.registry import store as registry
+from pipelines.training.modeling import candidate_hash
 from tests.conftest import cli_env
 
 MODEL = "text-classifier"

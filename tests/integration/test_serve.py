@@ -11,8 +11,8 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipelines.config import parse_params
-from pipelines.serve_api import create_app
+from pipelines.core.config import parse_params
+from pipelines.serving.app import create_app
 from tests.serving_support import build_registry, start_loopback
 from tests.tiny_models import build_causal
 

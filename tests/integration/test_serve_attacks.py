@@ -17,11 +17,11 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipelines import registry
-from pipelines.config import parse_params
-from pipelines.errors import ConfigError
-from pipelines.serve import server_config
-from pipelines.serve_api import create_app
+from pipelines.core.config import parse_params
+from pipelines.core.errors import ConfigError
+from pipelines.core.hashing import sha256_file
+from pipelines.serving.app import create_app
+from pipelines.serving.engine import server_config
 from tests.conftest import cli_env
 from tests.serving_support import build_registry, free_port
 
@@ -196,7 +196,7 @@ def test_weights_and_manifest_edited_together_are_never_served(reg, tmp_path, mo
     data[-1] ^= 0x01
     weights.write_bytes(bytes(data))
     manifest = json.loads((vdir / "manifest.json").read_text())
-    manifest["files"]["adapter/adapter_model.safetensors"] = registry.file_sha256(weights)
+    manifest["files"]["adapter/adapter_model.safetensors"] = sha256_file(weights)
     (vdir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
     params = parse_params({"registry": {"root": str(root / "registry"), "model_name": reg["model"]}})
     with TestClient(create_app(params, poll=False)) as c:
@@ -208,7 +208,7 @@ def test_weights_and_manifest_edited_together_are_never_served(reg, tmp_path, mo
 
 def test_an_alias_that_is_not_set_is_said(reg, monkeypatch, caplog):
     monkeypatch.delenv("PIPELINES_API_KEYS", raising=False)
-    with caplog.at_level("ERROR", logger="pipelines.serve"):
+    with caplog.at_level("ERROR", logger="pipelines.serving.engine"):
         with TestClient(create_app(params_for(reg), alias="canary", poll=False)) as c:
             r = c.post("/v1/classify", json={"texts": ["card"]})
     assert r.status_code == 503 and "alias 'canary' is not set" in r.json()["error"]["message"]

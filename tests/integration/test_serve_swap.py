@@ -15,9 +15,9 @@ import httpx
 import pytest
 import yaml
 
-from pipelines import registry
-from pipelines.errors import CheckFailed
-from pipelines.serve import wait_ready
+from pipelines.core.errors import CheckFailed
+from pipelines.registry import store as registry
+from pipelines.serving.engine import wait_ready
 from tests.conftest import cli_env
 from tests.serving_support import build_registry, free_port
 

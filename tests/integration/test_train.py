@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import hashlib
-import math
 import json
+import math
 import os
 import signal
 import subprocess
@@ -16,10 +16,10 @@ import pytest
 import torch
 import yaml
 
-from pipelines.batching import collate_classification, encode_classification
-from pipelines.config import parse_params
-from pipelines.modeling import load_trained
-from pipelines.train import train
+from pipelines.core.config import parse_params
+from pipelines.stages.train import train
+from pipelines.training.batching import collate_classification, encode_classification
+from pipelines.training.modeling import load_trained
 from tests.conftest import cli_env
 from tests.tiny_models import build_causal
 

@@ -2,8 +2,8 @@
 import pytest
 from fastapi import FastAPI, HTTPException
 
-from pipelines.errors import CheckFailed
-from pipelines.vllm_hook import promote_to_vllm
+from pipelines.core.errors import CheckFailed
+from pipelines.serving.vllm import promote_to_vllm
 from tests.serving_support import start_loopback
 
 

@@ -48,3 +48,47 @@ def test_no_import_cycles_in_the_package():
 
     cycles = sorted(f"{a} <-> {b}" for a in graph for b in graph[a] if a < b and reaches(b, a, {b}))
     assert cycles == []
+
+
+# Which layers of the package each layer may import: lower layers never reach up, and the folders say
+# so. (cli and __main__ sit on top and may import anything.)
+LAYERS = {
+    "tasks": set(),
+    "core": {"tasks"},
+    "training": {"core", "tasks"},
+    "inference": {"core", "tasks", "training"},
+    "stages": {"core", "tasks", "training", "inference"},
+    "registry": {"core", "tasks", "training"},
+    "serving": {"core", "tasks", "training", "inference", "registry"},
+    "orchestration": {"core", "tasks", "registry"},
+    "devtools": {"core", "tasks", "training", "inference", "stages", "registry", "serving", "orchestration"},
+}
+
+
+def _layer_edges():
+    for path in (ROOT / "pipelines").rglob("*.py"):
+        parts = path.relative_to(ROOT / "pipelines").parts
+        if len(parts) < 2:
+            continue  # cli.py, __main__.py, __init__.py
+        for target in _imports(path):
+            layer = target.split(".")[1] if target.count(".") >= 1 else None
+            if layer in LAYERS and layer != parts[0]:
+                yield parts[0], layer, "/".join(parts), target
+
+
+def test_every_layer_is_a_folder_in_the_table():
+    folders = {p.name for p in (ROOT / "pipelines").iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert folders == set(LAYERS)
+    assert sorted(p.name for p in (ROOT / "pipelines").glob("*.py")) == ["__init__.py", "__main__.py", "cli.py"]
+
+
+def test_layers_import_only_the_layers_beneath_them():
+    upward = sorted(f"{src} imports {target} ({layer})" for owner, layer, src, target in _layer_edges()
+                    if layer not in LAYERS[owner])
+    assert upward == []
+
+
+def test_no_stage_imports_another_stage():
+    crossing = sorted(f"{p.name} imports {t}" for p in (ROOT / "pipelines" / "stages").glob("*.py")
+                      for t in _imports(p) if t.startswith("pipelines.stages.") and t.split(".")[2] != p.stem)
+    assert crossing == []

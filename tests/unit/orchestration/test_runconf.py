@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.config import load_params
-from pipelines.errors import ConfigError
+from pipelines.core.config import load_params
+from pipelines.core.errors import ConfigError
 from pipelines.orchestration.runconf import apply_overrides, check_conf, overrides
 from tests.conftest import ROOT
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.errors import CheckFailed, ConfigError, InputError
+from pipelines.core.errors import CheckFailed, ConfigError, InputError
 from pipelines.orchestration import gitops, steps
 from pipelines.orchestration.gitops import TransientError
 from pipelines.orchestration.runspace import RunRef, Shared, run_ref_name
@@ -200,8 +200,8 @@ def test_concurrent_runs_both_land_on_the_lineage_branch(tmp_path, platform):
 def test_a_candidate_that_already_is_champion_is_not_pulled_or_registered_again(tmp_path):
     import json
 
-    from pipelines import registry
-    from pipelines.evaluate import candidate_hash
+    from pipelines.registry import store as registry
+    from pipelines.training.modeling import candidate_hash
 
     cand = tmp_path / "cand"
     (cand / "adapter").mkdir(parents=True)

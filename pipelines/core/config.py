@@ -1,0 +1,349 @@
+"""Typed view of `params.yaml`, the single source of truth for stage configuration.
+
+Inputs: a YAML file (default `params.yaml` in the working directory) and optional overrides.
+Outputs: frozen pydantic models, one per `params.yaml` section. Unknown keys, wrong types
+and inconsistent values raise `ConfigError` with a one-line message naming the key.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipelines.core.errors import ConfigError
+
+PII_KINDS = ("email", "phone", "card", "iban")
+MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"  # a registry model name: also a directory name
+REASON_MIN_CHARS, REASON_MAX_CHARS = 3, 500  # why a champion moved by hand (ledger `reason`)
+
+
+def check_model_name(name: str) -> str:
+    """A registry model name, checked wherever one enters (CLI, DAG, plugin URL, registry)."""
+    import re
+
+    if not isinstance(name, str) or not re.fullmatch(MODEL_NAME_PATTERN, name) or ".." in name:
+        raise ConfigError(f"invalid model name {str(name)[:80]!r}: it must match {MODEL_NAME_PATTERN} "
+                          "(lower-case letters, digits, '.', '_', '-'; no path)")
+    return name
+
+
+def check_reason(reason: str | None) -> str:
+    """The reason recorded for a manual alias move or rollback: one rule for the CLI and the DAG."""
+    text = (reason or "").strip()
+    if not REASON_MIN_CHARS <= len(text) <= REASON_MAX_CHARS:
+        raise ConfigError(f"reason must be {REASON_MIN_CHARS} to {REASON_MAX_CHARS} characters "
+                          f"(got {len(text)}): it is recorded in the ledger for auditors")
+    return text
+
+
+def _known_task(name: str) -> str:
+    from pipelines.tasks import names
+
+    if name not in names():
+        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(names())}")
+    return name
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataParams(_Section):
+    """The data contract shared by every stage."""
+
+    raw: str = "data/raw"
+    task: Annotated[str, AfterValidator(_known_task)] = "classification"  # a registered task (pipelines.tasks)
+    text_column: str = "text"
+    label_column: str = "label"
+    prompt_column: str = "prompt"
+    response_column: str = "response"
+    messages_column: str = "messages"
+    pii_policy: Literal["fail", "redact"] = "redact"
+    pii_detectors: tuple[Literal["email", "phone", "card", "iban"], ...] = PII_KINDS
+
+
+class LengthBounds(_Section):
+    min: int = Field(1, ge=0)
+    max: int = Field(10_000, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "LengthBounds":
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        return self
+
+
+class ValidateParams(_Section):
+    """Rules of the `validate` stage (a Great Expectations suite is built from them)."""
+
+    report_dir: str = "reports/validate"
+    quarantine_path: str = "data/quarantine.jsonl"
+    text_length: LengthBounds = LengthBounds()
+    allowed_labels: tuple[str, ...] | None = None
+    min_examples_per_label: int = Field(3, ge=1)
+    max_imbalance_ratio: float | None = Field(100.0, ge=1.0)
+    max_duplicate_rate: float = Field(0.2, ge=0.0, le=1.0)
+    quarantine_tolerance: float = Field(0.01, ge=0.0, le=1.0)
+
+
+class SplitFractions(_Section):
+    train: float = Field(0.8, gt=0.0, le=1.0)
+    validation: float = Field(0.1, ge=0.0, lt=1.0)
+    test: float = Field(0.1, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> "SplitFractions":
+        total = self.train + self.validation + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + validation + test must be 1.0, got {total:g}")
+        return self
+
+
+class PrepareParams(_Section):
+    """Options of the `prepare` stage."""
+
+    output_dir: str = "data/prepared"
+    seed: int = Field(42, ge=0)
+    split: SplitFractions = SplitFractions()
+    unicode_form: Literal["NFC", "NFKC"] = "NFKC"
+    lowercase: bool = False
+    drop_duplicates: bool = True
+
+
+class LoraParams(_Section):
+    r: int = Field(16, ge=1, le=1024)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: tuple[str, ...] | None = None  # None: chosen per architecture
+
+
+class TrainParams(_Section):
+    """Options of the `train` stage (LoRA / QLoRA fine-tuning)."""
+
+    base_model: str = "minilm"  # "minilm" (packaged all-MiniLM-L6-v2), a local dir, or a cached hub id
+    output_dir: str = "models/candidate"
+    checkpoint_dir: str = "checkpoints/train"
+    report_dir: str = "reports/train"
+    max_length: int = Field(128, ge=8, le=131072)
+    epochs: int = Field(3, ge=1, le=1000)
+    max_steps: int | None = Field(None, ge=1)  # caps the run (CI-sized runs)
+    batch_size: int = Field(32, ge=1)
+    eval_batch_size: int = Field(64, ge=1)
+    learning_rate: float = Field(1e-3, gt=0.0, lt=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    warmup_ratio: float = Field(0.06, ge=0.0, lt=1.0)
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    seed: int = Field(42, ge=0)
+    lora: LoraParams = LoraParams()
+    checkpoint_every: int = Field(50, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    group_by_length: bool = True  # classification: batches of similar length, padded per batch
+    packing: bool = True  # causal_lm: several examples per row, attention kept within each
+    gradient_checkpointing: bool = False
+    quantization: Literal["none", "4bit"] = "none"  # 4bit = QLoRA (CUDA + bitsandbytes only)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16/fp16 on CUDA, fp32 on CPU
+    log_every: int = Field(10, ge=1)
+
+
+class EvaluateParams(_Section):
+    report_dir: str = "reports/evaluate"
+    max_examples: int | None = Field(None, ge=1)  # cap the test rows scored (None: all)
+    latency_samples: int = Field(100, ge=1)  # single-example forward passes timed for p50/p95
+    max_new_tokens: int = Field(64, ge=1)  # causal_lm greedy answers
+    golden_prompts: str | None = "golden/prompts.jsonl"  # causal_lm regression prompts
+    # The champion version to compare with: pinned by each lifecycle run when it starts, so dvc.lock
+    # records it and DVC's run-cache can skip an unchanged evaluation; null = the champion alias now.
+    compare_with: int | None = Field(None, ge=1)
+
+
+class GateParams(_Section):
+    """The promotion policy; a null threshold disables that rule."""
+
+    decision_path: str = "reports/gate/decision.json"
+    min_accuracy: float | None = Field(0.7, ge=0.0, le=1.0)
+    min_macro_f1: float | None = Field(0.6, ge=0.0, le=1.0)
+    min_class_recall: float | None = Field(0.3, ge=0.0, le=1.0)
+    max_p95_latency_ms: float | None = Field(500.0, gt=0.0)
+    max_ece: float | None = Field(None, ge=0.0, le=1.0)
+    max_perplexity: float | None = Field(None, gt=0.0)
+    min_rouge_l: float | None = Field(None, ge=0.0, le=1.0)
+    min_exact_match: float | None = Field(None, ge=0.0, le=1.0)
+    min_golden_pass_rate: float | None = Field(None, ge=0.0, le=1.0)
+    significance: Literal["mcnemar", "bootstrap"] = "mcnemar"
+    alpha: float = Field(0.05, gt=0.0, lt=1.0)
+    require_improvement: bool = False
+    bootstrap_resamples: int = Field(2000, ge=100)
+    seed: int = Field(0, ge=0)
+
+
+class RegistryParams(_Section):
+    root: str = "registry"  # a local directory or any fsspec URL (s3://, gs://)
+    model_name: str = Field("text-classifier", pattern=MODEL_NAME_PATTERN)
+    gto_tags: bool = False  # also create GTO git tags on promotion (needs a git repo with commits)
+
+
+class FallbackParams(_Section):
+    url: str | None = None  # an OpenAI-compatible base URL; None disables hybrid routing
+    api_key_env: str = "FALLBACK_API_KEY"
+    model: str = "gpt-4o-mini"
+    classify_threshold: float = Field(0.5, ge=0.0, le=1.0)  # below this top score, ask the upstream
+    ood_patterns: tuple[str, ...] = ()  # regexes over user messages that send a chat upstream
+    timeout_s: float = Field(10.0, gt=0.0)
+
+
+class ServeParams(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    alias: str = "champion"
+    poll_seconds: float = Field(2.0, gt=0.0)
+    api_keys_env: str = "PIPELINES_API_KEYS"  # comma-separated keys
+    api_keys_file: str | None = None  # one key per line; when set, the file must exist
+    allow_unauthenticated: bool = False  # no keys on a non-loopback address: refused unless true
+    max_body_bytes: int = Field(1_000_000, ge=1024)
+    max_texts: int = Field(64, ge=1)
+    max_chars: int = Field(4000, ge=1)
+    max_input_tokens: int | None = Field(512, ge=1)
+    max_tokens: int = Field(256, ge=1)
+    request_timeout_s: float = Field(30.0, gt=0.0)  # reading the body included
+    header_timeout_s: float = Field(10.0, gt=0.0)  # a connection must send a request's headers within this
+    max_connections: int = Field(1024, ge=1)  # open connections; more are closed at once
+    max_batch: int = Field(64, ge=1)  # texts per forward pass
+    max_wait_ms: float = Field(5.0, ge=0.0)
+    max_queue: int = Field(256, ge=1)  # waiting requests before 429
+    fallback: FallbackParams = FallbackParams()
+
+
+class GateBounds(_Section):
+    """How far a UI-triggered run may move a gate threshold: never below `floor`."""
+
+    min_accuracy: float = Field(0.5, ge=0.0, le=1.0)
+    min_macro_f1: float = Field(0.4, ge=0.0, le=1.0)
+
+
+class LifecycleParams(_Section):
+    """What the `model_lifecycle` DAG's params form offers; `pipelines.lifecycle` re-checks a run's values."""
+
+    schedule: str | None = "0 3 * * 1"                  # cron (UTC) of the weekly retrain; null: only triggers
+    sample_domain: Literal["banking", "it_helpdesk"] = "banking"  # `pipelines sample` data for this model's demo
+    datasets: dict[str, str] = Field(default_factory=lambda: {"default": "data/raw"})  # name -> raw path
+    base_models: tuple[str, ...] = ("minilm",)          # the allowlist a run may choose from
+    max_epochs: int = Field(20, ge=1)
+    learning_rate_range: tuple[float, float] = (1e-6, 0.05)
+    lora_ranks: tuple[int, ...] = (4, 8, 16, 32, 64)
+    gate_floor: GateBounds = GateBounds()               # overrides may tighten freely, loosen only to here
+    serving_urls: tuple[str, ...] = ()                  # servers to confirm the swap with after promotion
+    serving_timeout_s: float = Field(120.0, gt=0.0)
+
+    @model_validator(mode="after")
+    def _names(self) -> "LifecycleParams":
+        import re
+
+        for name in self.datasets:
+            if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,39}", name):
+                raise ValueError(f"dataset name {name!r} must match [a-z0-9][a-z0-9_-]*")
+        if not self.datasets or not self.base_models:
+            raise ValueError("datasets and base_models must not be empty")
+        return self
+
+
+class LineageParams(_Section):
+    """Where each lifecycle run's evidence goes: a git branch of its own and the DVC remote."""
+
+    branch: str = Field("lineage", pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,99}$")
+    push: bool = True                                   # `dvc push` data and models after each run
+    evidence: tuple[str, ...] = ("reports/validate/result.json", "reports/train/metrics.json",
+                                 "reports/train/loss.csv", "reports/evaluate/metrics.json",
+                                 "reports/gate/decision.json", "data/prepared/data_card.json")
+
+
+class Params(_Section):
+    """All sections of params.yaml that the stages read."""
+
+    data: DataParams = DataParams()
+    validate_: ValidateParams = Field(ValidateParams(), alias="validate")
+    prepare: PrepareParams = PrepareParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    gate: GateParams = GateParams()
+    registry: RegistryParams = RegistryParams()
+    serve: ServeParams = ServeParams()
+    lifecycle: LifecycleParams = LifecycleParams()
+    lineage: LineageParams = LineageParams()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def _describe(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]).replace("validate_", "validate")
+    if first["type"] == "extra_forbidden":
+        return f"{source}: unknown key '{loc}'"
+    return f"{source}: invalid value for '{loc}': {first['msg']}"
+
+
+OTHER_STAGE_SECTIONS: tuple[str, ...] = ()
+
+
+def parse_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:
+    """Validate a params mapping; raise ConfigError naming the first bad key."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    # Sections owned by later stages (train, evaluate, ...) are validated by their own modules.
+    mine = {k: v for k, v in raw.items() if k not in OTHER_STAGE_SECTIONS}
+    try:
+        return Params.model_validate(mine)
+    except ValidationError as err:
+        raise ConfigError(_describe(err, source)) from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (YAML would keep the last silently)."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: set = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key '{key}' (line {key_node.start_mark.line + 1})", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def read_yaml(text: str) -> Any:
+    """Parse YAML like `yaml.safe_load`, refusing duplicate keys."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def load_params(path: str | Path = "params.yaml", must_exist: bool = False) -> Params:
+    """Read and validate params.yaml. A missing file means all defaults, unless `must_exist`
+    (a file the user named): then it is an error, never a silent fall-back to defaults."""
+    path = Path(path)
+    if not path.is_file():
+        if must_exist or path.exists():
+            raise ConfigError(f"params file {path} not found" if not path.exists() else f"params file {path} is not a file")
+        return Params()
+    try:
+        raw = read_yaml(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        problem = getattr(err, "problem", None) if isinstance(err, yaml.MarkedYAMLError) else None
+        raise ConfigError(f"{path}: not valid YAML ({problem or str(err).splitlines()[0]})") from None
+    return parse_params(raw, str(path))
+
+
+def with_overrides(model: _Section, **overrides: Any) -> Any:
+    """Return a copy of a section with the non-None overrides applied and re-validated."""
+    values = {k: v for k, v in overrides.items() if v is not None}
+    if not values:
+        return model
+    merged = {**model.model_dump(), **values}
+    try:
+        return type(model).model_validate(merged)
+    except ValidationError as err:
+        raise ConfigError(_describe(err, "command line")) from None

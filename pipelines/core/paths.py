@@ -1,0 +1,95 @@
+"""Where a stage may write: the project's output-path policy, checked before anything is written.
+
+Inputs: the project root (the directory of the params file), the params, the paths a command reads.
+Outputs: `Workspace.check_dir` / `check_file` return the resolved path or raise `OutputError`
+(exit 2, one line). A target is refused when it is, contains or lies inside something the platform
+must never overwrite: the raw data (every dataset the params name), the command's own inputs, the
+registry, the DVC directory (cache, config) and any local DVC remote, the git directory, or the
+project root itself; and when it lies outside the project, unless `allow_outside` is set
+(`pipelines --allow-outside-project`). `dataio.atomic_dir` adds the second half of the rule: an
+existing directory is replaced only when it is empty or the same stage's earlier output.
+"""
+from __future__ import annotations
+
+import configparser
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from pipelines.core.config import Params
+from pipelines.core.errors import OutputError
+
+
+def _abs(path: str | Path, base: Path | None = None) -> Path:
+    path = Path(path).expanduser()
+    if base is not None and not path.is_absolute():
+        path = base / path
+    return Path(os.path.realpath(path))
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    return child == parent or parent in child.parents
+
+
+def dvc_locations(root: Path) -> list[Path]:
+    """The DVC directory, a cache configured elsewhere, and every local remote (from .dvc/config[.local])."""
+    dvc_dir = root / ".dvc"
+    found = [dvc_dir]
+    for name in ("config", "config.local"):
+        conf = configparser.ConfigParser(strict=False, interpolation=None)
+        try:
+            conf.read(dvc_dir / name, encoding="utf-8")
+        except (configparser.Error, UnicodeDecodeError):
+            continue
+        for section in conf.sections():
+            for key in ("url", "dir"):
+                value = conf[section].get(key)
+                if value and "://" not in value and (section.startswith("'remote") or section.startswith("remote")
+                                                     or section == "cache"):
+                    found.append(_abs(value, dvc_dir))  # relative paths in DVC config are relative to .dvc/
+    return found
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+    protected: tuple[tuple[str, Path], ...]
+    allow_outside: bool = False
+
+    @classmethod
+    def of(cls, params: Params, root: str | Path, inputs: Iterable[str | Path] = (),
+           allow_outside: bool = False) -> "Workspace":
+        """The policy for one command: `root` is the project, `inputs` what the command reads."""
+        root = _abs(root)
+        cwd = Path.cwd()
+        named: list[tuple[str, Path]] = [("the project root", root), ("the git directory", root / ".git")]
+        named += [("the DVC cache or remote", p) for p in dvc_locations(root)]
+        if "://" not in params.registry.root:
+            named.append(("the model registry", _abs(params.registry.root, cwd)))
+        raw = {params.data.raw, *params.lifecycle.datasets.values()}
+        named += [("the raw data", _abs(p, cwd)) for p in sorted(raw)]
+        named += [("an input of this command", _abs(p, cwd)) for p in inputs]
+        return cls(root, tuple(named), allow_outside)
+
+    def _check(self, path: str | Path, kind: str) -> Path:
+        target = _abs(path, Path.cwd())
+        for what, protected in self.protected:
+            if target == protected:
+                raise OutputError(f"refusing to write {kind} {path}: it is {what}")
+            if _inside(protected, target) or (what != "the project root" and _inside(target, protected)):
+                where = "inside" if _inside(target, protected) else "around"
+                raise OutputError(f"refusing to write {kind} {path}: it lies {where} {what} ({protected})")
+        if not self.allow_outside and not _inside(target, self.root):
+            raise OutputError(f"refusing to write {kind} {path}: it is outside the project {self.root} "
+                              "(pass --allow-outside-project to allow it)")
+        return target
+
+    def check_dir(self, path: str | Path) -> Path:
+        return self._check(path, "output directory")
+
+    def check_file(self, path: str | Path) -> Path:
+        target = self._check(path, "output file")
+        if target.is_dir():
+            raise OutputError(f"refusing to write output file {path}: it is a directory")
+        return target

@@ -1,0 +1,71 @@
+"""The embedded Airflow of a checkout: SQLite metadata DB under `.airflow/`, this repo's DAGs and plugins.
+
+Inputs: the project root. Outputs: `env(root)`, the environment for `airflow` commands; `setup(root)`
+(migrates the DB once, creates the `gpu` pool); `dags_test(root, dag_id, conf)` (one run of a DAG in
+one process, the way `airflow dags test` does it), returning its exit code and output.
+Airflow is only ever run as a command here; this package does not import it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from pipelines.core.errors import CheckFailed
+
+
+def env(root: Path | str, home: Path | str | None = None) -> dict[str, str]:
+    root = Path(root).resolve()
+    home = Path(home or root / ".airflow").resolve()
+    bindir = str(Path(sys.executable).parent)
+    return {**os.environ, "AIRFLOW_HOME": str(home), "PIPELINES_REPO": str(root),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(root / "dags"), "AIRFLOW__CORE__PLUGINS_FOLDER": str(root / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+            "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
+            "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}", "HF_HUB_OFFLINE": "1",
+            "DVC_NO_ANALYTICS": "1", "GX_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
+
+
+def airflow(root: Path | str, *args: str, check: bool = True, home: Path | str | None = None,
+            stream: bool = False, extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """An `airflow` command on this checkout's embedded Airflow (`extra`: environment overrides, such
+    as another metadata DB)."""
+    cmd = [str(Path(sys.executable).parent / "airflow"), *args]
+    environ = {**env(root, home), **(extra or {})}
+    if stream:  # show progress as it happens, keep the text for the caller
+        proc = subprocess.Popen(cmd, cwd=root, env=environ, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if _worth_showing(line):
+                print(line.rstrip()[:300], file=sys.stderr, flush=True)
+        done = subprocess.CompletedProcess(cmd, proc.wait(), "".join(lines), "")
+    else:
+        done = subprocess.run(cmd, cwd=root, env=environ, text=True, capture_output=True)
+    if check and done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()
+        raise CheckFailed(f"`airflow {' '.join(args[:2])}` failed: {tail[-1] if tail else done.returncode}")
+    return done
+
+
+def _worth_showing(line: str) -> bool:
+    keys = ("Running stage", "didn't change", "gate ", "GATE", "promoted", "error:", "failed", "Marking task",
+            "epoch", "FAILED", "PASSED", "lineage")
+    return any(k in line for k in keys)
+
+
+def setup(root: Path | str, home: Path | str | None = None, extra: dict[str, str] | None = None) -> None:
+    """Migrate the metadata DB (idempotent) and create the `gpu` pool the train task runs in."""
+    airflow(root, "db", "migrate", home=home, extra=extra)
+    airflow(root, "pools", "set", "gpu", "1", "accelerators for train (1 slot per device)", home=home, extra=extra)
+
+
+def dags_test(root: Path | str, dag_id: str, conf: dict | None = None, home: Path | str | None = None,
+              stream: bool = True) -> subprocess.CompletedProcess:
+    return airflow(root, "dags", "test", dag_id, "-c", json.dumps(conf or {}), check=False, home=home,
+                   stream=stream)

@@ -1,0 +1,212 @@
+"""Deterministic generator of a realistic customer-support intent dataset (the embedded default).
+
+Inputs: a row count, a seed and whether to plant contract violations. Outputs: a DataFrame
+with columns `text,label` (15 intents, skewed class sizes, varied lengths, typos, a few planted
+PII strings) and `write_sample`, which writes it as one weekly drop file (CSV, JSONL or
+Parquet). The same arguments always give byte-identical files; nothing is downloaded.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipelines.core.dataio import atomic_write_bytes
+
+INTENTS: dict[str, list[str]] = {
+    "card_arrival": ["I ordered a new card {time} ago and it still has not arrived",
+                     "When will my new card arrive?", "my card hasnt come yet, its been {time}",
+                     "Is there a way to track the delivery of my card?"],
+    "card_lost_or_stolen": ["I think my card was stolen {when}, please block it",
+                            "I lost my card {when}, what should I do?", "someone took my wallet with my card in it",
+                            "How do I freeze my card? I can't find it anywhere"],
+    "cash_withdrawal_charge": ["Why was I charged {amount} for taking out cash?",
+                               "there is a fee on my ATM withdrawal {when}",
+                               "Do you charge for withdrawing cash abroad?"],
+    "transfer_not_received": ["I sent {amount} to my friend {when} but they did not get it",
+                              "My transfer of {amount} has not arrived yet",
+                              "the bank transfer still shows pending after {time}"],
+    "refund_request": ["I would like a refund for order {order}", "How long does a refund of {amount} take?",
+                       "the merchant promised a refund {when} but I have nothing yet"],
+    "exchange_rate": ["What exchange rate do you use for {currency}?",
+                      "why was the rate for {currency} so bad {when}?", "How much is {amount} in {currency} today?"],
+    "top_up_failed": ["My top up of {amount} failed", "I tried to top up {when} and it was declined",
+                      "top-up keeps failing with my {bank} card"],
+    "change_pin": ["How do I change my PIN?", "I want a new pin for my card",
+                   "can I reset my PIN in the app or at an ATM?"],
+    "account_closure": ["Please close my account", "How can I delete my account and get my {amount} back?",
+                        "I no longer want to use this service, close everything"],
+    "direct_debit": ["There is a direct debit of {amount} I don't recognise",
+                     "How do I cancel a direct debit to {merchant}?", "my direct debit to {merchant} failed {when}"],
+    "verify_identity": ["Why do I need to verify my identity?", "the identity check keeps rejecting my passport",
+                        "What documents do you accept for verification?"],
+    "declined_payment": ["My payment at {merchant} was declined {when}",
+                         "why does my card keep getting declined online?",
+                         "card declined for {amount} even though I have money"],
+    "wrong_amount_charged": ["{merchant} charged me {amount} instead of the right price",
+                             "I was charged twice for the same purchase at {merchant}",
+                             "The amount on my statement is wrong"],
+    "contactless_not_working": ["Contactless is not working at {merchant}", "tap to pay stopped working {when}",
+                                "Why can't I pay contactless?"],
+    "apple_pay": ["How do I add my card to Apple Pay?", "apple pay is not working {when}",
+                  "Can I use Google Pay or Apple Pay with this card?"],
+}
+WEIGHTS = np.array([14, 9, 6, 12, 8, 5, 7, 4, 3, 6, 5, 9, 6, 4, 5], dtype=float)
+
+# A second platform model's data: an internal IT help desk router (other intents, same generator).
+IT_INTENTS: dict[str, list[str]] = {
+    "password_reset": ["I forgot my password {when}", "please reset my password, I am locked out",
+                       "my password expired and I cannot log in on {device}"],
+    "vpn_issue": ["the VPN keeps disconnecting {when}", "I cannot connect to the VPN from {city}",
+                  "VPN says authentication failed on {device}"],
+    "laptop_hardware": ["my laptop screen is flickering", "the keyboard on my laptop stopped working {when}",
+                        "my laptop will not turn on since {when}"],
+    "software_install": ["can you install {merchant} on my machine?", "I need a licence for {merchant}",
+                         "how do I get {merchant} installed on {device}?"],
+    "email_problem": ["my mailbox is full and I cannot send email", "Outlook is not syncing {when}",
+                      "emails to {bank} are bouncing back"],
+    "access_request": ["I need access to the {city} shared drive", "please grant me access to the finance folder",
+                       "my new colleague needs an account by {day} {month}"],
+    "printer_issue": ["the printer on floor {years} is jammed", "I cannot print from {device}",
+                      "the printer in the {city} office says offline"],
+    "phishing_report": ["I got a suspicious email {when} asking for my password",
+                        "I think I clicked a phishing link {when}", "someone pretending to be {bank} emailed me"],
+}
+IT_WEIGHTS = np.array([12, 9, 5, 8, 7, 6, 4, 3], dtype=float)
+DOMAINS = {"banking": (INTENTS, WEIGHTS), "it_helpdesk": (IT_INTENTS, IT_WEIGHTS)}
+
+OPENERS = ["", "", "", "Hi, ", "Hello, ", "Hey there. ", "Good morning, ", "Hi team, ", "Quick question: ",
+           "Sorry to bother you, ", "Urgent: ", "Help! "]
+CLOSERS = ["", "", "", " Thanks.", " Thank you!", " Please help.", " Any idea?", " This is really annoying.",
+           " I need this sorted today.", " Cheers", " Can you check?", " Please advise."]
+DETAILS = ["", " (order {order})", " My reference is {order}.", " I am using the app on {device}.",
+           " This happened while I was in {city}.", " I have been a customer for {years} years.",
+           " It is the account ending {last4}.", " It happened at {clock}.", " Ticket {order} is still open.",
+           " I already called about this on {day} {month}."]
+SLOTS = {
+    "time": ["two weeks", "10 days", "a month", "3 weeks", "five days", "over a week", "six weeks"],
+    "when": ["yesterday", "this morning", "last night", "on Monday", "two days ago", "last week", "today"],
+    "currency": ["EUR", "USD", "JPY", "CHF", "PLN", "euros", "dollars"],
+    "bank": ["Barclays", "HSBC", "Lloyds", "Santander", "Monzo", "Revolut"],
+    "merchant": ["Amazon", "Tesco", "Uber", "Netflix", "Spotify", "eBay", "Starbucks", "IKEA", "Zara"],
+    "device": ["iPhone", "Android", "an iPad", "a Pixel", "a Samsung"],
+    "city": ["Madrid", "Paris", "Berlin", "Lisbon", "Rome", "New York", "Dublin", "Warsaw"],
+    "month": ["January", "March", "May", "July", "September", "November"],
+}
+PII_TEMPLATES = [" You can email me at {first}.{last}@example.com.", " Call me back on +44 7700 900{n3}.",
+                 " My card number is {card}.", " Please send it to IBAN GB82 WEST 1234 5698 7654 32."]
+
+
+def _luhn_card(rng: np.random.Generator) -> str:
+    digits = [4] + list(rng.integers(0, 10, 14))
+    total = 0
+    for i, d in enumerate(reversed(digits)):
+        d = int(d)
+        if i % 2 == 0:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    digits.append((10 - total % 10) % 10)
+    s = "".join(map(str, digits))
+    return " ".join(s[i:i + 4] for i in range(0, 16, 4))
+
+
+def _typo(text: str, rng: np.random.Generator) -> str:
+    words = text.split(" ")
+    i = int(rng.integers(0, len(words)))
+    w = words[i]
+    if len(w) > 3:
+        j = int(rng.integers(0, len(w) - 1))
+        words[i] = w[:j] + w[j + 1] + w[j] + w[j + 2:] if rng.random() < 0.7 else w[:j] + w[j + 1:]
+    return " ".join(words)
+
+
+# Slots filled with random numbers, in a fixed order (the order of RNG draws fixes the output).
+NUMERIC_SLOTS = {
+    "amount": lambda rng: f"£{int(rng.integers(1, 2500))}.{int(rng.integers(0, 100)):02d}",
+    "order": lambda rng: f"#{int(rng.integers(100000, 999999))}",
+    "years": lambda rng: str(int(rng.integers(1, 15))),
+    "last4": lambda rng: f"{int(rng.integers(0, 10000)):04d}",
+    "clock": lambda rng: f"{int(rng.integers(0, 24)):02d}:{int(rng.integers(0, 60)):02d}",
+    "day": lambda rng: str(int(rng.integers(1, 29))),
+}
+
+
+def _fill(template: str, rng: np.random.Generator) -> str:
+    values = {k: v[int(rng.integers(0, len(v)))] for k, v in SLOTS.items() if "{" + k + "}" in template}
+    values.update({k: make(rng) for k, make in NUMERIC_SLOTS.items() if "{" + k + "}" in template})
+    return template.format(**values)
+
+
+def generate(rows: int, seed: int = 0, faulty: bool = False, domain: str = "banking") -> pd.DataFrame:
+    """Generate `rows` labelled support requests of a domain (`DOMAINS`); `faulty` plants contract violations."""
+    rng = np.random.default_rng(seed)
+    intents, weights = DOMAINS[domain]
+    labels = list(intents)
+    picks = rng.choice(len(labels), size=rows, p=weights / weights.sum())
+    texts = []
+    for k in picks:
+        templates = intents[labels[k]]
+        body = _fill(templates[int(rng.integers(0, len(templates)))], rng)
+        text = (OPENERS[int(rng.integers(0, len(OPENERS)))] + body
+                + _fill(DETAILS[int(rng.integers(0, len(DETAILS)))], rng)
+                + CLOSERS[int(rng.integers(0, len(CLOSERS)))])
+        r = rng.random()
+        if r < 0.15:
+            text = _typo(text, rng)
+        elif r < 0.35:
+            text = text.lower()
+        if rng.random() < 0.01:
+            text += PII_TEMPLATES[int(rng.integers(0, len(PII_TEMPLATES)))].format(
+                first="alex", last=f"morgan{int(rng.integers(1, 99))}", n3=f"{int(rng.integers(0, 1000)):03d}",
+                card=_luhn_card(rng))
+        texts.append(text)
+    frame = pd.DataFrame({"text": texts, "label": [labels[k] for k in picks]})
+    return _plant_faults(frame, rng, labels[:2]) if faulty else frame
+
+
+def _plant_faults(frame: pd.DataFrame, rng: np.random.Generator, swap: list[str]) -> pd.DataFrame:
+    """Break about 20% of rows in the ways real drops break."""
+    frame = frame.astype(object)
+    n = len(frame)
+    bad = rng.choice(n, size=max(8, n // 5), replace=False)
+    for j, i in enumerate(bad):
+        kind = j % 6
+        if kind == 0:
+            frame.at[i, "text"] = None
+        elif kind == 1:
+            frame.at[i, "text"] = "   "
+        elif kind == 2:
+            frame.at[i, "label"] = f"{frame.at[i, 'label']} "
+        elif kind == 3:
+            frame.at[i, "text"] = "please help " * 1200
+        elif kind == 4:
+            frame.at[i, "label"] = None
+        else:  # same text as another row, different label
+            other = int(bad[(j + 1) % len(bad)])
+            frame.at[i, "text"] = frame.at[other, "text"]
+            frame.at[i, "label"] = swap[0] if frame.at[other, "label"] != swap[0] else swap[1]
+    return frame
+
+
+def write_sample(out: str | Path, rows: int = 2000, seed: int = 0, faulty: bool = False, fmt: str = "csv",
+                 domain: str = "banking") -> Path:
+    """Write one drop; `out` is a directory (file named after seed) or a file path."""
+    out = Path(out)
+    path = out if out.suffix else out / f"drop-{seed:04d}{'-faulty' if faulty else ''}.{fmt}"
+    frame = generate(rows, seed=seed, faulty=faulty, domain=domain)
+    if path.suffix == ".parquet":
+        import io
+        buf = io.BytesIO()
+        frame.to_parquet(buf, index=False)
+        data = buf.getvalue()
+    elif path.suffix == ".jsonl":
+        data = frame.to_json(orient="records", lines=True, force_ascii=False).encode("utf-8")
+    else:
+        data = frame.to_csv(index=False, lineterminator="\n").encode("utf-8")
+    if path.is_dir() or (path.exists() and path.read_bytes() != data):
+        from pipelines.core.errors import OutputError
+
+        raise OutputError(f"refusing to overwrite {path}: it exists with other content (a drop is never rewritten)")
+    atomic_write_bytes(path, data)
+    return path

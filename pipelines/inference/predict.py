@@ -1,0 +1,94 @@
+"""The one inference path: what `evaluate` measures is what serving answers with.
+
+Inputs: a loaded model and tokenizer (`training.modeling.load_trained`), texts or chat messages.
+Outputs: class probabilities (`classify`), a greedy completion with its token counts (`generate`)
+and the mean loss of a split (`mean_loss`, used by `train` for validation and by `evaluate`).
+The gate therefore certifies exactly the code that `pipelines serve` runs; nothing here knows
+about HTTP, the registry or params files.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from pipelines.tasks import task_spec
+from pipelines.training import batching
+
+
+def classify(model, tok, texts: list[str], max_length: int, batch_size: int | None = None) -> np.ndarray:
+    """Class probabilities, one row per text: `batch_size` texts per forward pass (all at once if None)."""
+    import torch
+
+    step = batch_size or max(1, len(texts))
+    probs = []
+    with torch.no_grad():
+        for i in range(0, len(texts), step):
+            chunk = texts[i:i + step]
+            batch = batching.collate_classification(
+                batching.encode_classification(chunk, [0] * len(chunk), tok, max_length), tok.pad_token_id)
+            device = _device(model)
+            logits = model(input_ids=batch["input_ids"].to(device),
+                           attention_mask=batch["attention_mask"].to(device)).logits
+            probs.append(torch.softmax(logits.float(), -1).cpu().numpy())
+    return np.concatenate(probs) if probs else np.zeros((0, 0), dtype=np.float32)
+
+
+def generate(model, tok, messages: list[dict] | None, max_new_tokens: int, prompt: str | None = None,
+             streamer=None) -> tuple[str, int, int]:
+    """Greedy completion of a chat (rendered by the tokenizer's template) or of a raw `prompt`;
+    returns (text, prompt_tokens, completion_tokens)."""
+    import torch
+
+    text = prompt if prompt is not None else tok.apply_chat_template(messages, tokenize=False,
+                                                                     add_generation_prompt=True)
+    ids = tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"].to(_device(model))
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                             do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                             streamer=streamer)
+    new = out[0, ids.shape[1]:]
+    return tok.decode(new, skip_special_tokens=True), int(ids.shape[1]), int(len(new))
+
+
+def mean_loss(model, examples: list[Any], task: str, batch_size: int, pad_id: int, device: Any) -> dict[str, float]:
+    """Mean loss of encoded examples (per example for classification, per response token for causal
+    LMs), batches in length order; plus accuracy (classification) or perplexity (causal LM)."""
+    import torch
+
+    if not examples:
+        return {}
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
+    total_loss, weight, correct = 0.0, 0, 0
+    with torch.no_grad():
+        for start in range(0, len(order), batch_size):
+            chosen = [examples[i] for i in order[start:start + batch_size]]
+            batch = (batching.collate_classification(chosen, pad_id) if task_spec(task).labelled
+                     else batching.collate_padded_causal(chosen, pad_id))
+            batch.pop("num_tokens")
+            batch = {k: v.to(device) for k, v in batch.items()}
+            out = model(**batch)
+            if task_spec(task).labelled:
+                n = len(chosen)
+                correct += int((out.logits.argmax(-1) == batch["labels"]).sum())
+            else:
+                n = int((batch["labels"][:, 1:] != batching.IGNORE).sum())
+            total_loss += float(out.loss) * n
+            weight += n
+    model.train(was_training)
+    metrics = {"eval_loss": total_loss / max(weight, 1)}
+    if task_spec(task).labelled:
+        metrics["eval_accuracy"] = correct / len(examples)
+    else:
+        metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50))
+    return metrics
+
+
+def _device(model):
+    try:
+        return next(model.parameters()).device
+    except (StopIteration, AttributeError):
+        return "cpu"

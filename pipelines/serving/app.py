@@ -1,0 +1,412 @@
+"""HTTP routes of the serving app and its factory `create_app` (see `serve.py` for the moving parts
+they use; `serve.py` does not import this module).
+
+Inputs: JSON requests validated by pydantic models (bounded sizes; a 4xx names the bad field).
+Outputs: OpenAI-compatible responses, each naming the model version in `model_version` and the
+`X-Model-Version` header; `route` says whether the local model or the fallback upstream answered.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from pipelines.core.config import Params
+from pipelines.serving.engine import (
+    Batcher,
+    Holder,
+    Metrics,
+    QueueFull,
+    api_keys,
+    check_key,
+    classify,
+    completion_id,
+    generate,
+    matches_ood,
+)
+from pipelines.tasks import task_spec
+
+OPEN_PATHS = {"/healthz", "/readyz", "/docs", "/openapi.json"}
+ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+               405: "invalid_request_error", 408: "timeout_error", 413: "request_too_large",
+               422: "invalid_request_error", 429: "rate_limit_error", 503: "service_unavailable",
+               504: "timeout_error"}
+
+
+def _utf8(text: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("contains a lone surrogate (\\ud800-\\udfff), which is not valid text") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_utf8)]
+
+
+class ClassifyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    texts: list[Text] = Field(min_length=1)
+    top_k: int = Field(3, ge=1, le=20)
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "user", "assistant", "tool"]
+    content: Text
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # OpenAI clients send fields we do not use
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    stream: bool = False
+
+
+class CompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    model: str | None = None
+    prompt: Text
+    max_tokens: int | None = Field(None, ge=1)
+    stream: bool = False
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: int
+
+
+class ErrorResponse(BaseModel):
+    """The one error shape of every route (OpenAI's): `{"error": {"message", "type", "param", "code"}}`."""
+
+    error: ErrorDetail
+
+
+def error_body(status: int, message: str, param: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": ERROR_TYPES.get(status, "server_error"), "param": param,
+                      "code": status}}
+
+
+def _documented(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ErrorResponse, "description": ERROR_TYPES.get(code, "error")} for code in codes}
+
+
+COMMON_ERRORS = (401, 413, 422, 429, 503, 504)
+
+
+class Guard:
+    """Pure ASGI middleware: body size limit, API keys, request timeout, request metrics.
+
+    The body is read here, bounded in size (413 also for chunked bodies without a content-length) and
+    in time (the request timeout covers it), then replayed to the app. Metrics label only known
+    routes, so random paths cannot grow /metrics. (Starlette's BaseHTTPMiddleware costs a task and a
+    stream copy per request; this does not.)"""
+
+    def __init__(self, app, sp, app_state, metrics, routes: set[str]) -> None:
+        self.app, self.sp, self.state, self.metrics, self.routes = app, sp, app_state, metrics, routes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t = time.perf_counter()
+        path = scope["path"]
+        status = {"code": 500}
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+
+        async def send_tracked(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        async def reject(code: int, message: str, extra: dict | None = None):
+            from starlette.responses import JSONResponse
+
+            await JSONResponse(error_body(code, message), code, headers=extra)(scope, receive, send_tracked)
+
+        try:
+            size = headers.get("content-length")
+            if size is not None and (not size.isdigit() or int(size) > self.sp.max_body_bytes):
+                return await reject(413, f"request body over {self.sp.max_body_bytes} bytes")
+            if path not in OPEN_PATHS and not check_key(self.state.keys, headers.get("authorization")):
+                return await reject(401, "missing or invalid API key", {"WWW-Authenticate": "Bearer"})
+            try:
+                async with asyncio.timeout(self.sp.request_timeout_s):  # no extra task per request
+                    body = await self._read_body(receive)
+                    if body is None:
+                        return await reject(413, f"request body over {self.sp.max_body_bytes} bytes")
+                    await self.app(scope, _replay(body, receive), send_tracked)
+            except TimeoutError:
+                if status["code"] == 500:
+                    await reject(504, f"request took over {self.sp.request_timeout_s}s")
+        finally:
+            label = path if path in self.routes else "other"
+            self.metrics.requests.labels(label, str(status["code"])).inc()
+            self.metrics.latency.labels(label).observe(time.perf_counter() - t)
+
+    async def _read_body(self, receive) -> bytes | None:
+        """The whole body, or None once it passes max_body_bytes."""
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return b"".join(chunks)
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.sp.max_body_bytes:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                return b"".join(chunks)
+
+
+def _replay(body: bytes, receive):
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()  # then the real channel (a disconnect)
+    return replay
+
+
+def install_routes(app, sp, name: str, holder, batcher, executor, metrics, checker=None) -> None:
+    from fastapi import HTTPException, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    from pipelines.serving.fallback import Upstream
+
+    upstream = Upstream.from_params(sp.fallback)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
+        message = str(first.get("msg", "invalid request")).encode("utf-8", "replace").decode("utf-8")
+        return JSONResponse(error_body(422, f"{where}: {message}", where), 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        return JSONResponse(error_body(exc.status_code, str(exc.detail)), exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def crashed(request: Request, exc: Exception):
+        import logging
+
+        logging.getLogger("pipelines.serving.engine").error("internal error on %s: %s: %s", request.url.path,
+                                                   type(exc).__name__, exc)
+        return JSONResponse(error_body(500, "internal error"), 500)
+
+    def served():
+        loaded = holder.current
+        if loaded is None:
+            raise HTTPException(503, f"no model loaded: {holder.status}")
+        return loaded
+
+    def reply(body: dict, loaded, status: int = 200):
+        return JSONResponse({**body, "model_version": loaded.version}, status,
+                            headers={"X-Model-Version": str(loaded.version)})
+
+    @app.get("/healthz")
+    async def healthz():
+        return {"status": "alive"}
+
+    @app.get("/readyz", responses={503: {"description": "no model loaded yet"}})
+    async def readyz():
+        loaded = holder.current
+        if loaded is None:
+            return JSONResponse({"status": "loading"}, 503)
+        return JSONResponse({"status": "ready", "model_version": loaded.version},
+                            headers={"X-Model-Version": str(loaded.version)})
+
+    @app.get("/metrics", responses=_documented(401))
+    async def prometheus():
+        return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models", responses=_documented(401, 503))
+    async def models():
+        loaded = served()
+        return reply({"object": "list", "data": [{"id": name, "object": "model", "owned_by": "pipelines",
+                                                  "version": loaded.version, "task": loaded.task}]}, loaded)
+
+    def _answers(loaded, route: str) -> None:
+        routes = task_spec(loaded.task).routes
+        if route not in routes:
+            raise HTTPException(400, f"model {name} v{loaded.version} is a {loaded.task} model; use {' or '.join(routes)}")
+
+    @app.post("/v1/classify", responses=_documented(400, *COMMON_ERRORS))
+    async def classify_route(req: ClassifyRequest):
+        loaded = served()
+        _answers(loaded, "/v1/classify")
+        await _check_texts(req.texts, loaded)
+        try:
+            if batcher is not None:
+                probs = await batcher.submit(loaded, req.texts)
+            else:
+                probs = await asyncio.get_running_loop().run_in_executor(executor, classify, loaded, req.texts)
+        except QueueFull:
+            return JSONResponse(error_body(429, "server busy: queue full, retry later"), 429,
+                                headers={"Retry-After": "1"})
+        results = []
+        for text, p in zip(req.texts, probs):
+            order = p.argsort()[::-1][: req.top_k]
+            top = [{"label": loaded.labels[i], "score": float(p[i])} for i in order]
+            results.append({"label": top[0]["label"], "score": top[0]["score"], "top_k": top, "route": "local"})
+        if upstream is not None:
+            await upstream.reroute_low_confidence(req.texts, results, loaded.labels, metrics)
+        for r in results:
+            if r["route"] == "local":
+                metrics.routed.labels("local").inc()
+        metrics.tokens.labels("local").inc(sum(len(t.split()) for t in req.texts))
+        return reply({"object": "classification", "model": name, "results": results}, loaded)
+
+    async def _check_texts(texts: list[str], loaded) -> None:
+        if len(texts) > sp.max_texts:
+            raise HTTPException(413, f"texts: at most {sp.max_texts} per request")
+        for i, text in enumerate(texts):
+            if len(text) > sp.max_chars:
+                raise HTTPException(413, f"texts[{i}]: over {sp.max_chars} characters")
+        if sp.max_input_tokens:
+            # Without special tokens a text has at most one token per UTF-8 byte, so only texts longer
+            # than the limit in bytes need counting: on the checker thread with the version's own copy
+            # of the tokenizer (never the forward thread's, whose truncation state it would race with).
+            long = [i for i, t in enumerate(texts) if len(t.encode("utf-8")) > sp.max_input_tokens]
+            if long:
+                tok = loaded.count_tok or loaded.tok
+                counts = await asyncio.get_running_loop().run_in_executor(
+                    checker, lambda: [len(ids) for ids in tok([texts[i] for i in long], add_special_tokens=False,
+                                                              truncation=False)["input_ids"]])
+                for i, n in zip(long, counts):
+                    if n > sp.max_input_tokens:
+                        raise HTTPException(413, f"texts[{i}]: {n} tokens, over {sp.max_input_tokens}")
+
+    def _max_tokens(requested: int | None) -> int:
+        if requested is not None and requested > sp.max_tokens:
+            raise HTTPException(422, f"max_tokens: at most {sp.max_tokens}")
+        return requested or min(64, sp.max_tokens)
+
+    async def _generate(loaded, messages, prompt, max_tokens):
+        return await asyncio.get_running_loop().run_in_executor(
+            executor, lambda: generate(loaded, messages, max_tokens, prompt=prompt))
+
+    @app.post("/v1/chat/completions", responses=_documented(400, *COMMON_ERRORS))
+    async def chat(req: ChatRequest):
+        loaded = served()
+        _answers(loaded, "/v1/chat/completions")
+        messages = [m.model_dump() for m in req.messages]
+        max_tokens = _max_tokens(req.max_tokens)
+        if sum(len(m["content"]) for m in messages) > sp.max_chars:
+            raise HTTPException(413, f"messages: over {sp.max_chars} characters")
+        flag = None
+        if upstream is not None and matches_ood(sp.fallback.ood_patterns, messages) and not req.stream:
+            body = await upstream.chat(messages, max_tokens, metrics)
+            if body is not None:
+                return reply({**body, "route": "upstream"}, loaded)
+            flag = "upstream failed; answered locally"
+        if req.stream:
+            return _stream(loaded, messages, None, max_tokens, "chat.completion.chunk")
+        text, n_in, n_out = await _generate(loaded, messages, None, max_tokens)
+        metrics.routed.labels("local").inc()
+        metrics.tokens.labels("local").inc(n_in + n_out)
+        body = {"id": completion_id(), "object": "chat.completion", "created": int(time.time()), "model": name,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                             "finish_reason": "length" if n_out >= max_tokens else "stop"}],
+                "usage": {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out},
+                "route": "local"}
+        if flag:
+            body["fallback_error"] = flag
+        return reply(body, loaded)
+
+    @app.post("/v1/completions", responses=_documented(400, *COMMON_ERRORS))
+    async def completions(req: CompletionRequest):
+        loaded = served()
+        _answers(loaded, "/v1/completions")
+        if len(req.prompt) > sp.max_chars:
+            raise HTTPException(413, f"prompt: over {sp.max_chars} characters")
+        max_tokens = _max_tokens(req.max_tokens)
+        if req.stream:
+            return _stream(loaded, None, req.prompt, max_tokens, "text_completion")
+        text, n_in, n_out = await _generate(loaded, None, req.prompt, max_tokens)
+        metrics.tokens.labels("local").inc(n_in + n_out)
+        return reply({"id": completion_id(), "object": "text_completion", "created": int(time.time()), "model": name,
+                      "choices": [{"index": 0, "text": text, "finish_reason": "length" if n_out >= max_tokens else "stop"}],
+                      "usage": {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out},
+                      "route": "local"}, loaded)
+
+    def _stream(loaded, messages, prompt, max_tokens, kind: str):
+        from transformers import TextIteratorStreamer
+
+        streamer = TextIteratorStreamer(loaded.tok, skip_prompt=True, skip_special_tokens=True, timeout=sp.request_timeout_s)
+        executor.submit(generate, loaded, messages, max_tokens, prompt, streamer)
+        cid, created = completion_id(), int(time.time())
+
+        def chunk(piece: str | None, finish: str | None) -> str:
+            if kind == "text_completion":
+                choice: dict[str, Any] = {"index": 0, "text": piece or "", "finish_reason": finish}
+            else:
+                choice = {"index": 0, "delta": {"content": piece} if piece else {}, "finish_reason": finish}
+            return "data: " + json.dumps({"id": cid, "object": kind, "created": created, "model": name,
+                                          "model_version": loaded.version, "choices": [choice]}) + "\n\n"
+
+        async def events():
+            loop = asyncio.get_running_loop()
+            iterator = iter(streamer)
+            while True:
+                piece = await loop.run_in_executor(None, next, iterator, None)
+                if piece is None:
+                    break
+                if piece:
+                    yield chunk(piece, None)
+            yield chunk(None, "stop")
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"X-Model-Version": str(loaded.version), "Cache-Control": "no-cache"})
+
+    routes = {route.path for route in app.routes if hasattr(route, "path")}
+    app.add_middleware(Guard, sp=sp, app_state=app.state, metrics=metrics, routes=routes)
+
+
+def create_app(params: Params, alias: str = "champion", model: str | None = None, batching: bool = True,
+               poll: bool = True):
+    """Build the ASGI app; it loads the alias' version at start-up and follows the alias."""
+    from fastapi import FastAPI
+
+    from pipelines.registry import store as registry
+
+    sp = params.serve
+    name = model or params.registry.model_name
+    store = registry.open_store(params.registry.root, name)
+    metrics = Metrics()
+    holder = Holder(store, alias, metrics)
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
+    checker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="request-check")  # token counts, off the loop
+    batcher = Batcher(sp.max_batch, sp.max_wait_ms, sp.max_queue, executor, metrics) if batching else None
+
+    async def lifespan(app):
+        await asyncio.get_running_loop().run_in_executor(executor, holder.poll)
+        if poll:
+            holder.start(sp.poll_seconds)
+        task = asyncio.create_task(batcher.run()) if batcher else None
+        yield
+        holder.stop()
+        if task:
+            task.cancel()
+        executor.shutdown(wait=False, cancel_futures=True)
+        checker.shutdown(wait=False, cancel_futures=True)
+
+    keys = api_keys(sp.api_keys_env, sp.api_keys_file)  # before anything starts: a missing keys file stops us
+    app = FastAPI(title="pipelines serving", version="1", lifespan=lifespan)
+    app.state.keys = keys
+    install_routes(app, sp, name, holder, batcher, executor, metrics, checker)
+    return app

@@ -1,0 +1,388 @@
+"""Serving: an OpenAI-compatible FastAPI server for the version a registry alias points at.
+
+Inputs: the registry (`registry` params), the alias to follow and the `serve` params. Outputs: the
+engine (model holder, batcher, metrics, auth, the uvicorn protocol guard) that the routes and the
+app factory in `serve_api.py` (`create_app`) use; `pipelines serve` runs that app with uvicorn.
+- `POST /v1/classify` (batch of texts -> label, score, top-k), `POST /v1/chat/completions` and
+  `POST /v1/completions` (causal LMs; SSE streaming), `GET /v1/models`, `/healthz`, `/readyz`,
+  `/metrics` (Prometheus). Every response names the model version (field and `X-Model-Version`).
+- Zero-downtime swap: a watcher polls the alias; a new version is loaded and warmed beside the
+  old one, then one reference is swapped. Requests capture the version at arrival, so in-flight
+  work finishes on it. A version that fails to load or warm is skipped until the alias moves again.
+- Classification micro-batching: requests are gathered for up to `max_wait_ms` or `max_batch`
+  texts and run in one forward pass per version; the queue is bounded (429 when full).
+- Limits and security: API keys (constant-time comparison; /healthz and /readyz open), bounded
+  body, texts per request, characters, input tokens and max_tokens, a request timeout.
+- Hybrid routing: low-confidence classifications and out-of-domain chats go to a configured
+  OpenAI-compatible upstream; if it fails the local answer is returned with a flag.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import os
+import re
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipelines.tasks import task_spec
+
+log = logging.getLogger("pipelines.serving.engine")
+
+
+@dataclass
+class Loaded:
+    version: int
+    task: str
+    model: Any
+    tok: Any  # used only by the forward thread
+    labels: list[str] | None
+    max_length: int
+    count_tok: Any = None  # a private copy for request checks: a tokenizer's truncation state is not thread-safe
+
+
+def load_version(store, version: int) -> Loaded:
+    """Load a registered version, only if the registry vouches for it: the manifest's sha256 must be the
+    one the ledger recorded and every file must match the manifest (`registry.verify_version`)."""
+    import copy
+
+    from pipelines.core.hashing import sha256_file
+    from pipelines.registry import store as registry
+    from pipelines.training import batching
+    from pipelines.training.modeling import load_trained
+
+    reg = registry.registered(registry.read_ledger(store)).get(version)
+    if reg is None:
+        raise RuntimeError(f"v{version} is not registered")
+    problems = registry.verify_version(store, version, reg)
+    if problems:
+        raise RuntimeError(f"v{version} fails verification: {problems[0]}")
+    directory = registry.version_dir(store, version)
+    if not store.local:  # a downloaded copy: check the bytes that will actually be loaded
+        for rel, digest in registry.read_manifest(store, version, reg)["files"].items():
+            if sha256_file(directory / rel) != digest:
+                raise RuntimeError(f"v{version}: {rel} does not match its manifest")
+    config = json.loads((directory / "train_config.json").read_text(encoding="utf-8"))
+    model, tok = load_trained(directory)
+    labels = None
+    if task_spec(config["task"]).labelled:
+        label_map = json.loads((directory / "label_map.json").read_text(encoding="utf-8"))
+        labels = sorted(label_map, key=label_map.get)
+    else:
+        batching.ensure_chat_template(tok)
+    return Loaded(version, config["task"], model, tok, labels, int(config["params"]["max_length"]),
+                  count_tok=copy.deepcopy(tok))
+
+
+def classify(loaded: Loaded, texts: list[str]):
+    """Probabilities for a batch of texts (one forward pass), through the path `evaluate` measured."""
+    from pipelines.inference import predict
+
+    return predict.classify(loaded.model, loaded.tok, texts, loaded.max_length)
+
+
+def warm_up(loaded: Loaded) -> None:
+    """Fail loudly unless the model answers sanely."""
+    import numpy as np
+
+    if task_spec(loaded.task).labelled:
+        probs = classify(loaded, ["warm-up request", "is this model alive?"])
+        if probs.shape != (2, len(loaded.labels)) or not np.isfinite(probs).all():
+            raise RuntimeError(f"warm-up produced {probs.shape} non-finite or misshapen scores")
+    else:
+        generate(loaded, [{"role": "user", "content": "hello"}], max_tokens=1)
+
+
+def generate(loaded: Loaded, messages: list[dict] | None, max_tokens: int, prompt: str | None = None,
+             streamer=None) -> tuple[str, int, int]:
+    """Greedy generation through the path `evaluate` measured; returns (text, prompt_tokens, completion_tokens)."""
+    from pipelines.inference import predict
+
+    return predict.generate(loaded.model, loaded.tok, messages, max_tokens, prompt=prompt, streamer=streamer)
+
+
+class Holder:
+    """The served version and the watcher that swaps it when the alias moves.
+
+    A version that fails to load or warm up is not retried until the ledger changes (a new entry:
+    the alias moved away and back, or a repair was recorded), so a broken version costs one attempt."""
+
+    def __init__(self, store, alias: str, metrics) -> None:
+        self.store, self.alias, self.metrics = store, alias, metrics
+        self.current: Loaded | None = None
+        self.failed: tuple[int, str] | None = None  # (version, ledger tip hash) of the last failed load
+        self.status = "loading"
+        self._said: str | None = None
+        self._stop = threading.Event()
+
+    def _say(self, level: int, message: str) -> None:
+        """Log a state once, not on every poll."""
+        if message != self._said:
+            log.log(level, message)
+            self._said = message
+        self.status = message
+
+    def poll(self) -> None:
+        from pipelines.registry import store as registry
+
+        try:
+            entries = registry.read_ledger(self.store)
+        except Exception as err:  # an unreadable ledger must not take serving down, nor be trusted
+            self._say(logging.ERROR, f"cannot read the registry ledger: {err}; still serving "
+                      f"{self.current.version if self.current else 'nothing'}")
+            return
+        current = registry.aliases(entries)
+        target = current.get(self.alias)
+        tip = entries[-1]["hash"] if entries else ""
+        if target is None:
+            self._say(logging.ERROR, f"alias '{self.alias}' is not set for {self.store.base.rsplit('/', 1)[-1]} "
+                      f"(aliases: {', '.join(sorted(current)) or 'none'}); serving "
+                      f"{'v%s' % self.current.version if self.current else 'nothing'} until it is")
+            return
+        if self.current and self.current.version == target:
+            return
+        if self.failed == (target, tip):
+            return
+        try:
+            candidate = load_version(self.store, target)
+            warm_up(candidate)
+        except Exception as err:
+            self.failed = (target, tip)
+            self.metrics.load_failures.inc()
+            self._say(logging.ERROR, f"version {target} failed to load or warm up; still serving "
+                      f"{self.current.version if self.current else None}: {err}")
+            return
+        self.current = candidate  # one reference swap: requests already holding the old one finish on it
+        self.failed = None
+        self.metrics.version.set(target)
+        self._say(logging.WARNING, f"now serving {self.alias} v{target}")
+
+    def start(self, interval: float) -> None:
+        def loop():
+            while not self._stop.wait(interval):
+                self.poll()
+        threading.Thread(target=loop, name="alias-watcher", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+class Metrics:
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        self.requests = Counter("pipelines_requests_total", "Requests by route and status", ["path", "status"],
+                                registry=self.registry)
+        self.latency = Histogram("pipelines_request_seconds", "Request latency", ["path"], registry=self.registry,
+                                 buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
+        self.batch = Histogram("pipelines_batch_size", "Texts per forward pass", registry=self.registry,
+                               buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+        self.version = Gauge("pipelines_model_version", "Registry version being served", registry=self.registry)
+        self.load_failures = Counter("pipelines_model_load_failures_total", "Versions that failed to load or warm",
+                                     registry=self.registry)
+        self.routed = Counter("pipelines_route_requests_total", "Requests (texts) by serving route", ["route"],
+                              registry=self.registry)
+        self.tokens = Counter("pipelines_route_tokens_total", "Tokens by serving route", ["route"],
+                              registry=self.registry)
+
+
+class QueueFull(Exception):
+    pass
+
+
+@dataclass
+class _Job:
+    loaded: Loaded
+    texts: list[str]
+    future: asyncio.Future
+    t: float = field(default_factory=time.perf_counter)
+
+
+class Batcher:
+    """Gathers classification requests for up to max_wait_ms / max_batch texts, one forward per version."""
+
+    def __init__(self, max_batch: int, max_wait_ms: float, max_queue: int, executor, metrics) -> None:
+        self.max_batch, self.max_wait, self.max_queue = max_batch, max_wait_ms / 1000, max_queue
+        self.executor, self.metrics = executor, metrics
+        self.queue: asyncio.Queue[_Job] | None = None
+        self.pending = 0
+
+    async def submit(self, loaded: Loaded, texts: list[str]):
+        if self.pending >= self.max_queue:
+            raise QueueFull()
+        self.pending += 1
+        try:
+            job = _Job(loaded, texts, asyncio.get_running_loop().create_future())
+            await self.queue.put(job)
+            return await job.future
+        finally:
+            self.pending -= 1
+
+    async def run(self) -> None:
+        self.queue = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        busy = False
+        while True:
+            jobs = [await self.queue.get()]
+            size = len(jobs[0].texts)
+            # Take everything already waiting (it queued up during the last forward pass). Only
+            # under load (the last batch had company) wait up to max_wait for more: an idle
+            # server answers a lone request at once.
+            deadline = loop.time() + (self.max_wait if busy else 0.0)
+            while size < self.max_batch:
+                if not self.queue.empty():
+                    job = self.queue.get_nowait()
+                else:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        break
+                    try:
+                        job = await asyncio.wait_for(self.queue.get(), remaining)
+                    except asyncio.TimeoutError:
+                        break
+                jobs.append(job)
+                size += len(job.texts)
+            busy = len(jobs) > 1
+            by_version: dict[int, list[_Job]] = {}
+            for job in jobs:
+                by_version.setdefault(job.loaded.version, []).append(job)
+            for group in by_version.values():
+                texts = [t for job in group for t in job.texts]
+                self.metrics.batch.observe(len(texts))
+                try:
+                    probs = await loop.run_in_executor(self.executor, classify, group[0].loaded, texts)
+                except Exception as err:
+                    for job in group:
+                        if not job.future.done():
+                            job.future.set_exception(err)
+                    continue
+                at = 0
+                for job in group:
+                    if not job.future.done():
+                        job.future.set_result(probs[at:at + len(job.texts)])
+                    at += len(job.texts)
+
+
+def api_keys(env_var: str, keys_file: str | None) -> list[str]:
+    """Keys from the environment variable and the keys file; a configured file must exist (fail closed)."""
+    from pipelines.core.errors import ConfigError
+
+    keys = [k.strip() for k in os.environ.get(env_var, "").split(",") if k.strip()]
+    if keys_file:
+        try:
+            text = Path(keys_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"serve.api_keys_file {keys_file} cannot be read ({type(err).__name__}); "
+                              "refusing to start without the keys it should hold") from None
+        keys += [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+        if not keys:
+            raise ConfigError(f"serve.api_keys_file {keys_file} holds no keys; refusing to start unauthenticated")
+    return keys
+
+
+LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
+def auth_line(keys: list[str], host: str, allow_unauthenticated: bool) -> str:
+    """The one start-up line about authentication; refuses an open server on a non-loopback address."""
+    from pipelines.core.errors import ConfigError
+
+    if keys:
+        return f"authentication: on ({len(keys)} API key{'s' if len(keys) != 1 else ''})"
+    if host not in LOOPBACK and not host.startswith("127.") and not allow_unauthenticated:
+        raise ConfigError(f"refusing to serve on {host} without API keys: set serve.api_keys_env / api_keys_file, "
+                          "or serve.allow_unauthenticated: true (--allow-unauthenticated)")
+    return f"authentication: OFF (no API keys configured; listening on {host})"
+
+
+def server_config(app, sp, host: str, port: int):
+    """uvicorn's config with the limits a public server needs: at most `max_connections` connections and
+    `header_timeout_s` to send a request's headers (the body is bounded by the app's request timeout)."""
+    import uvicorn
+
+    return uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                          http=_guarded_protocol(sp.header_timeout_s, sp.max_connections),
+                          limit_concurrency=sp.max_connections, timeout_keep_alive=5)
+
+
+def _guarded_protocol(header_timeout: float, max_connections: int):
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as Base
+    except ImportError:  # httptools is optional for uvicorn
+        from uvicorn.protocols.http.h11_impl import H11Protocol as Base
+
+    class Guarded(Base):
+        """Closes connections over the limit at once and those that do not finish their headers in time."""
+
+        _timer = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            if len(self.connections) > max_connections:
+                transport.close()
+                return
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            if self._timer is None and (self.cycle is None or self.cycle.response_complete):
+                self._arm()  # a new request starts on a kept-alive connection
+            super().data_received(data)
+
+        def connection_lost(self, exc) -> None:
+            if self._timer is not None:
+                self._timer.cancel()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            self._timer = self.loop.call_later(header_timeout, self._expire, self.cycle)
+
+        def _expire(self, cycle_before) -> None:
+            self._timer = None
+            waiting = self.cycle is cycle_before or self.cycle is None or self.cycle.response_complete
+            if waiting and not self.transport.is_closing():
+                self.transport.close()  # no complete request headers within header_timeout_s
+
+    return Guarded
+
+
+def check_key(keys: list[str], header: str | None) -> bool:
+    if not keys:
+        return True
+    presented = (header or "").removeprefix("Bearer ").strip()
+    ok = False
+    for key in keys:  # compare against every key, constant time, no early exit
+        ok |= hmac.compare_digest(presented.encode(), key.encode())
+    return ok
+
+
+def matches_ood(rules: tuple[str, ...], messages: list[dict]) -> bool:
+    text = "\n".join(str(m.get("content", "")) for m in messages if m.get("role") == "user")
+    return any(re.search(rule, text, flags=re.IGNORECASE) for rule in rules)
+
+
+def wait_ready(url: str, timeout: float = 120.0, proc=None) -> None:
+    """Poll `url/readyz` until the server has a warm model; raise if it exits or times out."""
+    import httpx
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the server exited with code {proc.returncode}")
+        time.sleep(0.2)
+    raise TimeoutError(f"server at {url} not ready after {timeout:.0f}s")
+
+
+def completion_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex[:24]}"

@@ -1,0 +1,69 @@
+"""Hybrid routing: send the hard remainder to a stronger OpenAI-compatible upstream.
+
+Inputs: `serve.fallback` params (url, API key env var, model, confidence threshold, out-of-domain
+patterns, timeout). Outputs: rerouted classification results and chat completions marked
+`route: upstream`, per-route request and token counters; when the upstream fails, the local answer
+stands and carries `fallback_error`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+log = logging.getLogger("pipelines.serving.engine")
+
+
+class Upstream:
+    def __init__(self, url: str, key: str | None, model: str, threshold: float, timeout: float) -> None:
+        self.url, self.key, self.model, self.threshold, self.timeout = url.rstrip("/"), key, model, threshold, timeout
+
+    @classmethod
+    def from_params(cls, fb) -> "Upstream | None":
+        if not fb.url:
+            return None
+        return cls(fb.url, os.environ.get(fb.api_key_env), fb.model, fb.classify_threshold, fb.timeout_s)
+
+    async def _post(self, messages: list[dict], max_tokens: int) -> dict[str, Any]:
+        import httpx
+
+        headers = {"Authorization": f"Bearer {self.key}"} if self.key else {}
+        async with httpx.AsyncClient(timeout=self.timeout) as client:
+            r = await client.post(f"{self.url}/v1/chat/completions", headers=headers,
+                                  json={"model": self.model, "messages": messages, "max_tokens": max_tokens})
+            r.raise_for_status()
+            body = r.json()
+            body["choices"][0]["message"]["content"]  # noqa: B018 - shape check
+            return body
+
+    def _count(self, body: dict, metrics) -> None:
+        metrics.routed.labels("upstream").inc()
+        metrics.tokens.labels("upstream").inc(int((body.get("usage") or {}).get("total_tokens", 0)))
+
+    async def chat(self, messages: list[dict], max_tokens: int, metrics) -> dict | None:
+        try:
+            body = await self._post(messages, max_tokens)
+        except Exception as err:
+            log.error("fallback upstream failed (%s); answering locally", type(err).__name__)
+            return None
+        self._count(body, metrics)
+        return body
+
+    async def reroute_low_confidence(self, texts: list[str], results: list[dict], labels: list[str], metrics) -> None:
+        """Ask the upstream to classify each text whose top score is under the threshold."""
+        for text, result in zip(texts, results):
+            if result["score"] >= self.threshold:
+                continue
+            prompt = [{"role": "system", "content": "Classify the user's message. Answer with exactly one label from: "
+                       + ", ".join(labels)}, {"role": "user", "content": text}]
+            try:
+                body = await self._post(prompt, 16)
+                answer = body["choices"][0]["message"]["content"].strip()
+            except Exception as err:
+                result["fallback_error"] = f"upstream failed ({type(err).__name__}); local answer kept"
+                continue
+            if answer not in labels:
+                result["fallback_error"] = "upstream answered an unknown label; local answer kept"
+                continue
+            self._count(body, metrics)
+            result.update(label=answer, route="upstream", local_label=result["label"], local_score=result["score"])

@@ -1,0 +1,209 @@
+"""Stage `evaluate`: score the candidate and the current champion on the same held-out test split.
+
+Inputs: the candidate (`train.output_dir`), `prepare.output_dir/test.parquet`, the champion that
+the registry's `champion` alias points at (if any) and the `evaluate` params. Outputs, in
+`evaluate.report_dir` (replaced as a whole): `metrics.json` (DVC metrics: candidate and
+champion metrics, identities and hashes), `predictions.parquet` (per example, for the gate's
+paired test), `confusion.csv` (DVC confusion plot) and `confusion.png` for classification.
+- classification: accuracy, macro-F1, per-class precision/recall/F1, expected calibration error,
+  per-example latency p50/p95 on this hardware;
+- causal_lm: loss and perplexity on response tokens, exact match and ROUGE-L of greedy answers,
+  and the golden prompts (JSONL of `prompt` + `expect` regex) as regression checks.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipelines.core.config import Params
+from pipelines.core.dataio import atomic_dir, write_json
+from pipelines.core.errors import InputError
+from pipelines.core.hashing import content_hash
+from pipelines.inference import predict
+from pipelines.tasks import task_spec
+from pipelines.training import batching
+from pipelines.training.modeling import candidate_hash, load_trained
+
+
+def _load_test(params: Params) -> pd.DataFrame:
+    path = Path(params.prepare.output_dir) / "test.parquet"
+    if not path.exists():
+        raise InputError(f"{path} not found; run the prepare stage first")
+    frame = pd.read_parquet(path)
+    if frame.empty:
+        raise InputError(f"{path}: the test split is empty")
+    limit = params.evaluate.max_examples
+    return frame.head(limit).reset_index(drop=True) if limit else frame
+
+
+def _latency_ms(model, tok, texts: list[str], max_length: int, n: int) -> dict[str, float]:
+    import torch
+
+    sample = texts[: max(1, n)]
+    predict.classify(model, tok, sample[:2], max_length, 1)  # warm-up
+    times = []
+    with torch.no_grad():
+        for text in sample:
+            t = time.perf_counter()
+            predict.classify(model, tok, [text], max_length, 1)
+            times.append((time.perf_counter() - t) * 1000)
+    return {"latency_p50_ms": float(np.percentile(times, 50)), "latency_p95_ms": float(np.percentile(times, 95))}
+
+
+def classification_metrics(y: np.ndarray, probs: np.ndarray, labels: list[str], bins: int = 15) -> dict[str, Any]:
+    pred = probs.argmax(1)
+    per_class, f1s = {}, []
+    for c, name in enumerate(labels):
+        tp = int(np.sum((pred == c) & (y == c)))
+        fp = int(np.sum((pred == c) & (y != c)))
+        fn = int(np.sum((pred != c) & (y == c)))
+        precision = tp / (tp + fp) if tp + fp else 0.0
+        recall = tp / (tp + fn) if tp + fn else float("nan")  # class absent from the test split
+        f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan")
+        per_class[name] = {"precision": precision, "recall": recall, "f1": f1, "support": int(np.sum(y == c))}
+        if tp + fn:
+            f1s.append(f1)
+    conf = probs.max(1)
+    edges = np.linspace(0, 1, bins + 1)
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        inside = (conf > lo) & (conf <= hi)
+        if inside.any():
+            ece += inside.mean() * abs((pred[inside] == y[inside]).mean() - conf[inside].mean())
+    present = [v["recall"] for v in per_class.values() if v["support"]]
+    return {"accuracy": float((pred == y).mean()), "macro_f1": float(np.mean(f1s)) if f1s else 0.0,
+            "min_class_recall": float(min(present)) if present else 0.0, "ece": float(ece),
+            "per_class": per_class}
+
+
+def rouge_l(candidate: str, reference: str) -> float:
+    """ROUGE-L F1 over whitespace tokens (longest common subsequence)."""
+    a, b = candidate.split(), reference.split()
+    if not a or not b:
+        return float(a == b)
+    prev = [0] * (len(b) + 1)
+    for x in a:
+        cur = [0]
+        for j, yv in enumerate(b):
+            cur.append(prev[j] + 1 if x == yv else max(prev[j + 1], cur[j]))
+        prev = cur
+    lcs = prev[-1]
+    if lcs == 0:
+        return 0.0
+    p, r = lcs / len(a), lcs / len(b)
+    return 2 * p * r / (p + r)
+
+
+def _answer(model, tok, messages: list[dict], max_new_tokens: int) -> str:
+    return predict.generate(model, tok, messages, max_new_tokens)[0].strip()
+
+
+def _score_causal(model, tok, frame: pd.DataFrame, params: Params) -> tuple[dict, pd.DataFrame]:
+    batching.ensure_chat_template(tok)
+    rows = frame.to_dict("records")
+    examples, _ = batching.encode_sft_rows(rows, tok, params.train.max_length)
+    loss = predict.mean_loss(model, examples, params.data.task, params.train.eval_batch_size, tok.pad_token_id,
+                             "cpu")["eval_loss"]
+    per = []
+    for row in rows:
+        msgs = batching.to_messages(row)
+        reference = msgs[-1]["content"]
+        answer = _answer(model, tok, msgs[:-1], params.evaluate.max_new_tokens)
+        per.append({"exact_match": float(answer.strip() == reference.strip()), "rouge_l": rouge_l(answer, reference)})
+    per_frame = pd.DataFrame(per)
+    metrics = {"eval_loss": loss, "perplexity": math.exp(min(loss, 50)),
+               "exact_match": float(per_frame["exact_match"].mean()), "rouge_l": float(per_frame["rouge_l"].mean())}
+    golden = Path(params.evaluate.golden_prompts) if params.evaluate.golden_prompts else None
+    if golden is not None and golden.exists():
+        cases = [json.loads(line) for line in golden.read_text(encoding="utf-8").splitlines() if line.strip()]
+        passed = [bool(re.search(c["expect"], _answer(model, tok, [{"role": "user", "content": c["prompt"]}],
+                                                        params.evaluate.max_new_tokens))) for c in cases]
+        metrics["golden_pass_rate"] = float(np.mean(passed)) if passed else 1.0
+    return metrics, per_frame
+
+
+def score(model_dir: Path, frame: pd.DataFrame, params: Params) -> tuple[dict, pd.DataFrame, np.ndarray | None]:
+    """Metrics and per-example results of one model on the test frame."""
+    model, tok = load_trained(model_dir)
+    if task_spec(params.data.task).generative:
+        metrics, per = _score_causal(model, tok, frame, params)
+        return metrics, per, None
+    label_map = json.loads((model_dir / "label_map.json").read_text(encoding="utf-8"))
+    labels = sorted(label_map, key=label_map.get)
+    unknown = sorted(set(frame["label"]) - set(label_map))
+    if unknown:
+        raise InputError(f"test label {unknown[0]!r} is unknown to the model in {model_dir}")
+    y = frame["label"].map(label_map).to_numpy()
+    texts = frame["text"].astype(str).tolist()
+    probs = predict.classify(model, tok, texts, params.train.max_length, 64)
+    metrics = classification_metrics(y, probs, labels)
+    metrics.update(_latency_ms(model, tok, texts, params.train.max_length, params.evaluate.latency_samples))
+    pred = probs.argmax(1)
+    per = pd.DataFrame({"label_id": y, "pred": pred, "correct": (pred == y).astype(float), "confidence": probs.max(1)})
+    return metrics, per, probs
+
+
+def evaluate(params: Params, champion_dir: Path | None = None, champion_version: int | None = None) -> dict:
+    """Score candidate (and champion) and write the report dir; return metrics.json's content."""
+    ep = params.evaluate
+    cand_dir = Path(params.train.output_dir)
+    cand_hash = candidate_hash(cand_dir)
+    frame = _load_test(params)
+    cand_metrics, cand_per, _ = score(cand_dir, frame, params)
+    per = cand_per.add_prefix("candidate_")
+    champ_metrics = None
+    champ_hash = content_hash(champion_dir) if champion_dir is not None else None
+    if champion_dir is not None:
+        # A champion byte-identical to the candidate (the re-run after its own promotion) predicts
+        # exactly what the candidate does: reuse those scores instead of loading it again.
+        champ_metrics, champ_per = (cand_metrics, cand_per) if champ_hash == cand_hash else score(
+            champion_dir, frame, params)[:2]
+        per = pd.concat([per, champ_per.add_prefix("champion_")], axis=1)
+    doc = {"task": params.data.task, "test_rows": len(frame), "candidate_hash": cand_hash,
+           "candidate": cand_metrics, "champion": champ_metrics, "champion_version": champion_version,
+           "champion_hash": champ_hash}
+    with atomic_dir(ep.report_dir, owner="evaluate") as tmp:
+        write_json(tmp / "metrics.json", doc)
+        per.to_parquet(tmp / "predictions.parquet", index=False)
+        if task_spec(params.data.task).labelled:
+            _confusion(tmp, cand_dir, cand_per)
+        else:  # keep the declared DVC plot present for every task
+            (tmp / "confusion.csv").write_text("actual,predicted\n", encoding="utf-8")
+    summary = {k: round(v, 4) for k, v in cand_metrics.items() if isinstance(v, float)}
+    print(f"evaluated candidate {cand_hash[:12]} on {len(frame)} test rows: {summary}"
+          + (f"; champion v{champion_version}: accuracy {champ_metrics.get('accuracy', float('nan')):.4f}"
+             if champ_metrics and "accuracy" in champ_metrics else ""), file=sys.stderr)
+    return doc
+
+
+def _confusion(out: Path, model_dir: Path, per: pd.DataFrame) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    label_map = json.loads((model_dir / "label_map.json").read_text(encoding="utf-8"))
+    labels = sorted(label_map, key=label_map.get)
+    pd.DataFrame({"actual": [labels[i] for i in per["label_id"]],
+                  "predicted": [labels[i] for i in per["pred"]]}).to_csv(out / "confusion.csv", index=False)
+    matrix = np.zeros((len(labels), len(labels)), dtype=int)
+    np.add.at(matrix, (per["label_id"].to_numpy(), per["pred"].to_numpy()), 1)
+    size = max(4.0, 0.25 * len(labels) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=6)
+    ax.set_yticks(range(len(labels)), labels, fontsize=6)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    ax.set_title("candidate confusion matrix (test split)")
+    fig.tight_layout()
+    fig.savefig(out / "confusion.png", dpi=120)
+    plt.close(fig)

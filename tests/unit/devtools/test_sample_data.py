@@ -1,0 +1,42 @@
+import pandas as pd
+
+from pipelines.core import pii
+from pipelines.core.config import DataParams, ValidateParams
+from pipelines.devtools.sample_data import INTENTS, generate, write_sample
+from pipelines.stages.validate import run_suite
+
+
+def test_deterministic_bytes(tmp_path):
+    a = write_sample(tmp_path / "a", rows=500, seed=4)
+    b = write_sample(tmp_path / "b", rows=500, seed=4)
+    c = write_sample(tmp_path / "c", rows=500, seed=5)
+    assert a.read_bytes() == b.read_bytes() != c.read_bytes()
+    assert a.name == "drop-0004.csv"
+
+
+def test_realistic_shape():
+    frame = generate(3000, seed=0)
+    assert 10 <= frame["label"].nunique() == len(INTENTS) <= 20
+    lengths = frame["text"].str.len()
+    assert lengths.min() < 40 and lengths.max() > 120
+    planted = sum(frame["text"].map(lambda t: any(pii.contains(t, k) for k in pii.DETECTORS)))
+    assert 5 <= planted <= 100
+    assert frame["text"].duplicated().mean() < 0.05
+
+
+def test_formats_round_trip(tmp_path):
+    for fmt in ("csv", "jsonl", "parquet"):
+        path = write_sample(tmp_path, rows=50, seed=1, fmt=fmt)
+        assert path.suffix == f".{fmt}"
+    assert len(pd.read_parquet(tmp_path / "drop-0001.parquet")) == 50
+
+
+def test_clean_sample_passes_and_faulty_drop_fails_validation():
+    def run(frame):
+        frame = frame.copy()
+        frame["_source"], frame["_row"] = "s.csv", range(1, len(frame) + 1)
+        return run_suite(frame, DataParams(), ValidateParams())
+    assert run(generate(1000, seed=0)).status == "passed"
+    faulty = run(generate(300, seed=7, faulty=True))
+    assert faulty.status == "failed"
+    assert {"text_not_null", "text_not_blank", "label_well_formed", "label_conflict"} <= {c.check for c in faulty.failed}

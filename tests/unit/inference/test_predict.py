@@ -1,0 +1,59 @@
+"""The one inference path: batching does not change answers, and serving answers with exactly it."""
+import numpy as np
+import pytest
+import torch
+
+from pipelines.inference import predict
+from pipelines.serving import engine
+from pipelines.training.batching import Example
+from tests.tiny_models import build_causal, build_tokenizer
+
+TEXTS = ["please help me with my card", "the transfer has not arrived", "hello", "what is 3 plus 3? answer: it is 6."]
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    tok = build_tokenizer()
+    model = BertForSequenceClassification(BertConfig(
+        vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        num_labels=3, pad_token_id=tok.pad_token_id)).eval()
+    return model, tok
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, None])
+def test_classify_answers_the_same_whatever_the_batch(classifier, batch_size):
+    model, tok = classifier
+    whole = predict.classify(model, tok, TEXTS, max_length=32)
+    assert whole.shape == (len(TEXTS), 3) and np.allclose(whole.sum(1), 1.0, atol=1e-5)
+    assert np.allclose(predict.classify(model, tok, TEXTS, 32, batch_size), whole, atol=1e-5)
+
+
+def test_serving_classifies_through_the_evaluated_path(classifier):
+    model, tok = classifier
+    loaded = engine.Loaded(1, "classification", model, tok, ["a", "b", "c"], 32)
+    assert np.array_equal(engine.classify(loaded, TEXTS), predict.classify(model, tok, TEXTS, 32))
+
+
+def test_generate_counts_tokens_and_serving_generates_the_same(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = build_causal("llama", tmp_path / "llama")
+    model, tok = AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+    text, n_in, n_out = predict.generate(model, tok, None, 5, prompt="question 3: what is")
+    assert n_in == len(tok("question 3: what is", add_special_tokens=False)["input_ids"]) and 1 <= n_out <= 5
+    loaded = engine.Loaded(1, "causal_lm", model, tok, None, 64)
+    assert engine.generate(loaded, None, 5, prompt="question 3: what is") == (text, n_in, n_out)
+
+
+def test_mean_loss_restores_the_mode_it_found(classifier):
+    model, tok = classifier
+    examples = [Example(tok(t)["input_ids"], i % 3) for i, t in enumerate(TEXTS)]
+    model.train()
+    metrics = predict.mean_loss(model, examples, "classification", 2, tok.pad_token_id, "cpu")
+    assert model.training and set(metrics) == {"eval_loss", "eval_accuracy"} and metrics["eval_loss"] > 0
+    model.eval()
+    again = predict.mean_loss(model, examples, "classification", 4, tok.pad_token_id, "cpu")
+    assert not model.training and again == pytest.approx(metrics)

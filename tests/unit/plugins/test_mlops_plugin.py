@@ -1,0 +1,137 @@
+"""The plugin's FastAPI app in-process: pages over a small registry and run records, and no page
+without an Airflow login (the full auth path runs against a real api-server in the standalone test)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from pipelines.orchestration import gitops, records
+from pipelines.orchestration.runspace import run_ref_name
+from pipelines.registry import store as registry
+from tests.conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "plugins"))
+import mlops_app  # noqa: E402
+
+
+def _candidate(path, marker: bytes):
+    (path / "adapter").mkdir(parents=True)
+    (path / "adapter" / "adapter_model.safetensors").write_bytes(marker)
+    (path / "train_config.json").write_text(json.dumps({"base_model": "minilm", "base_hash": "h", "params": {}}))
+    from pipelines.training.modeling import candidate_hash
+
+    decision = path.parent / f"{path.name}.decision.json"
+    decision.write_text(json.dumps({"candidate_hash": candidate_hash(path), "passed": True,
+                                    "rules": [{"rule": "min_accuracy", "passed": True}]}))
+    return path, decision
+
+
+def record(repo: Path, model: str, run_id: str, **fields) -> None:
+    """Commit a run record to the run's ref, as the lifecycle tasks do."""
+    ref = run_ref_name(model, run_id)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        gitops.checkout(work, str(repo), ref if gitops.git(work.parent, "ls-remote", str(repo), ref) else "HEAD")
+        records.update(work, run_id=run_id, **fields)
+        sha = gitops.commit_all(work, f"record {run_id}", ["lineage/run.json"])
+        gitops.push(work, str(repo), sha, ref, expect=None)
+
+
+def _project(root: Path, model: str) -> None:
+    (root / "projects" / model).mkdir(parents=True)
+    (root / "projects" / model / "params.yaml").write_text(
+        f"registry: {{root: ../../registry, model_name: {model}}}\n")
+
+
+@pytest.fixture
+def client(tmp_path, monkeypatch):
+    _project(tmp_path, "text-classifier")
+    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=tmp_path, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@e", "commit", "-q", "--allow-empty", "-m", "x"],
+                   cwd=tmp_path, check=True)
+    store = registry.open_store(str(tmp_path / "registry"), "text-classifier")
+    registry.init(store, by="tester")
+    for i in (1, 2):
+        registry.promote(store, "text-classifier", *_candidate(tmp_path / f"c{i}", bytes([i])), None,
+                         by="tester", reason=f"run {i}")
+    record(tmp_path, "text-classifier", "manual__1", gate={"passed": False, "candidate": "abc123abc123ff",
+                                                           "summary": "4/5 rules", "reasons": "min_accuracy: 0.41 < 0.7"})
+    monkeypatch.setattr(mlops_app, "REPO", tmp_path)
+    monkeypatch.delenv("PIPELINES_GIT_REMOTE", raising=False)
+    mlops_app.app.dependency_overrides[mlops_app.airflow_user] = lambda: "tester"
+    yield TestClient(mlops_app.app)
+    mlops_app.app.dependency_overrides.clear()
+
+
+def test_models_and_model_pages(client):
+    assert client.get("/?format=json").json() == [{"model": "text-classifier", "aliases": {"champion": 2, "previous": 1},
+                                                   "versions": [1, 2]}]
+    assert "champion=v2" in client.get("/").text
+    page = client.get("/models/text-classifier")
+    assert page.status_code == 200 and "gate rejected candidate abc123abc123" in page.text
+    data = client.get("/models/text-classifier?format=json").json()
+    assert [v["version"] for v in data["versions"]] == [2, 1] and data["versions"][0]["aliases"] == ["champion"]
+    assert data["gate_decisions"][0]["gate"]["passed"] is False and len(data["ledger"]) == 3
+    assert client.get("/models/nothing").status_code == 404
+
+
+def test_run_pages(client):
+    assert client.get("/models/text-classifier/runs/manual__1?format=json").json()["gate"]["passed"] is False
+    assert "min_accuracy: 0.41" in client.get("/models/text-classifier/runs/manual__1").text
+    assert "min_accuracy: 0.41" in client.get("/dags/lifecycle__text-classifier/runs/manual__1").text
+    assert client.get("/models/text-classifier/runs/other?format=json").status_code == 404
+    assert "left no lifecycle record" in client.get("/models/text-classifier/runs/other").text
+    assert client.get("/dags/rollback/runs/manual__1").status_code == 404
+
+
+def test_html_is_escaped(client, tmp_path):
+    record(tmp_path, "text-classifier", "x<script>", failed={"task": "validate", "error": "<script>alert(1)</script>"})
+    body = client.get("/models/text-classifier").text
+    assert "<script>alert(1)" not in body and "&lt;script&gt;alert(1)" in body
+
+
+def test_no_login_no_page():
+    bare = TestClient(mlops_app.app)
+    for path in ("/", "/models/text-classifier", "/models/text-classifier/runs/x"):
+        assert bare.get(path).status_code == 401
+
+
+def test_stored_values_are_escaped_on_every_page(client, tmp_path):
+    store = registry.open_store(str(tmp_path / "registry"), "text-classifier")
+    registry.move_alias(store, "text-classifier", "champion", 1, reason="<img src=x onerror=alert(1)>",
+                        by="<b>mallory</b>")
+    record(tmp_path, "text-classifier", "run<1>", promotion={"model": "text-classifier", "version": "1<script>"})
+    pages = [client.get("/models/text-classifier").text, client.get("/models/text-classifier/runs/run<1>").text]
+    for body in pages:
+        assert "<img src=x" not in body and "<b>mallory" not in body and "1<script>" not in body
+    assert "&lt;img src=x onerror=alert(1)&gt;" in pages[0] and "1&lt;script&gt;" in pages[1]
+
+
+def test_a_damaged_model_says_what_is_wrong_and_the_others_still_work(client, tmp_path):
+    _project(tmp_path, "other-model")
+    other = registry.open_store(str(tmp_path / "registry"), "other-model")
+    registry.init(other)
+    (tmp_path / "registry" / "other-model" / "ledger.jsonl").write_bytes(b"null\n")
+    data = client.get("/?format=json").json()
+    broken = next(d for d in data if d["model"] == "other-model")
+    fine = next(d for d in data if d["model"] == "text-classifier")
+    assert "line 1" in broken["error"] and fine["versions"] == [1, 2]
+    index = client.get("/")
+    assert index.status_code == 200 and "damaged: registry ledger line 1" in index.text
+    page = client.get("/models/other-model")
+    assert page.status_code == 409 and "damaged" in page.text
+    (tmp_path / "registry" / "text-classifier" / "versions" / "v0001" / "manifest.json").unlink()
+    page = client.get("/models/text-classifier")
+    assert page.status_code == 200 and "v1: manifest missing" in page.text
+
+
+@pytest.mark.parametrize("model", ["..%2F..%2Fetc", "a..b", "UPPER", "a" * 80])
+def test_a_model_name_that_is_not_one_is_404(client, model):
+    assert client.get(f"/models/{model}").status_code == 404
+    assert client.get(f"/models/{model}/versions/1").status_code == 404
