@@ -101,8 +101,9 @@ def start(shared: Shared, project: str, model: str, raw_conf: dict[str, Any] | N
         files = _dataset_files(target)
         if not files:
             raise InputError(f"dataset {conf.dataset!r}: no data at {source}")
-        ws.dvc("add", rel)
-        ws.dvc("push", f"{rel}.dvc")
+        code, tail = ws.stream([sys.executable, "-m", "pipelines.orchestration.dvc_task", str(ws.project), "--add", rel])
+        if code != 0:
+            raise TransientError(f"snapshot of {conf.dataset!r}: {tail[-1] if tail else f'exited with {code}'}")
         md5 = (yaml.safe_load((ws.project / f"{rel}.dvc").read_text(encoding="utf-8")) or {})["outs"][0]["md5"]
         snapshot = {"dataset": conf.dataset, "source": source, "path": rel, "md5": md5,
                     "files": [str(f.relative_to(target)) if f != target else f.name for f in files],

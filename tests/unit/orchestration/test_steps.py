@@ -133,6 +133,15 @@ def test_unreachable_remotes_and_a_refused_push_are_retried_and_write_nothing(tm
     assert gitops.rev(platform, run.ref) == run.commit  # the run's ref did not move
 
 
+def test_a_snapshot_the_dvc_remote_refuses_is_retried_and_pushes_no_run(tmp_path, platform):
+    raw = platform / "projects" / "m" / "data" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "drop.csv").write_text("text,label\nhello,a\n")
+    with pytest.raises(TransientError, match="snapshot of 'default': ERROR: dvc push: .*Not a directory"):
+        steps.start(shared(tmp_path, platform, dvc_remote="/dev/null/remote"), "projects/m", "m", {}, {"run_id": "r"})
+    assert gitops.rev(platform, run_ref_name("m", "r")) is None
+
+
 def test_an_unusable_scratch_disk_is_a_retryable_error(tmp_path, platform):
     (tmp_path / "file").write_text("x")
     with pytest.raises(OSError):  # not a PipelineError: Airflow retries (possibly on another worker)
