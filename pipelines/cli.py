@@ -10,8 +10,9 @@ import argparse
 import contextlib
 import os
 import sys
-from typing import Callable, Sequence
+from typing import Callable, Sequence, get_args
 
+from pipelines.core.config import LifecycleParams
 from pipelines.core.errors import CheckFailed, ConfigError, PipelineError
 from pipelines.tasks import names as task_names
 
@@ -479,8 +480,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--format", choices=["csv", "jsonl", "parquet"], default="csv")
     s.add_argument("--faulty", action="store_true", help="plant contract violations (for gate demos)")
-    s.add_argument("--domain", choices=["banking", "it_helpdesk"], default="banking",
-                   help="which generated intents (each model of the platform has its own)")
+    s.add_argument("--domain", choices=get_args(LifecycleParams.model_fields["sample_domain"].annotation),
+                   default="banking", help="which generated data (each model of the platform has its own; "
+                   "support_assistant: prompt/response rows for a generative model)")
     s.set_defaults(handler=_sample)
 
     st = sub.add_parser("step", help="run one stage task of a lifecycle run (what a Kubernetes pod runs)")

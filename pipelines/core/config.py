@@ -226,7 +226,7 @@ class LifecycleParams(_Section):
     """What the `model_lifecycle` DAG's params form offers; `pipelines.lifecycle` re-checks a run's values."""
 
     schedule: str | None = "0 3 * * 1"                  # cron (UTC) of the weekly retrain; null: only triggers
-    sample_domain: Literal["banking", "it_helpdesk"] = "banking"  # `pipelines sample` data for this model's demo
+    sample_domain: Literal["banking", "it_helpdesk", "support_assistant"] = "banking"  # `pipelines sample` data for this model's demo
     datasets: dict[str, str] = Field(default_factory=lambda: {"default": "data/raw"})  # name -> raw path
     base_models: tuple[str, ...] = ("minilm",)          # the allowlist a run may choose from
     max_epochs: int = Field(20, ge=1)

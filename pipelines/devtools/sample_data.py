@@ -1,9 +1,14 @@
-"""Deterministic generator of a realistic customer-support intent dataset (the embedded default).
+"""Deterministic generators of realistic customer-support datasets (the embedded default data).
 
-Inputs: a row count, a seed and whether to plant contract violations. Outputs: a DataFrame
-with columns `text,label` (15 intents, skewed class sizes, varied lengths, typos, a few planted
-PII strings) and `write_sample`, which writes it as one weekly drop file (CSV, JSONL or
-Parquet). The same arguments always give byte-identical files; nothing is downloaded.
+Inputs: a row count, a seed, a domain and whether to plant contract violations. Outputs: a DataFrame
+and `write_sample`, which writes it as one weekly drop file (CSV, JSONL or Parquet).
+- `banking`, `it_helpdesk`: columns `text,label` (intents, skewed class sizes, varied lengths, typos,
+  a few planted PII strings) for the classifiers;
+- `support_assistant`: columns `prompt,response` for a generative model: the customer's message, and
+  the answer the house wants: one JSON object with the intent, the entities the message names (amount,
+  currency, order reference), the urgency and a one-sentence reply in the house style. PII is planted
+  in a few prompts (never in responses: prepare redacts prompts under the policy).
+The same arguments always give byte-identical files; nothing is downloaded.
 """
 from __future__ import annotations
 
@@ -75,6 +80,28 @@ IT_INTENTS: dict[str, list[str]] = {
 }
 IT_WEIGHTS = np.array([12, 9, 5, 8, 7, 6, 4, 3], dtype=float)
 DOMAINS = {"banking": (INTENTS, WEIGHTS), "it_helpdesk": (IT_INTENTS, IT_WEIGHTS)}
+GENERATIVE_DOMAINS = ("support_assistant",)
+
+# The house style of the support assistant: one sentence per intent (a real team would write these).
+REPLIES = {
+    "card_arrival": "Sorry your card is late; I have asked our card team to check its delivery today.",
+    "card_lost_or_stolen": "I have frozen your card to keep your money safe; you can order a new one in the app.",
+    "cash_withdrawal_charge": "I am sorry about the cash fee; I will check whether it was applied correctly.",
+    "transfer_not_received": "I am checking your transfer now and will tell you where it is within a day.",
+    "refund_request": "I have opened a refund request and you will hear from us within five working days.",
+    "exchange_rate": "We use the market rate at the time of payment plus the fee shown in the app.",
+    "top_up_failed": "Sorry your top-up failed; please check the card details and try again in the app.",
+    "change_pin": "You can change your PIN at any cash machine or in the app under card settings.",
+    "account_closure": "I can close your account once your balance is paid out to you.",
+    "direct_debit": "I will look into this direct debit and you can cancel it in the app at any time.",
+    "verify_identity": "We verify identity to keep your account safe; a passport or a driving licence works.",
+    "declined_payment": "Sorry your payment was declined; I am checking the reason with our card team now.",
+    "wrong_amount_charged": "I am sorry you were charged the wrong amount; I have opened a dispute for you.",
+    "contactless_not_working": "Please make one payment with your PIN and contactless will start working again.",
+    "apple_pay": "You can add your card to Apple Pay or Google Pay from the card settings in the app.",
+}
+URGENT_OPENERS = ("Urgent: ", "Help! ")
+URGENT_CLOSERS = (" I need this sorted today.",)
 
 OPENERS = ["", "", "", "Hi, ", "Hello, ", "Hey there. ", "Good morning, ", "Hi team, ", "Quick question: ",
            "Sorry to bother you, ", "Urgent: ", "Help! "]
@@ -165,6 +192,74 @@ def generate(rows: int, seed: int = 0, faulty: bool = False, domain: str = "bank
     return _plant_faults(frame, rng, labels[:2]) if faulty else frame
 
 
+def _fill_tracked(template: str, rng: np.random.Generator, seen: dict[str, str]) -> str:
+    """`_fill`, remembering the entity values it used (amount, currency, order) in `seen`."""
+    values = {k: v[int(rng.integers(0, len(v)))] for k, v in SLOTS.items() if "{" + k + "}" in template}
+    values.update({k: make(rng) for k, make in NUMERIC_SLOTS.items() if "{" + k + "}" in template})
+    for key in ("amount", "currency", "order"):
+        if key in values:
+            seen.setdefault(key, values[key])
+    return template.format(**values)
+
+
+def assistant_answer(intent: str, seen: dict[str, str], urgent: bool) -> str:
+    """The response the house wants, as one compact JSON object (keys in a fixed order)."""
+    import json
+
+    return json.dumps({"intent": intent, "amount": seen.get("amount"), "currency": seen.get("currency"),
+                       "reference": seen.get("order"), "urgency": "high" if urgent else "normal",
+                       "reply": REPLIES[intent]}, ensure_ascii=False)
+
+
+def generate_assistant(rows: int, seed: int = 0, faulty: bool = False) -> pd.DataFrame:
+    """`rows` customer messages with the JSON answer a support assistant should give."""
+    rng = np.random.default_rng(seed)
+    labels = list(INTENTS)
+    picks = rng.choice(len(labels), size=rows, p=WEIGHTS / WEIGHTS.sum())
+    prompts, responses = [], []
+    for k in picks:
+        seen: dict[str, str] = {}
+        templates = INTENTS[labels[k]]
+        opener = OPENERS[int(rng.integers(0, len(OPENERS)))]
+        closer = CLOSERS[int(rng.integers(0, len(CLOSERS)))]
+        details = DETAILS[int(rng.integers(0, len(DETAILS)))]
+        text = (opener + _fill_tracked(templates[int(rng.integers(0, len(templates)))], rng, seen)
+                + _fill_tracked(details, rng, seen) + closer)
+        if rng.random() < 0.1:
+            typo = _typo(text, rng)
+            text = typo if all(v in typo for v in seen.values()) else text  # a typo never changes an entity
+        if rng.random() < 0.02:
+            text += PII_TEMPLATES[int(rng.integers(0, len(PII_TEMPLATES)))].format(
+                first="sam", last=f"lee{int(rng.integers(1, 99))}", n3=f"{int(rng.integers(0, 1000)):03d}",
+                card=_luhn_card(rng))
+        prompts.append(text)
+        responses.append(assistant_answer(labels[k], seen, opener in URGENT_OPENERS or closer in URGENT_CLOSERS))
+    frame = pd.DataFrame({"prompt": prompts, "response": responses})
+    return _plant_generative_faults(frame, rng) if faulty else frame
+
+
+def _plant_generative_faults(frame: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
+    """Break about 20% of rows the ways generative drops break."""
+    frame = frame.astype(object)
+    n = len(frame)
+    bad = rng.choice(n, size=max(8, n // 5), replace=False)
+    for j, i in enumerate(bad):
+        kind = j % 5
+        if kind == 0:
+            frame.at[i, "response"] = None                                    # no answer
+        elif kind == 1:
+            frame.at[i, "response"] = frame.at[i, "response"][:-7]            # JSON cut short
+        elif kind == 2:
+            frame.at[i, "response"] = frame.at[i, "response"].replace(
+                '"reply": "', '"reply": "Write to alex.morgan7@example.com. ')  # PII in an answer
+        elif kind == 3:
+            frame.at[i, "response"] = "ok " * 2000                              # far too long
+        else:                                                                   # same prompt, other answer
+            other = int(bad[(j + 1) % len(bad)])
+            frame.at[i, "prompt"] = frame.at[other, "prompt"]
+    return frame
+
+
 def _plant_faults(frame: pd.DataFrame, rng: np.random.Generator, swap: list[str]) -> pd.DataFrame:
     """Break about 20% of rows in the ways real drops break."""
     frame = frame.astype(object)
@@ -194,7 +289,8 @@ def write_sample(out: str | Path, rows: int = 2000, seed: int = 0, faulty: bool 
     """Write one drop; `out` is a directory (file named after seed) or a file path."""
     out = Path(out)
     path = out if out.suffix else out / f"drop-{seed:04d}{'-faulty' if faulty else ''}.{fmt}"
-    frame = generate(rows, seed=seed, faulty=faulty, domain=domain)
+    frame = (generate_assistant(rows, seed=seed, faulty=faulty) if domain in GENERATIVE_DOMAINS
+             else generate(rows, seed=seed, faulty=faulty, domain=domain))
     if path.suffix == ".parquet":
         import io
         buf = io.BytesIO()

@@ -40,3 +40,40 @@ def test_clean_sample_passes_and_faulty_drop_fails_validation():
     faulty = run(generate(300, seed=7, faulty=True))
     assert faulty.status == "failed"
     assert {"text_not_null", "text_not_blank", "label_well_formed", "label_conflict"} <= {c.check for c in faulty.failed}
+
+
+def test_support_assistant_rows_answer_in_the_house_json():
+    import json
+
+    from pipelines.devtools.sample_data import REPLIES, generate_assistant
+
+    frame = generate_assistant(600, seed=0)
+    assert list(frame.columns) == ["prompt", "response"]
+    answers = [json.loads(r) for r in frame["response"]]
+    assert {a["intent"] for a in answers} == set(INTENTS) and all(a["reply"] == REPLIES[a["intent"]] for a in answers)
+    for prompt, a in zip(frame["prompt"], answers):
+        assert all(a[k] is None or a[k] in prompt for k in ("amount", "currency", "reference"))
+    assert 0.05 < sum(a["urgency"] == "high" for a in answers) / len(answers) < 0.4
+    assert sum(a["amount"] is not None for a in answers) > 100
+    assert not any(pii.contains(r, k) for r in frame["response"] for k in pii.DETECTORS)
+    assert 3 <= sum(any(pii.contains(p, k) for k in pii.DETECTORS) for p in frame["prompt"]) <= 40
+    assert generate_assistant(600, seed=0).equals(frame) and not generate_assistant(600, seed=1).equals(frame)
+
+
+def test_a_faulty_support_assistant_drop_breaks_the_generative_ways():
+    import json
+
+    from pipelines.devtools.sample_data import generate_assistant
+
+    frame = generate_assistant(200, seed=3, faulty=True)
+
+    def parses(r):
+        try:
+            json.loads(r)
+            return True
+        except (TypeError, ValueError):
+            return False
+    assert frame["response"].isna().sum() >= 5
+    assert (~frame["response"].dropna().map(parses)).sum() >= 8  # cut short or far too long
+    assert frame["response"].dropna().map(lambda r: pii.contains(r, "email")).sum() >= 5
+    assert frame["prompt"].duplicated().sum() >= 5
