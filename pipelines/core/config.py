@@ -60,7 +60,8 @@ class DataParams(_Section):
     prompt_column: str = "prompt"
     response_column: str = "response"
     messages_column: str = "messages"
-    pii_policy: Literal["fail", "redact"] = "redact"
+    response_format: Literal["text", "json_object"] = "text"  # causal_lm: json_object = every answer is one JSON object
+    pii_policy: Literal["fail", "redact"] = "redact"  # prompts and texts; PII in a response is always a row failure
     pii_detectors: tuple[Literal["email", "phone", "card", "iban"], ...] = PII_KINDS
 
 

@@ -112,8 +112,14 @@ def validation_frame(frame: pd.DataFrame, data: DataParams) -> pd.DataFrame:
         ).astype("string")
     keys = [c for c in text_columns(frame, data).values() if c in out.columns]
     if keys:
-        key = out[keys[0]] if len(keys) == 1 else out[keys].astype(str).agg("\x1f".join, axis=1)
+        key = out[keys[0]] if len(keys) == 1 else out[keys].astype("string").fillna("\x00").agg("\x1f".join, axis=1)
         out["_duplicate"] = key.duplicated(keep="first") & key.notna()
+    if task_spec(data.task).generative and {data.prompt_column, data.response_column} <= set(out.columns):
+        prompt, response = out[data.prompt_column], out[data.response_column]
+        answers = response.groupby(prompt).transform("nunique")
+        out["_response_conflict"] = (answers > 1).fillna(False).astype(bool)
+        if data.response_format == "json_object":
+            out["_response_json"] = response.map(_json_object).astype(bool)
     if task_spec(data.task).labelled and {data.text_column, data.label_column} <= set(out.columns):
         # Class statistics use the label as prepare will write it (stripped): a stray space is
         # reported by label_well_formed, not as a fake extra class.
@@ -135,6 +141,16 @@ def parse_messages(value: Any) -> Any:
     if hasattr(value, "tolist"):
         return value.tolist()
     return value
+
+
+def _json_object(text: Any) -> bool:
+    """Whether a response is exactly one JSON object (what `data.response_format: json_object` promises)."""
+    if not isinstance(text, str):
+        return False
+    try:
+        return isinstance(json.loads(text), dict)
+    except ValueError:
+        return False
 
 
 def _messages_ok(messages: Any) -> bool:
@@ -168,6 +184,15 @@ def build_checks(frame: pd.DataFrame, vframe: pd.DataFrame, data: DataParams,
             checks += _text_checks(role, col, data, rules)
     if task_spec(data.task).labelled and data.label_column in vframe.columns:
         checks += _label_checks(vframe, data, rules)
+    if "_response_conflict" in vframe.columns:
+        checks.append(Check("response_conflict", gxe.ExpectColumnValuesToBeInSet(
+            column="_response_conflict", value_set=[False]), "row", data.response_column,
+            explain=lambda r: f"{r.get('unexpected_count')} rows share their prompt with a row of another answer"))
+    if "_response_json" in vframe.columns:
+        checks.append(Check("response_json_object", gxe.ExpectColumnValuesToBeInSet(
+            column="_response_json", value_set=[True]), "row", data.response_column,
+            explain=lambda r: f"{r.get('unexpected_count')} answers are not one JSON object "
+                              "(data.response_format: json_object)"))
     if "_duplicate" in vframe.columns:
         checks.append(Check("duplicate_rate", gxe.ExpectColumnValuesToBeInSet(
             column="_duplicate", value_set=[False], mostly=1.0 - rules.max_duplicate_rate), "dataset",
@@ -188,12 +213,13 @@ def _text_checks(role: str, col: str, data: DataParams, rules: ValidateParams) -
             column=col, min_value=bounds.min, max_value=bounds.max), "row", col,
             explain=lambda r: f"{r.get('unexpected_count')} rows outside {bounds.min}..{bounds.max} characters"),
     ]
-    fail = data.pii_policy == "fail"
+    fail = data.pii_policy == "fail" or role == "response"  # a model must never learn to answer with PII
     for kind in data.pii_detectors:
         checks.append(Check(
             f"pii_{kind}_in_{role}", pii_expectation(column=col, pii_kind=kind, mostly=1.0 if fail else 0.0),
             "row" if fail else "info", col,
-            explain=(lambda r, k=kind: f"{r.get('unexpected_count')} rows contain {k} PII")
+            explain=(lambda r, k=kind, c=role: f"{r.get('unexpected_count')} rows contain {k} PII"
+                     + (" in the answer (never redacted: an answer must not teach PII)" if c == "response" else ""))
             if fail else (lambda r, k=kind: f"{r.get('unexpected_count')} rows contain {k} PII; "
                                              "prepare will redact them (pii_policy: redact)"),
         ))

@@ -243,6 +243,7 @@ def _plant_generative_faults(frame: pd.DataFrame, rng: np.random.Generator) -> p
     frame = frame.astype(object)
     n = len(frame)
     bad = rng.choice(n, size=max(8, n // 5), replace=False)
+    broken = {int(i) for i in bad}
     for j, i in enumerate(bad):
         kind = j % 5
         if kind == 0:
@@ -255,7 +256,7 @@ def _plant_generative_faults(frame: pd.DataFrame, rng: np.random.Generator) -> p
         elif kind == 3:
             frame.at[i, "response"] = "ok " * 2000                              # far too long
         else:                                                                   # same prompt, other answer
-            other = int(bad[(j + 1) % len(bad)])
+            other = next(k % n for k in range(int(i) + 1, int(i) + n) if k % n not in broken)
             frame.at[i, "prompt"] = frame.at[other, "prompt"]
     return frame
 

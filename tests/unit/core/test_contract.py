@@ -127,3 +127,52 @@ def test_causal_lm_prompt_response_and_messages():
                         ValidateParams(quarantine_tolerance=0.0))
     failed = {c.check: c for c in outcome.failed}
     assert failed["messages_well_formed"].examples == ["t.csv:4", "t.csv:5"]
+
+
+def answer_rows(changes: dict[int, dict] | None = None) -> pd.DataFrame:
+    rows = [{"prompt": f"my card {i} has not arrived", "response": json.dumps({"intent": "card_arrival", "n": i})}
+            for i in range(12)]
+    for i, row in (changes or {}).items():
+        rows[i] = row
+    return frame([(None, None, r) for r in rows])
+
+
+JSON_DATA = {"task": "causal_lm", "response_format": "json_object"}
+# (case id, changed rows, data overrides, failing check, example rows)
+GENERATIVE_CASES = [
+    ("no answer", {2: {"prompt": "where is my card", "response": None}}, {}, "response_not_null", ["t.csv:3"]),
+    ("answer cut short", {4: {"prompt": "where is it", "response": '{"intent": "card_arr'}}, JSON_DATA,
+     "response_json_object", ["t.csv:5"]),
+    ("answer a JSON list", {5: {"prompt": "where is it", "response": "[1, 2]"}}, JSON_DATA,
+     "response_json_object", ["t.csv:6"]),
+    ("PII in an answer under redact", {6: {"prompt": "who do I write to", "response": "write to a.b@example.com"}},
+     {"task": "causal_lm", "pii_policy": "redact"}, "pii_email_in_response", ["t.csv:7"]),
+    ("one prompt, two answers", {7: {"prompt": "my card 1 has not arrived", "response": '{"intent": "refund"}'}},
+     {"task": "causal_lm"}, "response_conflict", ["t.csv:2", "t.csv:8"]),
+]
+
+
+@pytest.mark.parametrize("case, changes, data, check, examples", GENERATIVE_CASES, ids=[c[0] for c in GENERATIVE_CASES])
+def test_generative_contract_rejects_each_bad_answer(case, changes, data, check, examples):
+    outcome = run_suite(answer_rows(changes), DataParams(**{"task": "causal_lm", **data}), ValidateParams(**STRICT))
+    failed = {c.check: c for c in outcome.failed}
+    assert check in failed, [(c.check, c.detail) for c in outcome.failed]
+    assert failed[check].examples == examples
+
+
+def test_clean_json_answers_pass_and_pii_in_prompts_is_only_noted_under_redact():
+    prompt_pii = {3: {"prompt": "email me at a.b@example.com", "response": json.dumps({"intent": "x"})}}
+    outcome = run_suite(answer_rows(prompt_pii), DataParams(**JSON_DATA), ValidateParams(**STRICT))
+    assert outcome.status == "passed", [(c.check, c.detail) for c in outcome.failed]
+
+
+def test_the_support_assistant_sample_passes_and_its_faulty_drop_fails():
+    from pipelines.devtools.sample_data import generate_assistant
+
+    def run(f):
+        f = f.copy()
+        f["_source"], f["_row"] = "s.csv", range(1, len(f) + 1)
+        return run_suite(f, DataParams(**JSON_DATA), ValidateParams())
+    assert run(generate_assistant(800, seed=0)).status == "passed"
+    failed = {c.check for c in run(generate_assistant(300, seed=7, faulty=True)).failed}
+    assert {"response_not_null", "response_json_object", "pii_email_in_response", "response_conflict"} <= failed
