@@ -153,6 +153,7 @@ class EvaluateParams(_Section):
     max_examples: int | None = Field(None, ge=1)  # cap the test rows scored (None: all)
     latency_samples: int = Field(100, ge=1)  # single-example forward passes timed for p50/p95
     max_new_tokens: int = Field(64, ge=1)  # causal_lm greedy answers
+    generation_batch_size: int = Field(8, ge=1)  # causal_lm: prompts per forward pass when answering
     golden_prompts: str | None = "golden/prompts.jsonl"  # causal_lm regression prompts
     # The champion version to compare with: pinned by each lifecycle run when it starts, so dvc.lock
     # records it and DVC's run-cache can skip an unchanged evaluation; null = the champion alias now.
@@ -172,6 +173,8 @@ class GateParams(_Section):
     min_rouge_l: float | None = Field(None, ge=0.0, le=1.0)
     min_exact_match: float | None = Field(None, ge=0.0, le=1.0)
     min_golden_pass_rate: float | None = Field(None, ge=0.0, le=1.0)
+    min_json_valid: float | None = Field(None, ge=0.0, le=1.0)  # data.response_format: json_object
+    min_field_match: float | None = Field(None, ge=0.0, le=1.0)  # ... share of the reference's fields matched
     significance: Literal["mcnemar", "bootstrap"] = "mcnemar"
     alpha: float = Field(0.05, gt=0.0, lt=1.0)
     require_improvement: bool = False

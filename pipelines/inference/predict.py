@@ -52,6 +52,30 @@ def generate(model, tok, messages: list[dict] | None, max_new_tokens: int, promp
     return tok.decode(new, skip_special_tokens=True), int(ids.shape[1]), int(len(new))
 
 
+def generate_many(model, tok, conversations: list[list[dict]], max_new_tokens: int, batch_size: int = 8) -> list[str]:
+    """Greedy answers to many chats, `batch_size` prompts per forward pass (left-padded, similar lengths
+    together); answers come back in the order asked."""
+    import torch
+
+    prompts = [tok(tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True),
+                   add_special_tokens=False)["input_ids"] for c in conversations]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    answers: list[str] = [""] * len(prompts)
+    device = _device(model)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    for start in range(0, len(order), batch_size):
+        chosen = order[start:start + batch_size]
+        width = max(len(prompts[i]) for i in chosen)
+        ids = torch.tensor([[pad] * (width - len(prompts[i])) + prompts[i] for i in chosen], device=device)
+        mask = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in chosen], device=device)
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=pad, eos_token_id=tok.eos_token_id)
+        for row, i in enumerate(chosen):
+            answers[i] = tok.decode(out[row, width:], skip_special_tokens=True)
+    return answers
+
+
 def mean_loss(model, examples: list[Any], task: str, batch_size: int, pad_id: int, device: Any) -> dict[str, float]:
     """Mean loss of encoded examples (per example for classification, per response token for causal
     LMs), batches in length order; plus accuracy (classification) or perplexity (causal LM)."""

@@ -102,30 +102,54 @@ def rouge_l(candidate: str, reference: str) -> float:
     return 2 * p * r / (p + r)
 
 
-def _answer(model, tok, messages: list[dict], max_new_tokens: int) -> str:
-    return predict.generate(model, tok, messages, max_new_tokens)[0].strip()
+SHARED_COLUMNS = ("prompt", "reference")
+
+
+def json_scores(answer: str, reference: str) -> dict[str, float]:
+    """For answers that must be one JSON object: whether it is one, and the share of the reference's
+    fields it gets exactly right (0 when it does not parse)."""
+    try:
+        ref = json.loads(reference)
+    except ValueError:
+        ref = None
+    try:
+        got = json.loads(answer)
+    except ValueError:
+        got = None
+    valid = isinstance(got, dict)
+    fields = ref if isinstance(ref, dict) and ref else {}
+    matched = sum(valid and k in got and got[k] == v for k, v in fields.items())
+    return {"json_valid": float(valid), "field_match": matched / len(fields) if fields else float(valid)}
 
 
 def _score_causal(model, tok, frame: pd.DataFrame, params: Params) -> tuple[dict, pd.DataFrame]:
+    ep = params.evaluate
     batching.ensure_chat_template(tok)
     rows = frame.to_dict("records")
     examples, _ = batching.encode_sft_rows(rows, tok, params.train.max_length)
     loss = predict.mean_loss(model, examples, params.data.task, params.train.eval_batch_size, tok.pad_token_id,
                              "cpu")["eval_loss"]
+    chats = [batching.to_messages(row) for row in rows]
+    answers = [a.strip() for a in predict.generate_many(model, tok, [c[:-1] for c in chats], ep.max_new_tokens,
+                                                        ep.generation_batch_size)]
     per = []
-    for row in rows:
-        msgs = batching.to_messages(row)
-        reference = msgs[-1]["content"]
-        answer = _answer(model, tok, msgs[:-1], params.evaluate.max_new_tokens)
-        per.append({"exact_match": float(answer.strip() == reference.strip()), "rouge_l": rouge_l(answer, reference)})
+    for chat, answer in zip(chats, answers):
+        reference = chat[-1]["content"]
+        scores = {"exact_match": float(answer == reference.strip()), "rouge_l": rouge_l(answer, reference)}
+        if params.data.response_format == "json_object":
+            scores |= json_scores(answer, reference)
+        # what the model actually said, beside what it was asked and what was expected, for reviewers
+        per.append({"prompt": chat[-2]["content"] if len(chat) > 1 else "", "reference": reference,
+                    "answer": answer, **scores})
     per_frame = pd.DataFrame(per)
-    metrics = {"eval_loss": loss, "perplexity": math.exp(min(loss, 50)),
-               "exact_match": float(per_frame["exact_match"].mean()), "rouge_l": float(per_frame["rouge_l"].mean())}
-    golden = Path(params.evaluate.golden_prompts) if params.evaluate.golden_prompts else None
+    metrics = {"eval_loss": loss, "perplexity": math.exp(min(loss, 50))}
+    metrics |= {k: float(per_frame[k].mean()) for k in per_frame.columns if per_frame[k].dtype.kind == "f"}
+    golden = Path(ep.golden_prompts) if ep.golden_prompts else None
     if golden is not None and golden.exists():
         cases = [json.loads(line) for line in golden.read_text(encoding="utf-8").splitlines() if line.strip()]
-        passed = [bool(re.search(c["expect"], _answer(model, tok, [{"role": "user", "content": c["prompt"]}],
-                                                        params.evaluate.max_new_tokens))) for c in cases]
+        said = predict.generate_many(model, tok, [[{"role": "user", "content": c["prompt"]}] for c in cases],
+                                     ep.max_new_tokens, ep.generation_batch_size)
+        passed = [bool(re.search(c["expect"], a)) for c, a in zip(cases, said)]
         metrics["golden_pass_rate"] = float(np.mean(passed)) if passed else 1.0
     return metrics, per_frame
 
@@ -158,7 +182,8 @@ def evaluate(params: Params, champion_dir: Path | None = None, champion_version:
     cand_hash = candidate_hash(cand_dir)
     frame = _load_test(params)
     cand_metrics, cand_per, _ = score(cand_dir, frame, params)
-    per = cand_per.add_prefix("candidate_")
+    asked = [c for c in SHARED_COLUMNS if c in cand_per.columns]  # the same for both models: kept once
+    per = pd.concat([cand_per[asked], cand_per.drop(columns=asked).add_prefix("candidate_")], axis=1)
     champ_metrics = None
     champ_hash = content_hash(champion_dir) if champion_dir is not None else None
     if champion_dir is not None:
@@ -166,7 +191,7 @@ def evaluate(params: Params, champion_dir: Path | None = None, champion_version:
         # exactly what the candidate does: reuse those scores instead of loading it again.
         champ_metrics, champ_per = (cand_metrics, cand_per) if champ_hash == cand_hash else score(
             champion_dir, frame, params)[:2]
-        per = pd.concat([per, champ_per.add_prefix("champion_")], axis=1)
+        per = pd.concat([per, champ_per.drop(columns=asked).add_prefix("champion_")], axis=1)
     doc = {"task": params.data.task, "test_rows": len(frame), "candidate_hash": cand_hash,
            "candidate": cand_metrics, "champion": champ_metrics, "champion_version": champion_version,
            "champion_hash": champ_hash}

@@ -6,7 +6,8 @@ SPEC = register(TaskSpec(
     auto_model="AutoModelForCausalLM", peft_task_type="CAUSAL_LM",
     gate_floors=(("max_perplexity", "perplexity", "max"), ("min_rouge_l", "rouge_l", "min"),
                  ("min_exact_match", "exact_match", "min"),
-                 ("min_golden_pass_rate", "golden_pass_rate", "min")),
+                 ("min_golden_pass_rate", "golden_pass_rate", "min"),
+                 ("min_json_valid", "json_valid", "min"), ("min_field_match", "field_match", "min")),
     paired_score="rouge_l", paired_test="bootstrap",
     routes=("/v1/chat/completions", "/v1/completions"), headline="rouge_l",
 ))

@@ -57,3 +57,18 @@ def test_mean_loss_restores_the_mode_it_found(classifier):
     model.eval()
     again = predict.mean_loss(model, examples, "classification", 4, tok.pad_token_id, "cpu")
     assert not model.training and again == pytest.approx(metrics)
+
+
+def test_generate_many_answers_as_one_at_a_time_in_the_order_asked(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pipelines.training.batching import ensure_chat_template
+
+    path = build_causal("llama", tmp_path / "llama")
+    model, tok = AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+    ensure_chat_template(tok)
+    chats = [[{"role": "user", "content": t}] for t in ("hello", "what is 3 plus 3? answer: it is",
+                                                        "please help me with my card and the transfer", "hi")]
+    one_by_one = [predict.generate(model, tok, c, 6)[0] for c in chats]
+    for batch_size in (1, 3, 8):
+        assert predict.generate_many(model, tok, chats, 6, batch_size) == one_by_one
