@@ -29,6 +29,9 @@ from pipelines.tasks import task_spec
 DEMO_ROWS = 2000
 NEW_DROP_ROWS = 600
 FIRST = "text-classifier"
+# What the demo asks each served champion, by the model's sample domain.
+QUESTIONS = {"banking": "my new card still has not arrived", "it_helpdesk": "I cannot connect to the VPN from home",
+             "support_assistant": "Urgent: I lost my card last night and someone paid £240.00 at Tesco with it."}
 
 
 def lifecycle_run(root: Path, model: str, conf: dict | None = None, label: str = "") -> dict:
@@ -134,15 +137,15 @@ def _serve_once(folder: Path, params: Params) -> dict:
         except (RuntimeError, TimeoutError) as err:
             raise CheckFailed(f"the demo server did not come up: {err}") from None
         answers = {}
+        text = QUESTIONS[params.lifecycle.sample_domain]
         if task_spec(params.data.task).labelled:
-            text = ("my new card still has not arrived" if params.lifecycle.sample_domain == "banking"
-                    else "I cannot connect to the VPN from home")
             r = httpx.post(f"{url}/v1/classify", json={"texts": [text]}, timeout=60)
             answers["classify"] = r.json()["results"][0] | {"text": text, "model_version": r.json()["model_version"]}
         else:
-            r = httpx.post(f"{url}/v1/chat/completions", timeout=120,
-                           json={"messages": [{"role": "user", "content": "hello"}], "max_tokens": 16})
-            answers["chat"] = r.json()["choices"][0]["message"] | {"model_version": r.json()["model_version"]}
+            r = httpx.post(f"{url}/v1/chat/completions", timeout=180,
+                           json={"messages": [{"role": "user", "content": text}], "max_tokens": 96})
+            answers["chat"] = r.json()["choices"][0]["message"] | {"asked": text,
+                                                                   "model_version": r.json()["model_version"]}
         _say(f"served {params.registry.model_name} v{r.json()['model_version']} on {url}: {answers}")
         return answers
     finally:

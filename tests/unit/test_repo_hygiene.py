@@ -9,7 +9,7 @@ from tests.conftest import ROOT
 
 RUN_OUTPUTS = ("dvc.lock", "data/raw.dvc", "data/raw", "data/prepared", "models/candidate", "registry",
                "reports", "checkpoints", ".dvc-storage", ".dvc/cache")
-RUN_OUTPUTS += tuple(f"projects/{m}/{o}" for m in ("text-classifier", "it-helpdesk") for o in RUN_OUTPUTS)
+RUN_OUTPUTS += tuple(f"projects/{m}/{o}" for m in ("text-classifier", "it-helpdesk", "support-assistant") for o in RUN_OUTPUTS)
 
 
 def tracked() -> list[str]:
