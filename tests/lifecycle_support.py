@@ -12,7 +12,7 @@ import yaml
 from tests.conftest import ROOT, cli_env
 
 GIT_ID = ["-c", "user.name=test", "-c", "user.email=test@example.com"]
-MODELS = {"text-classifier": "banking", "it-helpdesk": "it_helpdesk"}
+MODELS = {"text-classifier": "banking", "it-helpdesk": "it_helpdesk", "support-assistant": "support_assistant"}
 
 
 def sh(*args, cwd, check=True, timeout=900, env=None) -> subprocess.CompletedProcess:
