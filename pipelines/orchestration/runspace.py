@@ -200,6 +200,10 @@ def stage_error(stage: str, code: int, tail: list[str]) -> Exception:
     reason = said[-1].removeprefix("error:").strip() if said else (tail[-1] if tail else f"exit {code}")
     if stage_code == 1:
         return CheckFailed(f"{stage}: {reason}")
-    if stage_code == 2:
+    if stage_code == 2 or any(phrase in text for phrase in DVC_CONFIG_ERRORS):
         return ConfigError(f"{stage}: {reason}")
     return TransientError(f"{stage}: {reason}")
+
+
+# What DVC says when the model folder itself is wrong (a retry cannot help): fail at once.
+DVC_CONFIG_ERRORS = ("are missing from", "failed to parse")
