@@ -20,18 +20,22 @@ import pytest
 from pipelines.orchestration import records
 from pipelines.orchestration.runspace import RunRef, Shared, task_space
 from tests.celery_support import celery_cluster
-from tests.lifecycle_support import MODELS, make_project, pipelines, user_state
+from tests.lifecycle_support import make_project, pipelines, user_state
 from tests.services_support import require_servers
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 STAGE_TASKS = ["snapshot", "validate", "prepare", "train", "evaluate", "gate", "promote", "lineage"]
 
 
+# The two classifiers: CI-sized, they train in seconds (the generative model's SmolLM2 would take minutes).
+MODELS = ("text-classifier", "it-helpdesk")
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     require_servers()
     tmp = tmp_path_factory.mktemp("celery")
-    repo = make_project(tmp, models=tuple(MODELS))
+    repo = make_project(tmp, models=MODELS)
     with celery_cluster(tmp, repo, list(MODELS)) as c:
         yield c
 
