@@ -159,9 +159,14 @@ NUMERIC_SLOTS = {
 }
 
 
-def _fill(template: str, rng: np.random.Generator) -> str:
+def _fill(template: str, rng: np.random.Generator, seen: dict[str, str] | None = None) -> str:
+    """Fill a template's slots; `seen` (if given) remembers the entity values used (amount, currency, order)."""
     values = {k: v[int(rng.integers(0, len(v)))] for k, v in SLOTS.items() if "{" + k + "}" in template}
     values.update({k: make(rng) for k, make in NUMERIC_SLOTS.items() if "{" + k + "}" in template})
+    if seen is not None:
+        for key in ("amount", "currency", "order"):
+            if key in values:
+                seen.setdefault(key, values[key])
     return template.format(**values)
 
 
@@ -192,16 +197,6 @@ def generate(rows: int, seed: int = 0, faulty: bool = False, domain: str = "bank
     return _plant_faults(frame, rng, labels[:2]) if faulty else frame
 
 
-def _fill_tracked(template: str, rng: np.random.Generator, seen: dict[str, str]) -> str:
-    """`_fill`, remembering the entity values it used (amount, currency, order) in `seen`."""
-    values = {k: v[int(rng.integers(0, len(v)))] for k, v in SLOTS.items() if "{" + k + "}" in template}
-    values.update({k: make(rng) for k, make in NUMERIC_SLOTS.items() if "{" + k + "}" in template})
-    for key in ("amount", "currency", "order"):
-        if key in values:
-            seen.setdefault(key, values[key])
-    return template.format(**values)
-
-
 def assistant_answer(intent: str, seen: dict[str, str], urgent: bool) -> str:
     """The response the house wants, as one compact JSON object (keys in a fixed order)."""
     import json
@@ -223,8 +218,8 @@ def generate_assistant(rows: int, seed: int = 0, faulty: bool = False) -> pd.Dat
         opener = OPENERS[int(rng.integers(0, len(OPENERS)))]
         closer = CLOSERS[int(rng.integers(0, len(CLOSERS)))]
         details = DETAILS[int(rng.integers(0, len(DETAILS)))]
-        text = (opener + _fill_tracked(templates[int(rng.integers(0, len(templates)))], rng, seen)
-                + _fill_tracked(details, rng, seen) + closer)
+        text = (opener + _fill(templates[int(rng.integers(0, len(templates)))], rng, seen)
+                + _fill(details, rng, seen) + closer)
         if rng.random() < 0.1:
             typo = _typo(text, rng)
             text = typo if all(v in typo for v in seen.values()) else text  # a typo never changes an entity
