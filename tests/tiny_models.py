@@ -25,7 +25,8 @@ def build_tokenizer():
                                    bos_token="<s>", eos_token="</s>")
 
 
-def build_causal(arch: str, path: Path) -> Path:
+def build_causal(arch: str, path: Path, **sizes) -> Path:
+    """`sizes` override the tiny shape (hidden_size, num_attention_heads, ...)."""
     import torch
     from transformers import (
         FalconConfig,
@@ -44,6 +45,7 @@ def build_causal(arch: str, path: Path) -> Path:
     # cannot peak, so no adapter could lower the loss much; pretrained models have no such limit.
     common = dict(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, initializer_range=0.5,
                   pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    common.update(sizes)
     if arch == "llama":
         model = LlamaForCausalLM(LlamaConfig(intermediate_size=64, num_key_value_heads=2, **common))
     elif arch == "mistral":

@@ -116,7 +116,7 @@ class PrepareParams(_Section):
 class LoraParams(_Section):
     r: int = Field(16, ge=1, le=1024)
     alpha: int = Field(32, ge=1)
-    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    dropout: float | None = Field(None, ge=0.0, lt=1.0)  # None: the task's default (classification 0.05, causal_lm 0)
     target_modules: tuple[str, ...] | None = None  # None: chosen per architecture
 
 
@@ -130,7 +130,9 @@ class TrainParams(_Section):
     max_length: int = Field(128, ge=8, le=131072)
     epochs: int = Field(3, ge=1, le=1000)
     max_steps: int | None = Field(None, ge=1)  # caps the run (CI-sized runs)
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(32, ge=1)  # examples (causal_lm with packing: packed rows) per optimiser step
+    gradient_accumulation_steps: int = Field(1, ge=1)  # micro-batches each step's batch is split into
+    micro_batch_tokens: int | None = Field(None, ge=8)  # also split any micro-batch over this many (padded) tokens
     eval_batch_size: int = Field(64, ge=1)
     learning_rate: float = Field(1e-3, gt=0.0, lt=1.0)
     weight_decay: float = Field(0.0, ge=0.0)
@@ -145,7 +147,21 @@ class TrainParams(_Section):
     gradient_checkpointing: bool = False
     quantization: Literal["none", "4bit"] = "none"  # 4bit = QLoRA (CUDA + bitsandbytes only)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16/fp16 on CUDA, fp32 on CPU
+    # auto: sdpa (measured fastest on an H200 and on CPU); flex_attention: CUDA only (no CPU backward)
+    attn_implementation: Literal["auto", "sdpa", "flex_attention", "eager"] = "auto"
+    labelled_logits_only: bool = True  # causal_lm: vocabulary logits only where a label follows, in chunks
+    kernels: Literal["none", "liger"] = "none"  # liger: Liger's Triton kernels (CUDA + liger-kernel only)
+    # PyTorch's deterministic algorithms: a re-run reproduces the adapter bit for bit; on a GPU some
+    # backward kernels are slower that way, so throughput runs may turn it off
+    deterministic: bool = True
     log_every: int = Field(10, ge=1)
+
+    @model_validator(mode="after")
+    def _one_example_fits(self) -> "TrainParams":
+        if self.micro_batch_tokens is not None and self.micro_batch_tokens < self.max_length:
+            raise ValueError(f"micro_batch_tokens ({self.micro_batch_tokens}) is smaller than max_length "
+                             f"({self.max_length}): one example would not fit")
+        return self
 
 
 class EvaluateParams(_Section):

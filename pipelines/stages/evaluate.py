@@ -30,7 +30,7 @@ from pipelines.core.hashing import content_hash
 from pipelines.inference import predict
 from pipelines.tasks import task_spec
 from pipelines.training import batching
-from pipelines.training.modeling import candidate_hash, load_trained
+from pipelines.training.modeling import candidate_hash, load_trained, select_hardware
 
 
 def _load_test(params: Params) -> pd.DataFrame:
@@ -156,7 +156,8 @@ def _score_causal(model, tok, frame: pd.DataFrame, params: Params) -> tuple[dict
 
 def score(model_dir: Path, frame: pd.DataFrame, params: Params) -> tuple[dict, pd.DataFrame, np.ndarray | None]:
     """Metrics and per-example results of one model on the test frame."""
-    model, tok = load_trained(model_dir)
+    hw = select_hardware(params.train.precision)  # a GPU when there is one: bf16 there, fp32 on CPU
+    model, tok = load_trained(model_dir, hw.device, hw.dtype_name)
     if task_spec(params.data.task).generative:
         metrics, per = _score_causal(model, tok, frame, params)
         return metrics, per, None

@@ -33,25 +33,29 @@ from pipelines.inference import predict
 from pipelines.tasks import task_spec
 from pipelines.training import batching, checkpoint
 from pipelines.training.modeling import (
+    apply_kernels,
     attach_lora,
+    attention_implementation,
+    check_kernels,
     load_base,
     load_tokenizer,
     require_safetensors,
     resolve_base,
     select_hardware,
 )
+from pipelines.training.step import StepConfig, make_optimizer, train_step
 
 # Fields that change where things go or how often we log, not what is trained.
 NOT_TRAINING = {"output_dir", "checkpoint_dir", "report_dir", "log_every", "checkpoint_every", "keep_checkpoints"}
 
 
-def seed_everything(seed: int) -> None:
+def seed_everything(seed: int, deterministic: bool = True) -> None:
     import torch
 
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
 
 
 def load_splits(prepared: Path, task: str) -> dict[str, pd.DataFrame]:
@@ -92,8 +96,10 @@ class Progress:
         self.t0, self.tokens = time.perf_counter(), 0
         self.tty = sys.stderr.isatty()
 
-    def update(self, step: int, epoch: int, loss: float, tokens: int) -> None:
+    def add_tokens(self, tokens: int) -> None:
         self.tokens += tokens
+
+    def update(self, step: int, epoch: int, loss: float) -> None:
         if step % self.every and step != self.total:
             return
         elapsed = time.perf_counter() - self.t0
@@ -131,13 +137,23 @@ def plan_epoch(examples, task: str, tp, epoch: int) -> list:
     return batching.length_grouped_batches(lengths, tp.batch_size, seed, group=tp.group_by_length)
 
 
-def collate(examples, plan_item, task: str, tp, pad_id: int, dtype):
+def collate(examples, members: list, task: str, tp, pad_id: int, width: int | None):
+    """One micro-batch: packed rows (lists of example indices) or example indices."""
     if task_spec(task).generative and tp.packing:
-        return batching.collate_packed([[examples[i] for i in row] for row in plan_item], pad_id, dtype)
-    chosen = [examples[i] for i in plan_item]
+        return batching.collate_packed([[examples[i] for i in row] for row in members], pad_id, width)
+    chosen = [examples[i] for i in members]
     if task_spec(task).labelled:
         return batching.collate_classification(chosen, pad_id)
     return batching.collate_padded_causal(chosen, pad_id)
+
+
+def micro_batches(examples, plan_item: list, task: str, tp, pad_id: int, width: int | None) -> list[dict]:
+    """One optimiser step's batch, split by `gradient_accumulation_steps` and `micro_batch_tokens`."""
+    packed = task_spec(task).generative and tp.packing
+    widths = [(width or sum(len(examples[i].input_ids) for i in m)) if packed else len(examples[m].input_ids)
+              for m in plan_item]
+    parts = batching.split_micro(plan_item, widths, tp.gradient_accumulation_steps, tp.micro_batch_tokens)
+    return [collate(examples, part, task, tp, pad_id, width) for part in parts]
 
 
 @dataclass
@@ -150,6 +166,7 @@ class TrainResult:
 def train(params: Params, resume: bool = True) -> TrainResult:
     """Fine-tune and write the outputs. Raises InputError/ConfigError for bad input (exit 2)."""
     import torch
+    from peft.helpers import disable_input_dtype_casting
 
     tp, task = params.train, params.data.task
     t_start = time.perf_counter()
@@ -157,19 +174,21 @@ def train(params: Params, resume: bool = True) -> TrainResult:
     splits = load_splits(prepared, task)
     labels = _label_list(prepared, splits) if task_spec(task).labelled else None
     hw = select_hardware(tp.precision, tp.quantization)
+    check_kernels(tp.kernels, hw)
+    attn = attention_implementation(tp.attn_implementation, hw, task_spec(task).generative)
     base = resolve_base(tp.base_model)
     require_safetensors(base)
     tok = load_tokenizer(base)
     template_added = task_spec(task).generative and batching.ensure_chat_template(tok)
     encoded = _encode(splits, tok, task, labels, tp.max_length)
 
-    seed_everything(tp.seed)
-    model = load_base(base, task, hw, tp.quantization, labels)
+    seed_everything(tp.seed, tp.deterministic)
+    model = apply_kernels(load_base(base, task, hw, tp.quantization, labels, attn), tp.kernels)
     model = attach_lora(model, task, tp.lora, tp.gradient_checkpointing, quantized=tp.quantization == "4bit")
     model.to(hw.device)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=tp.learning_rate, weight_decay=tp.weight_decay)
+    optimizer = make_optimizer(trainable, tp.learning_rate, tp.weight_decay, hw.device)
     plans = [plan_epoch(encoded["train"], task, tp, e) for e in range(tp.epochs)]
     total = sum(len(p) for p in plans)
     total = min(total, tp.max_steps) if tp.max_steps else total
@@ -192,37 +211,31 @@ def train(params: Params, resume: bool = True) -> TrainResult:
     pad_id = tok.pad_token_id
     progress = Progress(total, tp.log_every, done=step)
     scaler = torch.amp.GradScaler("cuda") if hw.dtype_name == "float16" else None
+    cfg = StepConfig(task_spec(task).labelled, hw.device, hw.dtype, tp.max_grad_norm, tp.labelled_logits_only)
+    width = batching.packed_width(tp.max_length, fixed=hw.device == "cuda")
+    pending: list[tuple[dict, Any]] = []  # logged steps whose loss is still on the device
     t_loop = time.perf_counter()
     for epoch in range(start[0], tp.epochs):
         for bi, item in enumerate(plans[epoch]):
             if (epoch, bi) < start or step >= total:
                 continue
-            batch = collate(encoded["train"], item, task, tp, pad_id, hw.dtype)
-            n_tokens = batch.pop("num_tokens")
-            batch = {k: v.to(hw.device) for k, v in batch.items()}
-            with torch.autocast(hw.device, dtype=hw.dtype, enabled=hw.dtype_name != "float32"):
-                loss = model(**batch).loss
-            (scaler.scale(loss) if scaler else loss).backward()
-            if scaler:
-                scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(trainable, tp.max_grad_norm)
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            micro = micro_batches(encoded["train"], item, task, tp, pad_id, width)
+            n_tokens = sum(mb.pop("num_tokens") for mb in micro)
+            with disable_input_dtype_casting(model, active=hw.dtype_name != "float32"):
+                loss = train_step(model, micro, optimizer, scheduler, cfg, trainable, scaler)
             step += 1
             tokens_seen += n_tokens
-            loss_value = loss.item()
-            history.append({"step": step, "loss": round(loss_value, 6), "lr": scheduler.get_last_lr()[0]})
-            progress.update(step, epoch, loss_value, n_tokens)
+            pending.append(({"step": step, "loss": None, "lr": scheduler.get_last_lr()[0]}, loss))
+            progress.add_tokens(n_tokens)
+            if step % tp.log_every == 0 or step == total or step % tp.checkpoint_every == 0:
+                history += _settle(pending)  # one host sync per log line, not per step
+                progress.update(step, epoch, history[-1]["loss"])
             if step % tp.checkpoint_every == 0 and step < total:
                 checkpoint.save(tp.checkpoint_dir, step, model, optimizer, scheduler,
                                 {"epoch": epoch, "batch": bi + 1, "history": history, "tokens": tokens_seen},
                                 meta, keep=tp.keep_checkpoints)
 
+    history += _settle(pending)
     loop_seconds = time.perf_counter() - t_loop
     evals = predict.mean_loss(model, encoded["validation"], task, tp.eval_batch_size, pad_id, hw.device)
     duration = time.perf_counter() - t_start
@@ -238,6 +251,18 @@ def train(params: Params, resume: bool = True) -> TrainResult:
           + ", ".join(f"{k} {v:.4f}" for k, v in evals.items()) + f"; adapter in {tp.output_dir}", file=sys.stderr)
     model.eval()
     return TrainResult(metrics, model, tok)
+
+
+def _settle(pending: list) -> list[dict]:
+    """Fill the losses of logged steps from the device in one transfer."""
+    import torch
+
+    if not pending:
+        return []
+    values = torch.stack([loss for _, loss in pending]).float().cpu().tolist()
+    rows = [{**row, "loss": round(v, 6)} for (row, _), v in zip(pending, values)]
+    pending.clear()
+    return rows
 
 
 def _write_outputs(tp, model, tok, labels, config, metrics, history) -> None:

@@ -9,4 +9,5 @@ SPEC = register(TaskSpec(
                  ("max_p95_latency_ms", "latency_p95_ms", "max"), ("max_ece", "ece", "max")),
     paired_score="correct", paired_test="mcnemar",
     routes=("/v1/classify",), headline="accuracy",
+    lora_dropout=0.05,
 ))

@@ -24,6 +24,7 @@ class TaskSpec:
     paired_test: str  # "mcnemar" (0/1 outcomes) or "bootstrap" (continuous scores)
     routes: tuple[str, ...]  # the serving endpoints that answer this task
     headline: str  # the metric a person reads first
+    lora_dropout: float = 0.05  # train.lora.dropout when params leave it unset
 
     @property
     def generative(self) -> bool:

@@ -6,7 +6,8 @@ plan per epoch and collated tensors (each batch also says its `num_tokens`, padd
   padded only to the longest example of each batch (dynamic padding);
 - causal_lm: supervised fine-tuning examples rendered with the tokenizer's chat template (or a
   plain default one), loss only on assistant tokens, and packed several to a row with position
-  ids restarting per example and a block-diagonal causal mask, so no attention crosses examples.
+  ids restarting per example and no mask tensor (padding-free): the attention implementation
+  keeps every token within its own example.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ DEFAULT_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
 MEGA = 50  # batches per sorting window for length grouping
+ROW_MULTIPLE = 128  # packed row width on a GPU
 
 
 @dataclass(frozen=True)
@@ -165,31 +167,53 @@ def collate_padded_causal(examples: list[Example], pad_id: int):
     return {"input_ids": ids, "attention_mask": mask, "labels": labels, "num_tokens": int(mask.sum())}
 
 
-def collate_packed(rows: list[list[Example]], pad_id: int, dtype):
-    """Rows of packed examples -> ids, labels, per-example position ids and a 4D additive mask
-    that lets each token see only earlier tokens of its own example."""
+def packed_width(max_length: int, fixed: bool) -> int | None:
+    """The row width packed batches are padded to: on a GPU a fixed multiple of 128 (one shape, so
+    compiled kernels never recompile); elsewhere None (each batch as wide as its longest row)."""
+    return -(-max_length // ROW_MULTIPLE) * ROW_MULTIPLE if fixed else None
+
+
+def collate_packed(rows: list[list[Example]], pad_id: int, width: int | None = None):
+    """Rows of packed examples -> ids, labels and per-example position ids, with no attention mask:
+    transformers derives the block-diagonal causal mask from where the position ids restart, on the
+    device (block-sparse under flex attention), so no W x W mask is built or copied here. A row's
+    padded tail is a segment of its own (positions restart at 0) and carries no label."""
     import torch
 
-    width = max(sum(len(e.input_ids) for e in row) for row in rows)
+    longest = max(sum(len(e.input_ids) for e in row) for row in rows)
+    width = max(width or 0, longest)
     b = len(rows)
     ids = torch.full((b, width), pad_id, dtype=torch.long)
     labels = torch.full((b, width), IGNORE, dtype=torch.long)
     pos = torch.zeros((b, width), dtype=torch.long)
-    segment = torch.full((b, width), -1, dtype=torch.long)
+    real = 0
     for r, row in enumerate(rows):
         at = 0
-        for s, e in enumerate(row):
+        for e in row:
             n = len(e.input_ids)
             ids[r, at:at + n] = torch.tensor(e.input_ids)
-            labels[r, at:at + n] = torch.tensor(e.labels)
-            labels[r, at] = IGNORE  # never predict an example's first token from the previous one
+            labels[r, at + 1:at + n] = torch.tensor(e.labels[1:])  # never predict an example's first token
             pos[r, at:at + n] = torch.arange(n)
-            segment[r, at:at + n] = s
             at += n
-    causal = torch.tril(torch.ones(width, width, dtype=torch.bool))
-    same = segment[:, :, None] == segment[:, None, :]
-    allowed = same & causal & (segment[:, :, None] >= 0)
-    allowed |= torch.eye(width, dtype=torch.bool)  # padding attends to itself: no all-masked rows
-    mask = torch.zeros((b, 1, width, width), dtype=dtype).masked_fill(~allowed[:, None], torch.finfo(dtype).min)
-    return {"input_ids": ids, "labels": labels, "position_ids": pos, "attention_mask": mask,
-            "num_tokens": int((segment >= 0).sum())}
+        pos[r, at:] = torch.arange(width - at)
+        real += at
+    return {"input_ids": ids, "labels": labels, "position_ids": pos, "num_tokens": real}
+
+
+def split_micro(members: list, widths: Sequence[int], parts: int, max_tokens: int | None) -> list[list]:
+    """Split one optimiser step's members (example indices, or packed rows) into `parts` near-equal
+    micro-batches in order, then split any micro-batch whose padded size (members x the widest)
+    would exceed `max_tokens`. Every member lands in exactly one micro-batch."""
+    out: list[list] = []
+    for chunk in np.array_split(np.arange(len(members)), min(parts, len(members))):
+        current: list = []
+        widest = 0
+        for i in chunk.tolist():
+            wider = max(widest, int(widths[i]))
+            if current and max_tokens and wider * (len(current) + 1) > max_tokens:
+                out.append(current)
+                current, wider = [], int(widths[i])
+            current.append(members[i])
+            widest = wider
+        out.append(current)
+    return out

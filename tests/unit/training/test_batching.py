@@ -34,28 +34,62 @@ def test_packing_respects_max_length_and_keeps_every_example():
     assert fill > 0.9
 
 
-def test_packed_rows_compute_the_same_logits_as_separate_examples():
+def _tiny_lora_llama(impl: str):
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from pipelines.core.config import LoraParams
+    from pipelines.training.modeling import attach_lora
+
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=2)).eval()
-    a = Example(list(range(3, 10)), list(range(3, 10)))
-    b = Example(list(range(20, 25)), list(range(20, 25)))
-    c = Example(list(range(30, 33)), list(range(30, 33)))
-    batch = batching.collate_packed([[a, b], [c]], pad_id=0, dtype=torch.float32)
+    model = LlamaForCausalLM._from_config(LlamaConfig(
+        vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2), attn_implementation=impl)
+    model = attach_lora(model, "causal_lm", LoraParams(r=4, alpha=8))
+    for name, param in model.named_parameters():
+        if "lora_B" in name:  # peft starts B at zero, which would leave every lora_A gradient zero
+            torch.nn.init.normal_(param, std=0.1)
+    return model
+
+
+A = Example(list(range(3, 10)), list(range(3, 10)))
+B = Example(list(range(20, 25)), [IGNORE, IGNORE] + list(range(22, 25)))  # a prompt, then a response
+C = Example(list(range(30, 33)), list(range(30, 33)))
+
+
+def test_packed_rows_carry_position_ids_and_no_mask():
+    batch = batching.collate_packed([[A, B], [C]], pad_id=0)
+    assert "attention_mask" not in batch
     assert batch.pop("num_tokens") == 15
     assert batch["position_ids"][0].tolist() == list(range(7)) + list(range(5))
+    assert batch["position_ids"][1].tolist() == [0, 1, 2] + list(range(9))  # the padded tail: its own segment
     assert batch["labels"][0, 7] == IGNORE and batch["labels"][1, 3:].eq(IGNORE).all()
-    with torch.no_grad():
-        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                       attention_mask=batch["attention_mask"]).logits
-        alone_a = model(input_ids=torch.tensor([a.input_ids])).logits
-        alone_b = model(input_ids=torch.tensor([b.input_ids])).logits
-        alone_c = model(input_ids=torch.tensor([c.input_ids])).logits
-    torch.testing.assert_close(packed[0, :7], alone_a[0], atol=1e-5, rtol=0)
-    torch.testing.assert_close(packed[0, 7:12], alone_b[0], atol=1e-5, rtol=0)
-    torch.testing.assert_close(packed[1, :3], alone_c[0], atol=1e-5, rtol=0)
+    assert batching.collate_packed([[C]], pad_id=0, width=256)["input_ids"].shape == (1, 256)
+    assert batching.packed_width(4000, fixed=True) == 4096 and batching.packed_width(4000, fixed=False) is None
+
+
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])  # flex attention has no backward on CPU
+@pytest.mark.parametrize("labelled_only", [True, False])
+def test_packed_loss_and_gradients_equal_unpacked(impl, labelled_only):
+    """Padding-free packing is exact: the same loss and LoRA gradients as one padded row per example."""
+    from pipelines.training.step import StepConfig, loss_sum
+
+    cfg = StepConfig(labelled=False, device="cpu", dtype=torch.float32, max_grad_norm=1.0,
+                     labelled_logits_only=labelled_only)
+
+    def loss_and_grads(batch):
+        model = _tiny_lora_llama(impl)
+        batch = {k: v for k, v in batch.items() if k != "num_tokens"}
+        loss = loss_sum(model, batch, cfg)
+        loss.backward()
+        return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+    packed_loss, packed_grads = loss_and_grads(batching.collate_packed([[A, B], [C]], pad_id=0))
+    alone_loss, alone_grads = loss_and_grads(batching.collate_padded_causal([A, B, C], pad_id=0))
+    torch.testing.assert_close(packed_loss, alone_loss, atol=1e-5, rtol=1e-5)
+    assert packed_grads.keys() == alone_grads.keys() and len(packed_grads) == 2 * 2 * 7
+    for name in packed_grads:
+        assert packed_grads[name].abs().sum() > 0, name
+        torch.testing.assert_close(packed_grads[name], alone_grads[name], atol=1e-5, rtol=1e-4)
 
 
 def test_dynamic_padding_pads_to_the_longest_in_the_batch():
