@@ -275,7 +275,6 @@ def run_variant(base, variant: Variant, steps_rows: list, fixed_rows: list, args
         return out
     finally:
         detach(model)  # the same base object, LoRA layers removed, for the next variant
-        del model
         gc.collect()
         if device == "cuda":
             torch.cuda.empty_cache()

@@ -148,7 +148,10 @@ def _train(args: argparse.Namespace) -> int:
     ws = _workspace(args, params, inputs=[params.prepare.output_dir])
     outputs = [ws.check_dir(tp.output_dir), ws.check_dir(tp.report_dir), ws.check_dir(tp.checkpoint_dir)]
     _distinct(outputs, ("train.output_dir", "train.report_dir", "train.checkpoint_dir"))
-    train(params.model_copy(update={"train": tp}), resume=not args.no_resume)
+    from pipelines.training.distributed import Dist
+
+    # under torchrun each process is one rank of the run (its environment says which)
+    train(params.model_copy(update={"train": tp}), resume=not args.no_resume, dist=Dist.from_env(os.environ))
     return 0
 
 

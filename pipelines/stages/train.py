@@ -31,7 +31,8 @@ from pipelines.core.errors import InputError
 from pipelines.core.hashing import content_hash, sha256_file
 from pipelines.inference import predict
 from pipelines.tasks import task_spec
-from pipelines.training import batching, checkpoint
+from pipelines.training import batching, checkpoint, distributed
+from pipelines.training.distributed import SINGLE, Dist
 from pipelines.training.modeling import (
     apply_kernels,
     attach_lora,
@@ -163,8 +164,17 @@ class TrainResult:
     tokenizer: Any
 
 
-def train(params: Params, resume: bool = True) -> TrainResult:
-    """Fine-tune and write the outputs. Raises InputError/ConfigError for bad input (exit 2)."""
+def step_counts(examples, plan_item: list, task: str, tp) -> tuple[int, int]:
+    """Real tokens and loss items (see `step.items`) of a whole optimiser step, on every rank alike."""
+    packed = task_spec(task).generative and tp.packing
+    chosen = [examples[i] for m in plan_item for i in (m if packed else [m])]
+    return (sum(len(e.input_ids) for e in chosen),
+            sum(batching.example_items(e, task_spec(task).labelled) for e in chosen))
+
+
+def train(params: Params, resume: bool = True, dist: Dist = SINGLE) -> TrainResult:
+    """Fine-tune and write the outputs. Raises InputError/ConfigError for bad input (exit 2).
+    Under torchrun (`dist.world` > 1) every rank trains its share of each step; rank 0 writes."""
     import torch
     from peft.helpers import disable_input_dtype_casting
 
@@ -174,6 +184,7 @@ def train(params: Params, resume: bool = True) -> TrainResult:
     splits = load_splits(prepared, task)
     labels = _label_list(prepared, splits) if task_spec(task).labelled else None
     hw = select_hardware(tp.precision, tp.quantization)
+    distributed.init(dist, hw.device)
     check_kernels(tp.kernels, hw)
     attn = attention_implementation(tp.attn_implementation, hw, task_spec(task).generative)
     base = resolve_base(tp.base_model)
@@ -211,7 +222,7 @@ def train(params: Params, resume: bool = True) -> TrainResult:
     pad_id = tok.pad_token_id
     progress = Progress(total, tp.log_every, done=step)
     scaler = torch.amp.GradScaler("cuda") if hw.dtype_name == "float16" else None
-    cfg = StepConfig(task_spec(task).labelled, hw.device, hw.dtype, tp.max_grad_norm, tp.labelled_logits_only)
+    cfg = StepConfig(task_spec(task).labelled, hw.device, hw.dtype, tp.max_grad_norm, tp.labelled_logits_only, dist)
     width = batching.packed_width(tp.max_length, fixed=hw.device == "cuda")
     pending: list[tuple[dict, Any]] = []  # logged steps whose loss is still on the device
     t_loop = time.perf_counter()
@@ -219,24 +230,31 @@ def train(params: Params, resume: bool = True) -> TrainResult:
         for bi, item in enumerate(plans[epoch]):
             if (epoch, bi) < start or step >= total:
                 continue
-            micro = micro_batches(encoded["train"], item, task, tp, pad_id, width)
-            n_tokens = sum(mb.pop("num_tokens") for mb in micro)
+            micro = micro_batches(encoded["train"], distributed.share(item, dist), task, tp, pad_id, width)
+            for mb in micro:
+                mb.pop("num_tokens")
+            n_tokens, n_items = step_counts(encoded["train"], item, task, tp)
             with disable_input_dtype_casting(model, active=hw.dtype_name != "float32"):
-                loss = train_step(model, micro, optimizer, scheduler, cfg, trainable, scaler)
+                loss = train_step(model, micro, optimizer, scheduler, cfg, trainable, scaler, n_items)
             step += 1
             tokens_seen += n_tokens
             pending.append(({"step": step, "loss": None, "lr": scheduler.get_last_lr()[0]}, loss))
             progress.add_tokens(n_tokens)
             if step % tp.log_every == 0 or step == total or step % tp.checkpoint_every == 0:
                 history += _settle(pending)  # one host sync per log line, not per step
-                progress.update(step, epoch, history[-1]["loss"])
-            if step % tp.checkpoint_every == 0 and step < total:
+                if dist.main:
+                    progress.update(step, epoch, history[-1]["loss"])
+            if step % tp.checkpoint_every == 0 and step < total and dist.main:
                 checkpoint.save(tp.checkpoint_dir, step, model, optimizer, scheduler,
                                 {"epoch": epoch, "batch": bi + 1, "history": history, "tokens": tokens_seen},
                                 meta, keep=tp.keep_checkpoints)
 
     history += _settle(pending)
     loop_seconds = time.perf_counter() - t_loop
+    if not dist.main:  # rank 0 evaluates and writes; the others are done
+        distributed.finish(dist)
+        model.eval()
+        return TrainResult({"steps": step, "rank": dist.rank}, model, tok)
     evals = predict.mean_loss(model, encoded["validation"], task, tp.eval_batch_size, pad_id, hw.device)
     duration = time.perf_counter() - t_start
     metrics = {"steps": step, "epochs": tp.epochs, "train_examples": len(encoded["train"]),
@@ -245,8 +263,9 @@ def train(params: Params, resume: bool = True) -> TrainResult:
                "duration_seconds": round(duration, 2), **evals}
     config = {"task": task, "base_model": tp.base_model, "base_path": str(base), "base_hash": content_hash(base),
               "labels": labels, "data_version": data_version, "chat_template_added": template_added,
-              "params": tp.model_dump(mode="json"), "hardware": hw.describe()}
+              "params": tp.model_dump(mode="json"), "hardware": {**hw.describe(), "processes": dist.world}}
     _write_outputs(tp, model, tok, labels, config, metrics, history)
+    distributed.finish(dist)
     print(f"trained {tp.base_model} ({task}) in {duration:.0f}s: {step} steps, "
           + ", ".join(f"{k} {v:.4f}" for k, v in evals.items()) + f"; adapter in {tp.output_dir}", file=sys.stderr)
     model.eval()

@@ -34,6 +34,11 @@ class Example:
     labels: Any  # int for classification, list[int] (IGNORE where no loss) for causal_lm
 
 
+def example_items(example: Example, labelled: bool) -> int:
+    """What one example adds to the loss's denominator: 1, or its tokens whose next token is labelled."""
+    return 1 if labelled else sum(label != IGNORE for label in example.labels[1:])
+
+
 def encode_classification(texts: Sequence[str], label_ids: Sequence[int], tok, max_length: int) -> list[Example]:
     enc = tok(list(texts), truncation=True, max_length=max_length)
     return [Example(ids, int(y)) for ids, y in zip(enc["input_ids"], label_ids)]

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipelines.training.batching import IGNORE
+from pipelines.training.distributed import SINGLE, Dist, sum_gradients
 
 LOGITS_CHUNK = 1024  # labelled positions per chunk of the vocabulary projection
 _SCALED_LOGITS = ("final_logit_softcapping", "logit_scale", "logits_scaling")  # not a plain lm_head
@@ -30,6 +31,7 @@ class StepConfig:
     dtype: Any  # torch dtype of autocast; float32 = no autocast
     max_grad_norm: float
     labelled_logits_only: bool = True
+    dist: Dist = SINGLE  # the ranks this step is spread over
 
 
 def items(batch: dict, labelled: bool) -> int:
@@ -88,12 +90,13 @@ def to_device(batch: dict, device: str) -> dict:
 
 
 def train_step(model, micro_batches: list[dict], optimizer, scheduler, cfg: StepConfig,
-               trainable: list, scaler=None):
-    """Forward/backward every micro-batch, then one clipped optimiser step. Returns the step's mean
-    loss (a device tensor)."""
+               trainable: list, scaler=None, step_items: int | None = None):
+    """Forward/backward every micro-batch, sum gradients across ranks, then one clipped optimiser step.
+    `step_items`: the loss items of the whole step over all ranks (default: those of `micro_batches`).
+    Returns the step's mean loss (a device tensor)."""
     import torch
 
-    total_items = max(sum(items(mb, cfg.labelled) for mb in micro_batches), 1)
+    total_items = max(step_items or sum(items(mb, cfg.labelled) for mb in micro_batches), 1)
     step_loss = torch.zeros((), device=cfg.device)
     for mb in micro_batches:
         mb = to_device(mb, cfg.device)
@@ -101,6 +104,7 @@ def train_step(model, micro_batches: list[dict], optimizer, scheduler, cfg: Step
             loss = loss_sum(model, mb, cfg) / total_items
         (scaler.scale(loss) if scaler else loss).backward()
         step_loss += loss.detach()
+    sum_gradients(trainable, step_loss, cfg.dist)
     if scaler:
         scaler.unscale_(optimizer)
     torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)

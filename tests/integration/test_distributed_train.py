@@ -1,0 +1,112 @@
+"""Two training processes under torchrun (gloo on CPU) take the same steps as one process, and a
+killed rank is replaced and resumes from the shared checkpoint. The command is the README's."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+from tests.conftest import cli_env
+from tests.integration.test_train import sft_rows, write_prepared
+from tests.tiny_models import build_causal
+
+pytestmark = pytest.mark.integration
+TRAIN = [sys.executable, "-m", "pipelines", "train"]
+
+
+def torchrun(n: int, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}", *extra,
+            "-m", "pipelines", "train"]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return build_causal("llama", tmp_path_factory.mktemp("base") / "llama")
+
+
+def _setup(root: Path, base: Path) -> Path:
+    write_prepared(root, sft_rows(240), sft_rows(8, seed=500))
+    params = {"data": {"task": "causal_lm"}, "prepare": {"output_dir": "prepared"},
+              "train": {"base_model": str(base), "max_length": 64, "epochs": 2, "batch_size": 4,
+                        "learning_rate": 0.003, "checkpoint_every": 20, "keep_checkpoints": 2, "log_every": 10}}
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    return root
+
+
+def _run(cmd: list[str], root: Path) -> subprocess.CompletedProcess:
+    run = subprocess.run(cmd, cwd=root, env=cli_env(), capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run
+
+
+def _adapter(root: Path) -> dict:
+    return load_file(str(root / "models" / "candidate" / "adapter" / "adapter_model.safetensors"))
+
+
+def _metrics(root: Path) -> dict:
+    return json.loads((root / "models" / "candidate" / "metrics.json").read_text())
+
+
+def assert_same_training(a: Path, b: Path) -> None:
+    import torch
+
+    first, second = _adapter(a), _adapter(b)
+    assert first.keys() == second.keys() and first
+    for name in first:
+        torch.testing.assert_close(first[name], second[name], atol=1e-4, rtol=1e-3)
+    ma, mb = _metrics(a), _metrics(b)
+    assert ma["steps"] == mb["steps"] and ma["train_tokens"] == mb["train_tokens"]
+    assert abs(ma["eval_loss"] - mb["eval_loss"]) <= 1e-4
+
+
+@pytest.fixture(scope="module")
+def two_ranks(base, tmp_path_factory):
+    root = _setup(tmp_path_factory.mktemp("two"), base)
+    return root, _run(torchrun(2), root)
+
+
+def test_two_processes_take_the_same_steps_as_one(base, tmp_path, two_ranks):
+    one = _setup(tmp_path / "one", base)
+    _run(TRAIN, one)
+    root, run = two_ranks
+    assert_same_training(one, root)
+    config = json.loads((root / "models" / "candidate" / "train_config.json").read_text())
+    assert config["hardware"]["processes"] == 2
+    assert run.stderr.count("train step 10/") == 1, "only rank 0 reports progress"
+    assert _metrics(one)["steps"] > 40
+
+
+def _rank_pid(launcher: subprocess.Popen, rank: int) -> int | None:
+    import psutil
+
+    for child in psutil.Process(launcher.pid).children(recursive=True):
+        try:
+            if child.environ().get("RANK") == str(rank) and "pipelines" in " ".join(child.cmdline()):
+                return child.pid
+        except psutil.Error:
+            continue
+    return None
+
+
+def test_a_killed_rank_is_replaced_and_resumes_from_the_checkpoint(base, tmp_path, two_ranks):
+    root = _setup(tmp_path / "killed", base)
+    launcher = subprocess.Popen(torchrun(2, "--max-restarts=1"), cwd=root, env=cli_env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 600
+    while time.time() < deadline and not list((root / "checkpoints" / "train").glob("step-*/manifest.json")):
+        time.sleep(0.02)
+    victim = _rank_pid(launcher, 1)
+    assert victim is not None, "rank 1 not found"
+    os.kill(victim, signal.SIGKILL)
+    out, err = launcher.communicate(timeout=900)
+    assert launcher.returncode == 0, err[-3000:]
+    assert "resuming from" in err, err[-3000:]
+    assert_same_training(two_ranks[0], root)
