@@ -9,11 +9,12 @@ attention and MLP through this project's `attach_lora`, `collate_packed` and `tr
   sdpa, logits and a float32 loss over every position, LoRA dropout 0.05 with peft's fp32 input
   casts, unfused AdamW, a host sync (`loss.item()`) every step;
 - padfree_sdpa: packed rows with position ids only (transformers builds the mask on the device);
-- padfree_sdpa_memory: + LoRA dropout 0 without input casts, logits only at labelled positions
-  (chunked, recomputed in backward), fused AdamW, no per-step sync;
+- dense_sdpa_memory / padfree_sdpa_memory: + LoRA dropout 0 without input casts, logits only at
+  labelled positions (chunked, recomputed in backward), fused AdamW, no per-step sync (the second is
+  what `pipelines train` does by default);
 - flex_memory: the same with flex attention (block-sparse: masked blocks between documents skipped);
-- flex_memory_compile: + regional `torch.compile` of the decoder layer (compiled once, reused by all);
-- flex_memory_liger(_compile): + Liger kernels (RMSNorm, SwiGLU, RoPE) when liger-kernel is installed.
+- *_compile: + regional `torch.compile` of each decoder layer;
+- *_liger: + Liger kernels (RMSNorm, SwiGLU, RoPE; `train.kernels: liger`) when liger-kernel is installed.
 Each variant's loss and LoRA gradients on one fixed batch (dropout off) are compared with the same
 computed in float32; a variant further off than twice the baseline's own bf16 error (or a fixed
 floor) is marked invalid and never reported as faster. Per variant: real (non-padding) tokens/s, MFU = (4 N + attention) FLOPs per token against
@@ -21,7 +22,7 @@ floor) is marked invalid and never reported as faster. Per variant: real (non-pa
 Then a tiny `pipelines train` runs end to end on the device and its recorded device/dtype are checked.
 Last line: one JSON object. Anchor: NeMo AutoModel's 12,473 tokens/s on one H100; target >= 12.5k.
 
-    python benchmarks/gpu_lora_throughput.py            # on a GPU (about 6 minutes on an H100)
+    python benchmarks/gpu_lora_throughput.py            # on a GPU (about 3 minutes on an H200)
     python benchmarks/gpu_lora_throughput.py --smoke    # the same code on CPU, tiny model (CI)
 """
 from __future__ import annotations

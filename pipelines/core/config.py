@@ -149,11 +149,14 @@ class TrainParams(_Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16/fp16 on CUDA, fp32 on CPU
     # auto: sdpa (measured fastest on an H200 and on CPU); flex_attention: CUDA only (no CPU backward)
     attn_implementation: Literal["auto", "sdpa", "flex_attention", "eager"] = "auto"
-    labelled_logits_only: bool = True  # causal_lm: vocabulary logits only where a label follows, in chunks
+    labelled_logits_only: bool = True  # causal_lm: vocabulary logits only where a label follows, in chunks (not under fsdp)
     kernels: Literal["none", "liger"] = "none"  # liger: Liger's Triton kernels (CUDA + liger-kernel only)
     # PyTorch's deterministic algorithms: a re-run reproduces the adapter bit for bit; on a GPU some
     # backward kernels are slower that way, so throughput runs may turn it off
     deterministic: bool = True
+    # under torchrun: none = every rank holds the whole model (gradients summed, as DDP); fsdp = the base
+    # model's blocks sharded across ranks (FSDP2), for a model that does not fit one GPU
+    sharding: Literal["none", "fsdp"] = "none"
     log_every: int = Field(10, ge=1)
 
     @model_validator(mode="after")

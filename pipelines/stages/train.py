@@ -148,13 +148,29 @@ def collate(examples, members: list, task: str, tp, pad_id: int, width: int | No
     return batching.collate_padded_causal(chosen, pad_id)
 
 
-def micro_batches(examples, plan_item: list, task: str, tp, pad_id: int, width: int | None) -> list[dict]:
-    """One optimiser step's batch, split by `gradient_accumulation_steps` and `micro_batch_tokens`."""
+def micro_plan(examples, members: list, task: str, tp, width: int | None) -> list[list]:
+    """A rank's share of one step, split by `gradient_accumulation_steps` and `micro_batch_tokens`."""
+    if not members:
+        return []
     packed = task_spec(task).generative and tp.packing
     widths = [(width or sum(len(examples[i].input_ids) for i in m)) if packed else len(examples[m].input_ids)
-              for m in plan_item]
-    parts = batching.split_micro(plan_item, widths, tp.gradient_accumulation_steps, tp.micro_batch_tokens)
-    return [collate(examples, part, task, tp, pad_id, width) for part in parts]
+              for m in members]
+    return batching.split_micro(members, widths, tp.gradient_accumulation_steps, tp.micro_batch_tokens)
+
+
+def micro_batches(examples, item: list, task: str, tp, pad_id: int, width: int | None,
+                  dist: Dist, lockstep: bool) -> tuple[list[dict], int]:
+    """This rank's collated micro-batches of one step, and how many of them (at the end) are fillers:
+    with `lockstep` (FSDP, whose collectives need every rank in every forward) a rank with fewer
+    micro-batches than another repeats one with zero weight."""
+    parts = micro_plan(examples, distributed.share(item, dist), task, tp, width)
+    fillers = 0
+    if lockstep:
+        most = max(len(micro_plan(examples, distributed.share(item, Dist(r, dist.world)), task, tp, width))
+                   for r in range(dist.world))
+        fillers = most - len(parts)
+        parts += [parts[-1] if parts else item[:1]] * fillers
+    return [collate(examples, part, task, tp, pad_id, width) for part in parts], fillers
 
 
 @dataclass
@@ -197,6 +213,9 @@ def train(params: Params, resume: bool = True, dist: Dist = SINGLE) -> TrainResu
     model = apply_kernels(load_base(base, task, hw, tp.quantization, labels, attn), tp.kernels)
     model = attach_lora(model, task, tp.lora, tp.gradient_checkpointing, quantized=tp.quantization == "4bit")
     model.to(hw.device)
+    if tp.sharding == "fsdp":
+        distributed.shard(model, dist)
+    lockstep = distributed.sharded(model)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(trainable, tp.learning_rate, tp.weight_decay, hw.device)
@@ -230,12 +249,12 @@ def train(params: Params, resume: bool = True, dist: Dist = SINGLE) -> TrainResu
         for bi, item in enumerate(plans[epoch]):
             if (epoch, bi) < start or step >= total:
                 continue
-            micro = micro_batches(encoded["train"], distributed.share(item, dist), task, tp, pad_id, width)
+            micro, fillers = micro_batches(encoded["train"], item, task, tp, pad_id, width, dist, lockstep)
             for mb in micro:
                 mb.pop("num_tokens")
             n_tokens, n_items = step_counts(encoded["train"], item, task, tp)
             with disable_input_dtype_casting(model, active=hw.dtype_name != "float32"):
-                loss = train_step(model, micro, optimizer, scheduler, cfg, trainable, scaler, n_items)
+                loss = train_step(model, micro, optimizer, scheduler, cfg, trainable, scaler, n_items, fillers)
             step += 1
             tokens_seen += n_tokens
             pending.append(({"step": step, "loss": None, "lr": scheduler.get_last_lr()[0]}, loss))
@@ -244,18 +263,20 @@ def train(params: Params, resume: bool = True, dist: Dist = SINGLE) -> TrainResu
                 history += _settle(pending)  # one host sync per log line, not per step
                 if dist.main:
                     progress.update(step, epoch, history[-1]["loss"])
-            if step % tp.checkpoint_every == 0 and step < total and dist.main:
+            if step % tp.checkpoint_every == 0 and step < total:  # every rank gathers, rank 0 writes
                 checkpoint.save(tp.checkpoint_dir, step, model, optimizer, scheduler,
                                 {"epoch": epoch, "batch": bi + 1, "history": history, "tokens": tokens_seen},
-                                meta, keep=tp.keep_checkpoints)
+                                meta, keep=tp.keep_checkpoints, write=dist.main)
 
     history += _settle(pending)
     loop_seconds = time.perf_counter() - t_loop
-    if not dist.main:  # rank 0 evaluates and writes; the others are done
+    weights = distributed.trainable_full(model)  # the adapter, whole (gathered by every rank under FSDP)
+    if lockstep or dist.main:  # a sharded model evaluates on every rank together
+        evals = predict.mean_loss(model, encoded["validation"], task, tp.eval_batch_size, pad_id, hw.device)
+    if not dist.main:  # rank 0 writes; the others are done
         distributed.finish(dist)
         model.eval()
         return TrainResult({"steps": step, "rank": dist.rank}, model, tok)
-    evals = predict.mean_loss(model, encoded["validation"], task, tp.eval_batch_size, pad_id, hw.device)
     duration = time.perf_counter() - t_start
     metrics = {"steps": step, "epochs": tp.epochs, "train_examples": len(encoded["train"]),
                "final_train_loss": history[-1]["loss"] if history else None,
@@ -264,7 +285,7 @@ def train(params: Params, resume: bool = True, dist: Dist = SINGLE) -> TrainResu
     config = {"task": task, "base_model": tp.base_model, "base_path": str(base), "base_hash": content_hash(base),
               "labels": labels, "data_version": data_version, "chat_template_added": template_added,
               "params": tp.model_dump(mode="json"), "hardware": {**hw.describe(), "processes": dist.world}}
-    _write_outputs(tp, model, tok, labels, config, metrics, history)
+    _write_outputs(tp, model, tok, labels, config, metrics, history, weights)
     distributed.finish(dist)
     print(f"trained {tp.base_model} ({task}) in {duration:.0f}s: {step} steps, "
           + ", ".join(f"{k} {v:.4f}" for k, v in evals.items()) + f"; adapter in {tp.output_dir}", file=sys.stderr)
@@ -284,9 +305,9 @@ def _settle(pending: list) -> list[dict]:
     return rows
 
 
-def _write_outputs(tp, model, tok, labels, config, metrics, history) -> None:
+def _write_outputs(tp, model, tok, labels, config, metrics, history, weights: dict) -> None:
     with atomic_dir(tp.output_dir, owner="train") as tmp:
-        model.save_pretrained(str(tmp / "adapter"), safe_serialization=True)
+        model.save_pretrained(str(tmp / "adapter"), safe_serialization=True, state_dict=weights)
         tok.save_pretrained(str(tmp / "tokenizer"))
         if labels is not None:
             write_json(tmp / "label_map.json", {lab: i for i, lab in enumerate(labels)})

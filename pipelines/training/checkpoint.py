@@ -20,12 +20,9 @@ import numpy as np
 
 from pipelines.core.dataio import atomic_dir
 from pipelines.core.hashing import sha256_file
+from pipelines.training.distributed import full, like, trainable_full
 
 FILES = ("trainable.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json")
-
-
-def trainable_state(model) -> dict:
-    return {k: v.detach().cpu().contiguous() for k, v in model.named_parameters() if v.requires_grad}
 
 
 def _flatten_optimizer(opt_state: dict) -> tuple[dict, dict]:
@@ -34,7 +31,7 @@ def _flatten_optimizer(opt_state: dict) -> tuple[dict, dict]:
         for key, value in entry.items():
             name = f"{idx}.{key}"
             if hasattr(value, "detach"):
-                tensors[name] = value.detach().cpu().contiguous()
+                tensors[name] = full(value.detach()).cpu().contiguous()
             else:
                 scalars[name] = value
     return tensors, {"param_groups": opt_state["param_groups"], "scalars": scalars}
@@ -49,20 +46,24 @@ def _unflatten_optimizer(tensors: dict, meta: dict) -> dict:
 
 
 def save(directory: str | Path, step: int, model, optimizer, scheduler, position: dict[str, Any],
-         meta: dict[str, Any], keep: int = 2) -> Path:
-    """Write checkpoint `step` atomically, then prune all but the newest `keep`."""
+         meta: dict[str, Any], keep: int = 2, write: bool = True) -> Path:
+    """Write checkpoint `step` atomically, then prune all but the newest `keep`. Under torchrun every
+    rank calls it (sharded tensors are gathered collectively) and only the one with `write` writes."""
     import torch
     from safetensors.torch import save_file
 
     directory = Path(directory)
     target = directory / f"step-{step:08d}"
+    trainable = trainable_full(model)
     opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
+    if not write:
+        return target
     rng = {"torch_cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             rng[f"torch_cuda_{i}"] = s
     with atomic_dir(target, owner="checkpoint") as tmp:
-        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+        save_file(trainable, str(tmp / "trainable.safetensors"))
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
         save_file(rng, str(tmp / "rng.safetensors"))
         state = {"step": step, "position": position, "optimizer": opt_meta, "scheduler": scheduler.state_dict(),
@@ -124,9 +125,14 @@ def load(path: Path, model, optimizer, scheduler) -> dict[str, Any]:
     params = dict(model.named_parameters())
     for name, tensor in load_file(str(path / "trainable.safetensors")).items():
         with torch.no_grad():
-            params[name].copy_(tensor.to(params[name].device))
+            params[name].copy_(like(tensor, params[name]))
     state = json.loads((path / "state.json").read_text(encoding="utf-8"))
     opt_state = _unflatten_optimizer(load_file(str(path / "optimizer.safetensors")), state["optimizer"])
+    by_index = [p for group in optimizer.param_groups for p in group["params"]]
+    for idx, entry in opt_state["state"].items():  # moments shaped like their (maybe sharded) parameter
+        for key, value in entry.items():
+            if hasattr(value, "shape") and value.shape == by_index[idx].shape:
+                entry[key] = like(value, by_index[idx])
     optimizer.load_state_dict(opt_state)
     scheduler.load_state_dict(state["scheduler"])
     rng = load_file(str(path / "rng.safetensors"))

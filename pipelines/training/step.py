@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipelines.training.batching import IGNORE
-from pipelines.training.distributed import SINGLE, Dist, sum_gradients
+from pipelines.training.distributed import SINGLE, Dist, sharded, sum_gradients
 
 LOGITS_CHUNK = 1024  # labelled positions per chunk of the vocabulary projection
 _SCALED_LOGITS = ("final_logit_softcapping", "logit_scale", "logits_scaling")  # not a plain lm_head
@@ -42,8 +42,10 @@ def items(batch: dict, labelled: bool) -> int:
 
 
 def _chunked_ok(model) -> bool:
+    """The decoder and the head can be called apart: a plain head, and no FSDP (whose root forward
+    gathers the parameters that calling the decoder directly would find still sharded)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return (hasattr(base, "get_decoder") and base.get_output_embeddings() is not None
+    return (not sharded(model) and hasattr(base, "get_decoder") and base.get_output_embeddings() is not None
             and not any(getattr(base.config, k, None) for k in _SCALED_LOGITS))
 
 
@@ -90,21 +92,25 @@ def to_device(batch: dict, device: str) -> dict:
 
 
 def train_step(model, micro_batches: list[dict], optimizer, scheduler, cfg: StepConfig,
-               trainable: list, scaler=None, step_items: int | None = None):
+               trainable: list, scaler=None, step_items: int | None = None, fillers: int = 0):
     """Forward/backward every micro-batch, sum gradients across ranks, then one clipped optimiser step.
-    `step_items`: the loss items of the whole step over all ranks (default: those of `micro_batches`).
+    `step_items`: the loss items of the whole step over all ranks (default: those of `micro_batches`);
+    the last `fillers` micro-batches only keep a sharded model's ranks in step (zero weight).
     Returns the step's mean loss (a device tensor)."""
     import torch
 
-    total_items = max(step_items or sum(items(mb, cfg.labelled) for mb in micro_batches), 1)
+    real = micro_batches[:len(micro_batches) - fillers]
+    scale = cfg.dist.world if sharded(model) else 1  # FSDP averages gradients over ranks; we sum
+    total_items = max(step_items or sum(items(mb, cfg.labelled) for mb in real), 1)
     step_loss = torch.zeros((), device=cfg.device)
-    for mb in micro_batches:
+    for i, mb in enumerate(micro_batches):
         mb = to_device(mb, cfg.device)
+        weight = 0.0 if i >= len(real) else scale / total_items
         with torch.autocast(cfg.device, dtype=cfg.dtype, enabled=cfg.dtype != torch.float32):
-            loss = loss_sum(model, mb, cfg) / total_items
+            loss = loss_sum(model, mb, cfg) * weight
         (scaler.scale(loss) if scaler else loss).backward()
-        step_loss += loss.detach()
-    sum_gradients(trainable, step_loss, cfg.dist)
+        step_loss += loss.detach() / scale
+    sum_gradients(trainable, step_loss, cfg.dist, grads_too=not sharded(model))
     if scaler:
         scaler.unscale_(optimizer)
     torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
