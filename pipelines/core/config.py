@@ -173,6 +173,7 @@ class EvaluateParams(_Section):
     latency_samples: int = Field(100, ge=1)  # single-example forward passes timed for p50/p95
     max_new_tokens: int = Field(64, ge=1)  # causal_lm greedy answers
     generation_batch_size: int = Field(8, ge=1)  # causal_lm: prompts per forward pass when answering
+    generation_latency_samples: int = Field(3, ge=0)  # causal_lm: answers timed one at a time (TTFT, per token)
     golden_prompts: str | None = "golden/prompts.jsonl"  # causal_lm regression prompts
     # The champion version to compare with: pinned by each lifecycle run when it starts, so dvc.lock
     # records it and DVC's run-cache can skip an unchanged evaluation; null = the champion alias now.
@@ -194,6 +195,8 @@ class GateParams(_Section):
     min_golden_pass_rate: float | None = Field(None, ge=0.0, le=1.0)
     min_json_valid: float | None = Field(None, ge=0.0, le=1.0)  # data.response_format: json_object
     min_field_match: float | None = Field(None, ge=0.0, le=1.0)  # ... share of the reference's fields matched
+    max_answer_pii: float | None = Field(0.0, ge=0.0, le=1.0)  # causal_lm: share of answers with PII in them
+    max_ttft_p95_ms: float | None = Field(None, gt=0.0)  # causal_lm: time to first token, one request at a time
     significance: Literal["mcnemar", "bootstrap"] = "mcnemar"
     alpha: float = Field(0.05, gt=0.0, lt=1.0)
     require_improvement: bool = False

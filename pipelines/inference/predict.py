@@ -52,6 +52,32 @@ def generate(model, tok, messages: list[dict] | None, max_new_tokens: int, promp
     return tok.decode(new, skip_special_tokens=True), int(ids.shape[1]), int(len(new))
 
 
+class _Clock:
+    """A generate() streamer that only notes when each token arrives (the first call is the prompt)."""
+
+    def __init__(self) -> None:
+        import time
+
+        self._now = time.perf_counter
+        self.t0, self.stamps = self._now(), []
+
+    def put(self, value) -> None:
+        self.stamps.append(self._now())
+
+    def end(self) -> None:
+        pass
+
+
+def timed_generate(model, tok, messages: list[dict], max_new_tokens: int) -> dict[str, float]:
+    """One greedy answer, timed: seconds to the first new token (prefill included) and per later token."""
+    clock = _Clock()
+    _, _, completion = generate(model, tok, messages, max_new_tokens, streamer=clock)
+    tokens = clock.stamps[1:]  # stamps[0]: the prompt, handed to the streamer before decoding starts
+    ttft = (tokens[0] if tokens else clock._now()) - clock.t0
+    per_token = (tokens[-1] - tokens[0]) / (len(tokens) - 1) if len(tokens) > 1 else 0.0
+    return {"ttft_s": ttft, "per_token_s": per_token, "tokens": completion}
+
+
 def generate_many(model, tok, conversations: list[list[dict]], max_new_tokens: int, batch_size: int = 8) -> list[str]:
     """Greedy answers to many chats, `batch_size` prompts per forward pass (left-padded, similar lengths
     together); answers come back in the order asked."""

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipelines.core import pii
 from pipelines.core.config import Params
 from pipelines.core.dataio import atomic_dir, write_json
 from pipelines.core.errors import InputError
@@ -122,13 +123,24 @@ def json_scores(answer: str, reference: str) -> dict[str, float]:
     return {"json_valid": float(valid), "field_match": matched / len(fields) if fields else float(valid)}
 
 
+def _generation_latency_ms(model, tok, prompts: list[list[dict]], ep) -> dict[str, float]:
+    """p50/p95 time to first token and p50 time per later token, one request at a time (what a
+    lone client of the served model waits), over the first `generation_latency_samples` prompts."""
+    runs = [predict.timed_generate(model, tok, p, ep.max_new_tokens) for p in prompts[:ep.generation_latency_samples]]
+    if not runs:
+        return {}
+    ttft = [r["ttft_s"] * 1000 for r in runs]
+    return {"ttft_p50_ms": float(np.percentile(ttft, 50)), "ttft_p95_ms": float(np.percentile(ttft, 95)),
+            "per_token_p50_ms": float(np.percentile([r["per_token_s"] * 1000 for r in runs], 50))}
+
+
 def _score_causal(model, tok, frame: pd.DataFrame, params: Params) -> tuple[dict, pd.DataFrame]:
     ep = params.evaluate
     batching.ensure_chat_template(tok)
     rows = frame.to_dict("records")
     examples, _ = batching.encode_sft_rows(rows, tok, params.train.max_length)
     loss = predict.mean_loss(model, examples, params.data.task, params.train.eval_batch_size, tok.pad_token_id,
-                             "cpu")["eval_loss"]
+                             next(model.parameters()).device)["eval_loss"]
     chats = [batching.to_messages(row) for row in rows]
     answers = [a.strip() for a in predict.generate_many(model, tok, [c[:-1] for c in chats], ep.max_new_tokens,
                                                         ep.generation_batch_size)]
@@ -138,11 +150,13 @@ def _score_causal(model, tok, frame: pd.DataFrame, params: Params) -> tuple[dict
         scores = {"exact_match": float(answer == reference.strip()), "rouge_l": rouge_l(answer, reference)}
         if params.data.response_format == "json_object":
             scores |= json_scores(answer, reference)
+        scores["answer_pii"] = float(any(pii.contains(answer, kind) for kind in params.data.pii_detectors))
         # what the model actually said, beside what it was asked and what was expected, for reviewers
         per.append({"prompt": chat[-2]["content"] if len(chat) > 1 else "", "reference": reference,
                     "answer": answer, **scores})
     per_frame = pd.DataFrame(per)
-    metrics = {"eval_loss": loss, "perplexity": math.exp(min(loss, 50))}
+    metrics = {"eval_loss": loss, "perplexity": math.exp(min(loss, 50)),
+               **_generation_latency_ms(model, tok, [c[:-1] for c in chats], ep)}
     metrics |= {k: float(per_frame[k].mean()) for k in per_frame.columns if per_frame[k].dtype.kind == "f"}
     golden = Path(ep.golden_prompts) if ep.golden_prompts else None
     if golden is not None and golden.exists():

@@ -7,7 +7,8 @@ SPEC = register(TaskSpec(
     gate_floors=(("max_perplexity", "perplexity", "max"), ("min_rouge_l", "rouge_l", "min"),
                  ("min_exact_match", "exact_match", "min"),
                  ("min_golden_pass_rate", "golden_pass_rate", "min"),
-                 ("min_json_valid", "json_valid", "min"), ("min_field_match", "field_match", "min")),
+                 ("min_json_valid", "json_valid", "min"), ("min_field_match", "field_match", "min"),
+                 ("max_answer_pii", "answer_pii", "max"), ("max_ttft_p95_ms", "ttft_p95_ms", "max")),
     paired_score="rouge_l", paired_test="bootstrap",
     routes=("/v1/chat/completions", "/v1/completions"), headline="rouge_l",
     # 0: with any dropout peft keeps a float32 copy of every LoRA input for the backward pass

@@ -50,6 +50,24 @@ def test_floor_rules_fail_closed(metrics, failing):
     assert [r["rule"] for r in rules if not r["passed"]] == failing
 
 
+CAUSAL = {"perplexity": 3.0, "rouge_l": .6, "exact_match": .2, "json_valid": 1.0, "field_match": .8,
+          "answer_pii": 0.0, "ttft_p95_ms": 120.0}
+
+
+@pytest.mark.parametrize("changed, gate, failing", [
+    ({}, {}, []),
+    ({"answer_pii": 0.05}, {}, ["max_answer_pii"]),  # one answer in twenty carried PII: rejected by default
+    ({"answer_pii": 0.05}, {"max_answer_pii": 0.1}, []),
+    ({"ttft_p95_ms": 900.0}, {"max_ttft_p95_ms": 500.0}, ["max_ttft_p95_ms"]),
+    ({"ttft_p95_ms": None}, {"max_ttft_p95_ms": 500.0}, ["max_ttft_p95_ms"]),  # not measured: fail closed
+    ({"answer_pii": None}, {}, ["max_answer_pii"]),
+])
+def test_generative_answer_rules(changed, gate, failing):
+    metrics = {k: v for k, v in {**CAUSAL, **changed}.items() if v is not None}
+    rules = floor_rules("causal_lm", metrics, GateParams(**gate))
+    assert [r["rule"] for r in rules if not r["passed"]] == failing
+
+
 def paired(cand: list[int], champ: list[int]) -> pd.DataFrame:
     return pd.DataFrame({"candidate_correct": np.array(cand, float), "champion_correct": np.array(champ, float)})
 
