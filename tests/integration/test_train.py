@@ -164,7 +164,14 @@ BAD = [
     ("max length too small", {"max_length": 8}, None, "too small for the chat template"),
     ("qlora without cuda", {"quantization": "4bit"}, None, "needs a CUDA GPU"),
     ("unknown param", {"epochz": 3}, None, "unknown key 'train.epochz'"),
+    ("every prompt longer than max_length", {}, "long", "no training example keeps any response token"),
+    ("flex attention on cpu", {"attn_implementation": "flex_attention"}, None, "flex_attention needs a CUDA GPU"),
+    ("liger on cpu", {"kernels": "liger"}, None, "liger needs a CUDA GPU"),
+    ("micro-batch budget under one example", {"micro_batch_tokens": 32}, None,
+     "micro_batch_tokens (32) is smaller than max_length (64)"),
 ]
+
+LONG = "please read all of this " * 40  # far beyond max_length 64 once rendered
 
 
 @pytest.mark.parametrize("case, train_overrides, data, fragment", BAD, ids=[b[0] for b in BAD])
@@ -173,7 +180,8 @@ def test_bad_input_is_one_line_exit_2_and_no_output(case, train_overrides, data,
     from pipelines.cli import main
 
     monkeypatch.chdir(tmp_path)
-    write_prepared(tmp_path, [] if data == "empty" else sft_rows(8), sft_rows(4, seed=50))
+    rows = [{**r, "prompt": LONG + r["prompt"]} for r in sft_rows(8)] if data == "long" else sft_rows(8)
+    write_prepared(tmp_path, [] if data == "empty" else rows, sft_rows(4, seed=50))
     if data == "empty":
         pd.DataFrame({"prompt": pd.Series([], dtype=str), "response": pd.Series([], dtype=str)}).to_parquet(
             tmp_path / "prepared" / "train.parquet")
@@ -216,3 +224,19 @@ def test_gradient_checkpointing_and_messages_format(tiny_bases, tmp_path):
     result = train(make_params(tmp_path, "causal_lm", base_model=str(tiny_bases["mistral"]), max_length=64,
                                epochs=2, batch_size=4, gradient_checkpointing=True, checkpoint_every=1000))
     assert result.metrics["steps"] > 0 and math.isfinite(result.metrics["eval_loss"])
+
+
+def test_prompts_too_long_for_max_length_are_skipped_and_counted(tiny_bases, tmp_path, capsys, monkeypatch):
+    from pipelines.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    rows = sft_rows(12)
+    for r in rows[:3]:
+        r["prompt"] = LONG + r["prompt"]
+    write_prepared(tmp_path, rows, sft_rows(4, seed=50))
+    params = {"data": {"task": "causal_lm"}, "prepare": {"output_dir": "prepared"},
+              "train": {"base_model": str(tiny_bases["llama"]), "max_length": 64, "max_steps": 2}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert main(["train"]) == 0
+    assert "note: 3 train examples had no response tokens left within max_length; skipped" in capsys.readouterr().err
+    assert json.loads((tmp_path / "models" / "candidate" / "metrics.json").read_text())["train_examples"] == 9
