@@ -119,7 +119,7 @@ def validation_frame(frame: pd.DataFrame, data: DataParams) -> pd.DataFrame:
         answers = response.groupby(prompt).transform("nunique")
         out["_response_conflict"] = (answers > 1).fillna(False).astype(bool)
         if data.response_format == "json_object":
-            out["_response_json"] = response.map(_json_object).astype(bool)
+            out["_response_json"] = response.map(is_json_object).astype(bool)
     if task_spec(data.task).labelled and {data.text_column, data.label_column} <= set(out.columns):
         # Class statistics use the label as prepare will write it (stripped): a stray space is
         # reported by label_well_formed, not as a fake extra class.
@@ -143,7 +143,7 @@ def parse_messages(value: Any) -> Any:
     return value
 
 
-def _json_object(text: Any) -> bool:
+def is_json_object(text: Any) -> bool:
     """Whether a response is exactly one JSON object (what `data.response_format: json_object` promises)."""
     if not isinstance(text, str):
         return False

@@ -9,6 +9,9 @@ about HTTP, the registry or params files.
 from __future__ import annotations
 
 import math
+import threading
+from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,21 +38,59 @@ def classify(model, tok, texts: list[str], max_length: int, batch_size: int | No
     return np.concatenate(probs) if probs else np.zeros((0, 0), dtype=np.float32)
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """How to pick tokens: greedy at temperature 0 (what evaluation measures), else nucleus sampling,
+    reproducible with a seed; generation also ends at the first of the `stop` strings (not returned)."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+GREEDY = Sampling()
+
+
+def _stop_on_text(tok, stops: tuple[str, ...], prompt_len: int):
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class StopOnText(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            text = tok.decode(input_ids[0, prompt_len:], skip_special_tokens=True)
+            return any(stop in text for stop in stops)
+
+    return StoppingCriteriaList([StopOnText()])
+_SEEDED = threading.Lock()  # a seeded request owns torch's (process-wide) generator while it samples
+
+
 def generate(model, tok, messages: list[dict] | None, max_new_tokens: int, prompt: str | None = None,
-             streamer=None) -> tuple[str, int, int]:
-    """Greedy completion of a chat (rendered by the tokenizer's template) or of a raw `prompt`;
+             streamer=None, sampling: Sampling = GREEDY) -> tuple[str, int, int]:
+    """Completion of a chat (rendered by the tokenizer's template) or of a raw `prompt`;
     returns (text, prompt_tokens, completion_tokens)."""
     import torch
 
     text = prompt if prompt is not None else tok.apply_chat_template(messages, tokenize=False,
                                                                      add_generation_prompt=True)
     ids = tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"].to(_device(model))
-    with torch.no_grad():
+    options: dict[str, Any] = {"do_sample": sampling.temperature > 0}
+    if sampling.temperature > 0:
+        options.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
+    if sampling.stop:  # decoded text checked each step (transformers' stop_strings fails on some tokenizers)
+        options["stopping_criteria"] = _stop_on_text(tok, sampling.stop, ids.shape[1])
+    seeded = sampling.seed is not None and sampling.temperature > 0
+    with torch.no_grad(), (_SEEDED if seeded else nullcontext()), torch.random.fork_rng(enabled=seeded,
+                                                                                         devices=[]):
+        if seeded:
+            torch.manual_seed(sampling.seed)
         out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                             do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                             streamer=streamer)
+                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, streamer=streamer,
+                             **options)
     new = out[0, ids.shape[1]:]
-    return tok.decode(new, skip_special_tokens=True), int(ids.shape[1]), int(len(new))
+    answer = tok.decode(new, skip_special_tokens=True)
+    for stop in sampling.stop:  # OpenAI's contract: the stop sequence itself is not part of the answer
+        answer = answer.split(stop, 1)[0]
+    return answer, int(ids.shape[1]), int(len(new))
 
 
 class _Clock:

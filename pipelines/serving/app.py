@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from pipelines.core.config import Params
+from pipelines.core.contract import is_json_object
+from pipelines.inference.predict import GREEDY, Sampling
 from pipelines.serving.engine import (
     Batcher,
     Holder,
@@ -59,16 +61,36 @@ class ChatMessage(BaseModel):
     content: Text
 
 
-class ChatRequest(BaseModel):
+class ResponseFormat(BaseModel):
+    type: Literal["text", "json_object"] = "text"
+
+
+StopText = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class SamplingFields(BaseModel):
+    """OpenAI's sampling fields: temperature 0 (the default here) is greedy, what evaluation measured."""
+
     model_config = ConfigDict(extra="ignore")  # OpenAI clients send fields we do not use
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    seed: int | None = Field(None, ge=0, le=2 ** 63 - 1)
+    stop: StopText | Annotated[list[StopText], Field(max_length=4)] | None = None  # OpenAI: up to 4
+
+    def sampling(self) -> Sampling:
+        stop = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
+        return Sampling(self.temperature, self.top_p, self.seed, tuple(stop))
+
+
+class ChatRequest(SamplingFields):
     model: str | None = None
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     stream: bool = False
+    response_format: ResponseFormat | None = None
 
 
-class CompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class CompletionRequest(SamplingFields):
     model: str | None = None
     prompt: Text
     max_tokens: int | None = Field(None, ge=1)
@@ -295,9 +317,30 @@ def install_routes(app, sp, name: str, holder, batcher, executor, metrics, check
             raise HTTPException(422, f"max_tokens: at most {sp.max_tokens}")
         return requested or min(64, sp.max_tokens)
 
-    async def _generate(loaded, messages, prompt, max_tokens):
+    async def _generate(loaded, messages, prompt, max_tokens, sampling=GREEDY):
         return await asyncio.get_running_loop().run_in_executor(
-            executor, lambda: generate(loaded, messages, max_tokens, prompt=prompt))
+            executor, lambda: generate(loaded, messages, max_tokens, prompt=prompt, sampling=sampling))
+
+    async def _json_answer(loaded, messages, max_tokens, sampling):
+        """`response_format: json_object`, validated and retried: the answer must parse as one JSON object;
+        if it does not, one retry sampling at temperature 0.7 (seeded), then the upstream if there is
+        one; else 422. Returns (text, prompt tokens, completion tokens, route)."""
+        text, n_in, n_out = await _generate(loaded, messages, None, max_tokens, sampling)
+        if is_json_object(text):
+            return text, n_in, n_out, "local"
+        retry = Sampling(0.7, 0.95, sampling.seed if sampling.seed is not None else 0, sampling.stop)
+        text, n_in, more = await _generate(loaded, messages, None, max_tokens, retry)
+        metrics.tokens.labels("local").inc(n_in + n_out)  # the discarded first answer cost tokens too
+        if is_json_object(text):
+            return text, n_in, more, "local"
+        if upstream is not None:
+            body = await upstream.chat(messages, max_tokens, metrics)
+            if body is not None:
+                content = body.get("choices", [{}])[0].get("message", {}).get("content", "")
+                if is_json_object(content):
+                    usage = body.get("usage", {})
+                    return content, usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0), "upstream"
+        raise HTTPException(422, "response_format: the model did not produce a JSON object (after one retry)")
 
     @app.post("/v1/chat/completions", responses=_documented(400, *COMMON_ERRORS))
     async def chat(req: ChatRequest):
@@ -313,16 +356,26 @@ def install_routes(app, sp, name: str, holder, batcher, executor, metrics, check
             if body is not None:
                 return reply({**body, "route": "upstream"}, loaded)
             flag = "upstream failed; answered locally"
+        sampling = req.sampling()
+        json_mode = req.response_format is not None and req.response_format.type == "json_object"
+        if req.stream and json_mode:
+            raise HTTPException(422, "response_format: json_object cannot be streamed (the answer is validated "
+                                     "whole before it is sent)")
         if req.stream:
-            return _stream(loaded, messages, None, max_tokens, "chat.completion.chunk")
-        text, n_in, n_out = await _generate(loaded, messages, None, max_tokens)
-        metrics.routed.labels("local").inc()
-        metrics.tokens.labels("local").inc(n_in + n_out)
+            return _stream(loaded, messages, None, max_tokens, "chat.completion.chunk", sampling)
+        route = "local"
+        if json_mode:
+            text, n_in, n_out, route = await _json_answer(loaded, messages, max_tokens, sampling)
+        else:
+            text, n_in, n_out = await _generate(loaded, messages, None, max_tokens, sampling)
+        if route == "local":  # the upstream client counts its own requests and tokens
+            metrics.routed.labels("local").inc()
+            metrics.tokens.labels("local").inc(n_in + n_out)
         body = {"id": completion_id(), "object": "chat.completion", "created": int(time.time()), "model": name,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                              "finish_reason": "length" if n_out >= max_tokens else "stop"}],
                 "usage": {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out},
-                "route": "local"}
+                "route": route}
         if flag:
             body["fallback_error"] = flag
         return reply(body, loaded)
@@ -335,19 +388,19 @@ def install_routes(app, sp, name: str, holder, batcher, executor, metrics, check
             raise HTTPException(413, f"prompt: over {sp.max_chars} characters")
         max_tokens = _max_tokens(req.max_tokens)
         if req.stream:
-            return _stream(loaded, None, req.prompt, max_tokens, "text_completion")
-        text, n_in, n_out = await _generate(loaded, None, req.prompt, max_tokens)
+            return _stream(loaded, None, req.prompt, max_tokens, "text_completion", req.sampling())
+        text, n_in, n_out = await _generate(loaded, None, req.prompt, max_tokens, req.sampling())
         metrics.tokens.labels("local").inc(n_in + n_out)
         return reply({"id": completion_id(), "object": "text_completion", "created": int(time.time()), "model": name,
                       "choices": [{"index": 0, "text": text, "finish_reason": "length" if n_out >= max_tokens else "stop"}],
                       "usage": {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out},
                       "route": "local"}, loaded)
 
-    def _stream(loaded, messages, prompt, max_tokens, kind: str):
+    def _stream(loaded, messages, prompt, max_tokens, kind: str, sampling=GREEDY):
         from transformers import TextIteratorStreamer
 
         streamer = TextIteratorStreamer(loaded.tok, skip_prompt=True, skip_special_tokens=True, timeout=sp.request_timeout_s)
-        executor.submit(generate, loaded, messages, max_tokens, prompt, streamer)
+        executor.submit(generate, loaded, messages, max_tokens, prompt, streamer, sampling)
         cid, created = completion_id(), int(time.time())
 
         def chunk(piece: str | None, finish: str | None) -> str:

@@ -100,11 +100,13 @@ def warm_up(loaded: Loaded) -> None:
 
 
 def generate(loaded: Loaded, messages: list[dict] | None, max_tokens: int, prompt: str | None = None,
-             streamer=None) -> tuple[str, int, int]:
-    """Greedy generation through the path `evaluate` measured; returns (text, prompt_tokens, completion_tokens)."""
+             streamer=None, sampling=None) -> tuple[str, int, int]:
+    """Generation through the path `evaluate` measured (greedy unless `sampling` says otherwise);
+    returns (text, prompt_tokens, completion_tokens)."""
     from pipelines.inference import predict
 
-    return predict.generate(loaded.model, loaded.tok, messages, max_tokens, prompt=prompt, streamer=streamer)
+    return predict.generate(loaded.model, loaded.tok, messages, max_tokens, prompt=prompt, streamer=streamer,
+                            sampling=sampling or predict.GREEDY)
 
 
 class Holder:

@@ -211,3 +211,55 @@ def test_out_of_domain_chat_goes_upstream(gen_registry):
             assert r.json()["route"] == "local"
     finally:
         up.stop()
+
+
+def test_sampling_stop_and_seed(gen_registry):
+    chat = {"max_tokens": 12, "messages": [{"role": "user", "content": "question 3: what is 3 plus 3?"}]}
+    with TestClient(app_for(gen_registry)) as c:
+        greedy = c.post("/v1/chat/completions", json=chat).json()["choices"][0]["message"]["content"]
+        assert greedy == c.post("/v1/chat/completions", json=chat).json()["choices"][0]["message"]["content"]
+        words = greedy.split()
+        assert len(words) >= 2, greedy
+        cut = c.post("/v1/chat/completions", json={**chat, "stop": [words[1]]}).json()["choices"][0]["message"]
+        assert cut["content"] == greedy.split(words[1], 1)[0]  # ends before the stop sequence, which is left out
+        seeded = {**chat, "temperature": 1.5, "top_p": 0.95, "seed": 7}
+        first = c.post("/v1/chat/completions", json=seeded).json()["choices"][0]["message"]["content"]
+        assert first == c.post("/v1/chat/completions", json=seeded).json()["choices"][0]["message"]["content"]
+        answers = {c.post("/v1/chat/completions", json={**seeded, "seed": s}).json()["choices"][0]["message"]["content"]
+                   for s in range(8)}
+        assert len(answers) > 1, "sampling at temperature 1.5 never varied over 8 seeds"
+
+
+SAMPLING_BAD = [
+    ({"temperature": 3}, 422, "temperature"),
+    ({"top_p": 0}, 422, "top_p"),
+    ({"stop": ["a", "b", "c", "d", "e"]}, 422, "stop"),
+    ({"stop": ""}, 422, "stop"),
+    ({"response_format": {"type": "yaml"}}, 422, "response_format"),
+    ({"response_format": {"type": "json_object"}, "stream": True}, 422, "response_format"),
+    ({"response_format": {"type": "json_object"}}, 422, "response_format"),  # the tiny model cannot answer JSON
+]
+
+
+@pytest.mark.parametrize("extra, status, field", SAMPLING_BAD, ids=[f"{b[2]}-{i}" for i, b in enumerate(SAMPLING_BAD)])
+def test_bad_generation_options_are_4xx_naming_the_field(gen_registry, extra, status, field):
+    with TestClient(app_for(gen_registry)) as c:
+        r = c.post("/v1/chat/completions", json={"max_tokens": 4, "messages": [{"role": "user", "content": "hi"}],
+                                                 **extra})
+        assert r.status_code == status, r.text
+        assert field in json.dumps(r.json()["error"])
+        assert c.get("/healthz").status_code == 200
+
+
+def test_json_mode_falls_back_to_the_upstream_when_the_local_answer_is_not_json(gen_registry):
+    up = FakeUpstream('{"intent": "refund"}')
+    try:
+        with TestClient(app_for(gen_registry, fallback={"url": up.url})) as c:
+            r = c.post("/v1/chat/completions", json={"max_tokens": 4, "response_format": {"type": "json_object"},
+                                                     "messages": [{"role": "user", "content": "hi"}]})
+            assert r.status_code == 200, r.text
+            assert r.json()["route"] == "upstream"
+            assert json.loads(r.json()["choices"][0]["message"]["content"]) == {"intent": "refund"}
+            assert 'pipelines_route_requests_total{route="upstream"} 1.0' in c.get("/metrics").text
+    finally:
+        up.stop()
