@@ -23,6 +23,7 @@ from pipelines.serving.engine import (
     Holder,
     Metrics,
     QueueFull,
+    Slots,
     api_keys,
     check_key,
     classify,
@@ -342,8 +343,27 @@ def install_routes(app, sp, name: str, holder, batcher, executor, metrics, check
                     return content, usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0), "upstream"
         raise HTTPException(422, "response_format: the model did not produce a JSON object (after one retry)")
 
+    slots = Slots(sp.max_queue)  # generations admitted at once (running or waiting for the model)
+
+    async def _admit(handler):
+        """Run a generation handler if a slot is free, else 429. A stream keeps its slot until it ends."""
+        if not slots.take():
+            return JSONResponse(error_body(429, "server busy: too many generations in progress, retry later"),
+                                429, headers={"Retry-After": "1"})
+        try:
+            response = await handler()
+        except BaseException:
+            slots.give()
+            raise
+        if not isinstance(response, StreamingResponse):
+            slots.give()
+        return response
+
     @app.post("/v1/chat/completions", responses=_documented(400, *COMMON_ERRORS))
     async def chat(req: ChatRequest):
+        return await _admit(lambda: _chat(req))
+
+    async def _chat(req: ChatRequest):
         loaded = served()
         _answers(loaded, "/v1/chat/completions")
         messages = [m.model_dump() for m in req.messages]
@@ -382,6 +402,9 @@ def install_routes(app, sp, name: str, holder, batcher, executor, metrics, check
 
     @app.post("/v1/completions", responses=_documented(400, *COMMON_ERRORS))
     async def completions(req: CompletionRequest):
+        return await _admit(lambda: _completions(req))
+
+    async def _completions(req: CompletionRequest):
         loaded = served()
         _answers(loaded, "/v1/completions")
         if len(req.prompt) > sp.max_chars:
@@ -414,14 +437,17 @@ def install_routes(app, sp, name: str, holder, batcher, executor, metrics, check
         async def events():
             loop = asyncio.get_running_loop()
             iterator = iter(streamer)
-            while True:
-                piece = await loop.run_in_executor(None, next, iterator, None)
-                if piece is None:
-                    break
-                if piece:
-                    yield chunk(piece, None)
-            yield chunk(None, "stop")
-            yield "data: [DONE]\n\n"
+            try:
+                while True:
+                    piece = await loop.run_in_executor(None, next, iterator, None)
+                    if piece is None:
+                        break
+                    if piece:
+                        yield chunk(piece, None)
+                yield chunk(None, "stop")
+                yield "data: [DONE]\n\n"
+            finally:  # finished, failed or the client went away: the slot is free again
+                slots.give()
 
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"X-Model-Version": str(loaded.version), "Cache-Control": "no-cache"})

@@ -109,6 +109,22 @@ def generate(loaded: Loaded, messages: list[dict] | None, max_tokens: int, promp
                             sampling=sampling or predict.GREEDY)
 
 
+class Slots:
+    """A bounded count of requests in progress (the event loop's thread only: no lock needed)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = limit, 0
+
+    def take(self) -> bool:
+        if self.used >= self.limit:
+            return False
+        self.used += 1
+        return True
+
+    def give(self) -> None:
+        self.used = max(0, self.used - 1)
+
+
 class Holder:
     """The served version and the watcher that swaps it when the alias moves.
 

@@ -263,3 +263,16 @@ def test_json_mode_falls_back_to_the_upstream_when_the_local_answer_is_not_json(
             assert 'pipelines_route_requests_total{route="upstream"} 1.0' in c.get("/metrics").text
     finally:
         up.stop()
+
+
+def test_generations_beyond_the_bound_get_429_and_a_finished_stream_frees_its_slot(gen_registry):
+    chat = {"max_tokens": 3, "messages": [{"role": "user", "content": "hello"}]}
+    with TestClient(app_for(gen_registry, max_queue=1)) as c:
+        with c.stream("POST", "/v1/chat/completions", json={**chat, "stream": True}) as s:
+            busy = c.post("/v1/chat/completions", json=chat)  # the stream holds the only slot
+            assert busy.status_code == 429 and busy.headers["Retry-After"] == "1"
+            assert "too many generations" in busy.json()["error"]["message"]
+            assert c.post("/v1/completions", json={"prompt": "x", "max_tokens": 2}).status_code == 429
+            list(s.iter_lines())
+        assert c.post("/v1/chat/completions", json=chat).status_code == 200
+        assert c.post("/v1/chat/completions", json=chat).status_code == 200  # non-streamed answers give it back
