@@ -97,35 +97,35 @@ def _rank_pid(launcher: subprocess.Popen, rank: int) -> int | None:
     return None
 
 
+def kill_rank_after_first_checkpoint(root: Path, rank: int) -> str:
+    """Launch two ranks (one restart allowed), SIGKILL `rank` once a checkpoint is on disk; the stderr."""
+    launcher = subprocess.Popen(torchrun(2, "--max-restarts=1"), cwd=root, env=cli_env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 600
+    while not list((root / "checkpoints" / "train").glob("step-*/manifest.json")):
+        assert launcher.poll() is None and time.time() < deadline, launcher.communicate()[1][-3000:]
+        time.sleep(0.02)
+    victim = _rank_pid(launcher, rank)
+    assert victim is not None, f"rank {rank} not found"
+    os.kill(victim, signal.SIGKILL)
+    _, err = launcher.communicate(timeout=900)
+    assert launcher.returncode == 0, err[-3000:]
+    assert "resuming from" in err, err[-3000:]
+    return err
+
+
 def test_a_killed_rank_is_replaced_and_resumes_from_the_checkpoint(base, tmp_path, two_ranks):
     root = _setup(tmp_path / "killed", base)
-    launcher = subprocess.Popen(torchrun(2, "--max-restarts=1"), cwd=root, env=cli_env(),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 600
-    while not list((root / "checkpoints" / "train").glob("step-*/manifest.json")):
-        assert launcher.poll() is None and time.time() < deadline, launcher.communicate()[1][-3000:]
-        time.sleep(0.02)
-    victim = _rank_pid(launcher, 1)
-    assert victim is not None, "rank 1 not found"
-    os.kill(victim, signal.SIGKILL)
-    out, err = launcher.communicate(timeout=900)
-    assert launcher.returncode == 0, err[-3000:]
-    assert "resuming from" in err, err[-3000:]
+    kill_rank_after_first_checkpoint(root, 1)
     assert_same_training(two_ranks[0], root)
 
 
-def test_fsdp_sharding_takes_the_same_steps_and_resumes(base, tmp_path, two_ranks):
-    """train.sharding: fsdp (FSDP2 over gloo): the same adapter as unsharded ranks, also after a kill.
-    Accumulation over 3 micro-batches of uneven size makes the ranks' micro-batch counts differ."""
-    root = _setup(tmp_path / "fsdp", base, sharding="fsdp", gradient_accumulation_steps=3)
-    launcher = subprocess.Popen(torchrun(2, "--max-restarts=1"), cwd=root, env=cli_env(),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 600
-    while not list((root / "checkpoints" / "train").glob("step-*/manifest.json")):
-        assert launcher.poll() is None and time.time() < deadline, launcher.communicate()[1][-3000:]
-        time.sleep(0.02)
-    os.kill(_rank_pid(launcher, 0), signal.SIGKILL)
-    out, err = launcher.communicate(timeout=900)
-    assert launcher.returncode == 0, err[-3000:]
-    assert "resuming from" in err, err[-3000:]
-    assert_same_training(two_ranks[0], root)
+def test_fsdp_sharding_takes_the_same_steps_and_resumes(base, tmp_path):
+    """train.sharding: fsdp (FSDP2 over gloo): the same adapter as one process, also after rank 0 is
+    killed. Three rows per step over two ranks, each share split for accumulation: rank 0 runs two
+    micro-batches, rank 1 one real and one zero-weight filler, so the sharded collectives line up."""
+    one = _setup(tmp_path / "one", base, batch_size=3)
+    _run(TRAIN, one)
+    root = _setup(tmp_path / "fsdp", base, batch_size=3, sharding="fsdp", gradient_accumulation_steps=3)
+    kill_rank_after_first_checkpoint(root, 0)
+    assert_same_training(one, root)
