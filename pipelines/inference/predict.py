@@ -52,6 +52,9 @@ class Sampling:
 GREEDY = Sampling()
 
 
+_SEEDED = threading.Lock()  # a seeded request owns torch's (process-wide) generator while it samples
+
+
 def _stop_on_text(tok, stops: tuple[str, ...], prompt_len: int):
     from transformers import StoppingCriteria, StoppingCriteriaList
 
@@ -61,7 +64,6 @@ def _stop_on_text(tok, stops: tuple[str, ...], prompt_len: int):
             return any(stop in text for stop in stops)
 
     return StoppingCriteriaList([StopOnText()])
-_SEEDED = threading.Lock()  # a seeded request owns torch's (process-wide) generator while it samples
 
 
 def generate(model, tok, messages: list[dict] | None, max_new_tokens: int, prompt: str | None = None,
@@ -99,11 +101,11 @@ class _Clock:
     def __init__(self) -> None:
         import time
 
-        self._now = time.perf_counter
-        self.t0, self.stamps = self._now(), []
+        self.now = time.perf_counter
+        self.t0, self.stamps = self.now(), []
 
     def put(self, value) -> None:
-        self.stamps.append(self._now())
+        self.stamps.append(self.now())
 
     def end(self) -> None:
         pass
@@ -114,7 +116,7 @@ def timed_generate(model, tok, messages: list[dict], max_new_tokens: int) -> dic
     clock = _Clock()
     _, _, completion = generate(model, tok, messages, max_new_tokens, streamer=clock)
     tokens = clock.stamps[1:]  # stamps[0]: the prompt, handed to the streamer before decoding starts
-    ttft = (tokens[0] if tokens else clock._now()) - clock.t0
+    ttft = (tokens[0] if tokens else clock.now()) - clock.t0
     per_token = (tokens[-1] - tokens[0]) / (len(tokens) - 1) if len(tokens) > 1 else 0.0
     return {"ttft_s": ttft, "per_token_s": per_token, "tokens": completion}
 

@@ -130,17 +130,22 @@ def _encode(splits, tok, task: str, labels: list[str] | None, max_length: int):
     return out
 
 
+def _packs(task: str, tp) -> bool:
+    """Whether this run's steps are packed rows (causal LMs with packing) rather than examples."""
+    return task_spec(task).generative and tp.packing
+
+
 def plan_epoch(examples, task: str, tp, epoch: int) -> list:
     lengths = [len(e.input_ids) for e in examples]
     seed = tp.seed * 1000 + epoch
-    if task_spec(task).generative and tp.packing:
+    if _packs(task, tp):
         return batching.packed_batches(lengths, tp.max_length, tp.batch_size, seed)
     return batching.length_grouped_batches(lengths, tp.batch_size, seed, group=tp.group_by_length)
 
 
 def collate(examples, members: list, task: str, tp, pad_id: int, width: int | None):
     """One micro-batch: packed rows (lists of example indices) or example indices."""
-    if task_spec(task).generative and tp.packing:
+    if _packs(task, tp):
         return batching.collate_packed([[examples[i] for i in row] for row in members], pad_id, width)
     chosen = [examples[i] for i in members]
     if task_spec(task).labelled:
@@ -152,7 +157,7 @@ def micro_plan(examples, members: list, task: str, tp, width: int | None) -> lis
     """A rank's share of one step, split by `gradient_accumulation_steps` and `micro_batch_tokens`."""
     if not members:
         return []
-    packed = task_spec(task).generative and tp.packing
+    packed = _packs(task, tp)
     widths = [(width or sum(len(examples[i].input_ids) for i in m)) if packed else len(examples[m].input_ids)
               for m in members]
     return batching.split_micro(members, widths, tp.gradient_accumulation_steps, tp.micro_batch_tokens)
@@ -182,7 +187,7 @@ class TrainResult:
 
 def step_counts(examples, plan_item: list, task: str, tp) -> tuple[int, int]:
     """Real tokens and loss items (see `step.items`) of a whole optimiser step, on every rank alike."""
-    packed = task_spec(task).generative and tp.packing
+    packed = _packs(task, tp)
     chosen = [examples[i] for m in plan_item for i in (m if packed else [m])]
     return (sum(len(e.input_ids) for e in chosen),
             sum(batching.example_items(e, task_spec(task).labelled) for e in chosen))
