@@ -57,16 +57,22 @@ def _metrics(root: Path) -> dict:
 
 
 def assert_same_training(a: Path, b: Path) -> None:
+    """Float sums in another order over ~160 Adam steps are rounding, not a different training. Measured
+    (tiny Llama, batch 3): one process with gradient accumulation 3 vs without differs by 4.7e-4 over the
+    whole adapter (2.0e-3 on its worst tensor, eval loss 6.7e-4 relative); a learning rate 1% higher
+    differs by 7.9e-2 over the whole adapter (0.28 worst tensor, eval loss 1.7e-2). The bounds sit
+    between, 40x below the smallest real change tried."""
     import torch
 
     first, second = _adapter(a), _adapter(b)
     assert first.keys() == second.keys() and first
-    for name in first:  # float sums in another order over 120 steps: rounding, not a different training
-        assert float((first[name] - second[name]).norm() / second[name].norm()) < 1e-3, name
-        torch.testing.assert_close(first[name], second[name], atol=1e-3, rtol=1e-2)
+    diff = torch.cat([(first[n] - second[n]).flatten() for n in first]).norm()
+    assert float(diff / torch.cat([second[n].flatten() for n in first]).norm()) < 2e-3
+    for name in first:
+        assert float((first[name] - second[name]).norm() / second[name].norm()) < 1e-2, name
     ma, mb = _metrics(a), _metrics(b)
     assert ma["steps"] == mb["steps"] and ma["train_tokens"] == mb["train_tokens"]
-    assert abs(ma["eval_loss"] - mb["eval_loss"]) <= 2e-3 * abs(mb["eval_loss"])  # FSDP runs differ up to 4.5e-4
+    assert abs(ma["eval_loss"] - mb["eval_loss"]) <= 2e-3 * abs(mb["eval_loss"])
 
 
 @pytest.fixture(scope="module")
