@@ -158,9 +158,13 @@ def version_page(model: str, version: int, request: Request) -> Response:
         chain = lineage.trace(_params(model), model, alias=None, version=version, root=_folder(model))
     except PipelineError as err:
         raise HTTPException(status_code=404, detail=str(err)) from None
+    try:
+        said = lineage.answers(_params(model), model, version, root=_folder(model))
+    except PipelineError as err:  # answers altered: the chain above already says so; show none
+        said = [{"error": str(err)}]
     if _wants_json(request):
-        return JSONResponse(chain)
-    return HTMLResponse(lineage.render_html(chain))
+        return JSONResponse({**chain, "answers": said})
+    return HTMLResponse(lineage.render_html(chain, said))
 
 
 @app.get("/dags/{dag_id}/runs/{run_id}")

@@ -145,13 +145,50 @@ def _guarded(step: str, build, *args) -> Link:
                      f"{str(err).splitlines()[0][:160] if str(err) else ''})")
 
 
-def trace(params: Params, model: str, alias: str | None = "champion", version: int | None = None,
-          root: Path = Path(".")) -> dict[str, Any]:
-    """Walk and re-verify the chain of one registered version."""
+def _open(params: Params, model: str, root: Path) -> registry.Store:
     reg_root = params.registry.root
     if "://" not in reg_root and not Path(reg_root).is_absolute():
         reg_root = str(Path(root) / reg_root)  # relative to the project, not the process' cwd
-    store = registry.open_store(reg_root, model)
+    return registry.open_store(reg_root, model)
+
+
+ANSWERS = "evaluate_predictions.parquet"  # the evaluation's per-example results, when kept as evidence
+ANSWER_COLUMNS = ("prompt", "reference", "candidate_answer", "base_answer")
+
+
+def answers(params: Params, model: str, version: int, root: Path = Path("."), limit: int = 100) -> list[dict] | None:
+    """What a registered version said on its evaluation's test rows, for a reviewer to read: prompt,
+    reference, its answer and per-example scores (and the base model's answer), from the evidence
+    stored beside the version and only if its sha256 is the one in the (ledger-checked) manifest.
+    None when the version kept no answers (a classifier, or `lineage.evidence` without them)."""
+    import io
+
+    import pandas as pd
+
+    store = _open(params, model, root)
+    entries = registry.read_ledger(store)
+    if version not in registry.registered(entries):
+        raise InputError(f"no registered version {version}")
+    manifest = registry.read_manifest(store, version, registry.registered(entries)[version])
+    want = (manifest.get("evidence") or {}).get(ANSWERS)
+    path = store.path("versions", f"v{version:04d}", "evidence", ANSWERS)
+    if want is None or not store.fs.exists(path):
+        return None
+    raw = store.fs.cat_file(path)
+    if sha256_bytes(raw) != want:
+        raise CheckFailed(f"v{version}: evidence {ANSWERS} altered (sha256 differs from the manifest's)")
+    frame = pd.read_parquet(io.BytesIO(raw))
+    if "candidate_answer" not in frame.columns:
+        return None
+    scores = [c for c in frame.columns if c.startswith("candidate_") and c != "candidate_answer"]
+    keep = [c for c in ANSWER_COLUMNS if c in frame.columns] + scores
+    return frame[keep].head(limit).astype(object).where(frame[keep].head(limit).notna(), None).to_dict("records")
+
+
+def trace(params: Params, model: str, alias: str | None = "champion", version: int | None = None,
+          root: Path = Path(".")) -> dict[str, Any]:
+    """Walk and re-verify the chain of one registered version."""
+    store = _open(params, model, root)
     number = resolve_version(store, alias, version)
     entries = registry.read_ledger(store)
     vdir = store.path("versions", f"v{number:04d}")
@@ -330,11 +367,12 @@ def _orchestration(manifest: dict, entries: list, number: int) -> Link:
 
 # ---------------------------------------------------------------- output
 
-def render_html(chain: dict[str, Any]) -> str:
-    """A self-contained page: the verdict, then one row per link (Jinja2, every value escaped)."""
+def render_html(chain: dict[str, Any], said: list[dict] | None = None) -> str:
+    """A self-contained page: the verdict, one row per link, then (when given) what the version said on
+    its test rows (Jinja2, every value escaped)."""
     import jinja2
 
     env = jinja2.Environment(loader=jinja2.PackageLoader("pipelines.registry", "templates"), autoescape=True)
     extras = lambda link: json.dumps({k: v for k, v in link.items() if k not in ("step", "status", "detail")},  # noqa: E731
                                      indent=1, default=str)
-    return env.get_template("lineage.html").render(chain=chain, extras=extras)
+    return env.get_template("lineage.html").render(chain=chain, extras=extras, said=said or [])

@@ -135,3 +135,38 @@ def test_a_damaged_model_says_what_is_wrong_and_the_others_still_work(client, tm
 def test_a_model_name_that_is_not_one_is_404(client, model):
     assert client.get(f"/models/{model}").status_code == 404
     assert client.get(f"/models/{model}/versions/1").status_code == 404
+
+
+def _promote_with_answers(tmp_path, answers: list[dict]) -> int:
+    import io
+
+    import pandas as pd
+
+    buf = io.BytesIO()
+    pd.DataFrame(answers).to_parquet(buf, index=False)
+    store = registry.open_store(str(tmp_path / "registry"), "text-classifier")
+    registry.promote(store, "text-classifier", *_candidate(tmp_path / "c3", b"\x03"), None, by="tester",
+                     reason="run 3", evidence={"evaluate_predictions.parquet": buf.getvalue()})
+    return 3
+
+
+def test_a_versions_page_shows_what_it_said_on_its_test_rows(client, tmp_path):
+    rows = [{"prompt": "where is my card?", "reference": '{"intent": "card_arrival"}',
+             "candidate_answer": '{"intent": "card_arrival"} <script>x</script>', "candidate_rouge_l": 0.75,
+             "candidate_json_valid": 1.0, "base_answer": "I am a chatbot", "base_rouge_l": 0.0},
+            {"prompt": "refund?", "reference": "{}", "candidate_answer": "{}", "candidate_rouge_l": 1.0,
+             "candidate_json_valid": 1.0, "base_answer": None, "base_rouge_l": float("nan")}]
+    version = _promote_with_answers(tmp_path, rows)
+    data = client.get(f"/models/text-classifier/versions/{version}?format=json").json()
+    said = data["answers"]
+    assert [r["candidate_answer"] for r in said] == [rows[0]["candidate_answer"], "{}"]
+    assert said[0]["base_answer"] == "I am a chatbot" and said[1]["base_answer"] is None
+    assert said[0]["candidate_rouge_l"] == 0.75 and "base_rouge_l" not in said[0]  # the candidate's scores
+    page = client.get(f"/models/text-classifier/versions/{version}").text
+    assert "What v3 said on its test rows (2 shown)" in page and "0.750" in page and "I am a chatbot" in page
+    assert "<script>x" not in page and "&lt;script&gt;x" in page
+    assert client.get("/models/text-classifier/versions/1?format=json").json()["answers"] is None  # kept none
+    stored = tmp_path / "registry" / "text-classifier" / "versions" / "v0003" / "evidence" / "evaluate_predictions.parquet"
+    stored.write_bytes(stored.read_bytes() + b"x")
+    said = client.get(f"/models/text-classifier/versions/{version}?format=json").json()["answers"]
+    assert said == [{"error": "v3: evidence evaluate_predictions.parquet altered (sha256 differs from the manifest's)"}]
