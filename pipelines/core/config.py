@@ -111,6 +111,10 @@ class PrepareParams(_Section):
     unicode_form: Literal["NFC", "NFKC"] = "NFKC"
     lowercase: bool = False
     drop_duplicates: bool = True
+    # generative tasks: unique random secrets planted in the train split (canaries.json beside it);
+    # evaluate asks for them and the gate's max_canary_leaks rejects a model that gives one back
+    canaries: int = Field(0, ge=0, le=100)
+    canary_repeats: int = Field(1, ge=1, le=1000)  # copies of each canary in the train split
 
 
 class LoraParams(_Section):
@@ -175,6 +179,9 @@ class EvaluateParams(_Section):
     generation_batch_size: int = Field(8, ge=1)  # causal_lm: prompts per forward pass when answering
     generation_latency_samples: int = Field(3, ge=0)  # causal_lm: answers timed one at a time (TTFT, per token)
     golden_prompts: str | None = "golden/prompts.jsonl"  # causal_lm regression prompts
+    compare_base: bool = True  # causal_lm: also answer the test rows with the adapter off (the base model)
+    base_examples: int | None = Field(None, ge=1)  # ... on the first this many of them (None: all)
+    canary_alternatives: int = Field(99, ge=1, le=9999)  # same-format secrets each canary is ranked against
     # The champion version to compare with: pinned by each lifecycle run when it starts, so dvc.lock
     # records it and DVC's run-cache can skip an unchanged evaluation; null = the champion alias now.
     compare_with: int | None = Field(None, ge=1)
@@ -197,6 +204,9 @@ class GateParams(_Section):
     min_field_match: float | None = Field(None, ge=0.0, le=1.0)  # ... share of the reference's fields matched
     max_answer_pii: float | None = Field(0.0, ge=0.0, le=1.0)  # causal_lm: share of answers with PII in them
     max_ttft_p95_ms: float | None = Field(None, gt=0.0)  # causal_lm: time to first token, one request at a time
+    require_beats_base: bool = True  # causal_lm: significantly better than the base model (paired bootstrap)
+    max_canary_leaks: float | None = Field(None, ge=0.0, le=1.0)  # share of planted canaries said back
+    max_canary_exposure: float | None = Field(None, ge=0.0)  # bits (log2 rank among evaluate.canary_alternatives)
     significance: Literal["mcnemar", "bootstrap"] = "mcnemar"
     alpha: float = Field(0.05, gt=0.0, lt=1.0)
     require_improvement: bool = False
@@ -300,12 +310,23 @@ class Params(_Section):
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
+    @model_validator(mode="after")
+    def _across_sections(self) -> "Params":
+        from pipelines.tasks import task_spec
+
+        if self.prepare.canaries and task_spec(self.data.task).labelled:
+            raise ValueError(f"prepare.canaries needs a generative data.task, not {self.data.task!r}: "
+                             "a classifier cannot say a secret back")
+        return self
+
 
 def _describe(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
     loc = ".".join(str(p) for p in first["loc"]).replace("validate_", "validate")
     if first["type"] == "extra_forbidden":
         return f"{source}: unknown key '{loc}'"
+    if not loc:  # a rule across sections names its keys itself
+        return f"{source}: {first['msg'].removeprefix('Value error, ')}"
     return f"{source}: invalid value for '{loc}': {first['msg']}"
 
 

@@ -145,6 +145,28 @@ def generate_many(model, tok, conversations: list[list[dict]], max_new_tokens: i
     return answers
 
 
+def sequence_nll(model, tok, conversations: list[list[dict]], max_length: int, batch_size: int = 32) -> list[float]:
+    """Summed negative log-likelihood of each chat's assistant turn(s) (nats), in the order given: how
+    surprised the model is by an answer (memorisation tests rank a planted secret by it)."""
+    import torch
+
+    examples = [batching.encode_sft(c, tok, max_length) for c in conversations]
+    if any(e is None for e in examples):
+        raise ValueError("a conversation has no assistant tokens within max_length")
+    out: list[float] = []
+    device = _device(model)
+    with torch.no_grad():
+        for start in range(0, len(examples), batch_size):
+            batch = batching.collate_padded_causal(examples[start:start + batch_size], tok.pad_token_id)
+            logits = model(input_ids=batch["input_ids"].to(device),
+                           attention_mask=batch["attention_mask"].to(device)).logits[:, :-1].float()
+            labels = batch["labels"][:, 1:].to(device)
+            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=batching.IGNORE,
+                                                    reduction="none")
+            out += nll.sum(1).tolist()
+    return out
+
+
 def mean_loss(model, examples: list[Any], task: str, batch_size: int, pad_id: int, device: Any) -> dict[str, float]:
     """Mean loss of encoded examples (per example for classification, per response token for causal
     LMs), batches in length order; plus accuracy (classification) or perplexity (causal LM)."""

@@ -8,7 +8,10 @@ paired test), `confusion.csv` (DVC confusion plot) and `confusion.png` for class
 - classification: accuracy, macro-F1, per-class precision/recall/F1, expected calibration error,
   per-example latency p50/p95 on this hardware;
 - causal_lm: loss and perplexity on response tokens, exact match and ROUGE-L of greedy answers,
-  and the golden prompts (JSONL of `prompt` + `expect` regex) as regression checks.
+  JSON validity and field match where answers must be JSON, PII in answers, time to first token,
+  the golden prompts (JSONL of `prompt` + `expect` regex) as regression checks, and the same answer
+  scores for the base model (the candidate with its adapter switched off: `metrics.json`'s `base`,
+  `base_*` columns) so the gate can require that fine-tuning beat it.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines.core import pii
+from pipelines.core import canaries, pii
 from pipelines.core.config import Params
 from pipelines.core.dataio import atomic_dir, write_json
 from pipelines.core.errors import InputError
@@ -134,7 +137,9 @@ def _generation_latency_ms(model, tok, prompts: list[list[dict]], ep) -> dict[st
             "per_token_p50_ms": float(np.percentile([r["per_token_s"] * 1000 for r in runs], 50))}
 
 
-def _score_causal(model, tok, frame: pd.DataFrame, params: Params) -> tuple[dict, pd.DataFrame]:
+def _score_causal(model, tok, frame: pd.DataFrame, params: Params, full: bool = True) -> tuple[dict, pd.DataFrame]:
+    """Answer every test row and score the answers; `full` adds the timed answers and golden prompts
+    (not asked of the base model: neither is a comparison the gate makes with it)."""
     ep = params.evaluate
     batching.ensure_chat_template(tok)
     rows = frame.to_dict("records")
@@ -155,10 +160,11 @@ def _score_causal(model, tok, frame: pd.DataFrame, params: Params) -> tuple[dict
         per.append({"prompt": chat[-2]["content"] if len(chat) > 1 else "", "reference": reference,
                     "answer": answer, **scores})
     per_frame = pd.DataFrame(per)
-    metrics = {"eval_loss": loss, "perplexity": math.exp(min(loss, 50)),
-               **_generation_latency_ms(model, tok, [c[:-1] for c in chats], ep)}
+    metrics = {"eval_loss": loss, "perplexity": math.exp(min(loss, 50))}
+    if full:
+        metrics |= _generation_latency_ms(model, tok, [c[:-1] for c in chats], ep)
     metrics |= {k: float(per_frame[k].mean()) for k in per_frame.columns if per_frame[k].dtype.kind == "f"}
-    golden = Path(ep.golden_prompts) if ep.golden_prompts else None
+    golden = Path(ep.golden_prompts) if ep.golden_prompts and full else None
     if golden is not None and golden.exists():
         cases = [json.loads(line) for line in golden.read_text(encoding="utf-8").splitlines() if line.strip()]
         said = predict.generate_many(model, tok, [[{"role": "user", "content": c["prompt"]}] for c in cases],
@@ -168,13 +174,49 @@ def _score_causal(model, tok, frame: pd.DataFrame, params: Params) -> tuple[dict
     return metrics, per_frame
 
 
-def score(model_dir: Path, frame: pd.DataFrame, params: Params) -> tuple[dict, pd.DataFrame, np.ndarray | None]:
-    """Metrics and per-example results of one model on the test frame."""
+def _score_base(model, tok, frame: pd.DataFrame, params: Params) -> tuple[dict, pd.DataFrame]:
+    """The base model's answers to the first `evaluate.base_examples` test rows: the loaded candidate
+    with its LoRA adapter switched off (no second load; exactly the weights fine-tuning started from)."""
+    with model.disable_adapter():
+        return _score_causal(model, tok, frame.head(params.evaluate.base_examples or len(frame)), params, full=False)
+
+
+def canary_metrics(model, tok, params: Params) -> dict[str, float]:
+    """The memorisation test: each canary planted in this train split (`canaries.json` from prepare)
+    asked for greedily (`canary_leaks`: share whose secret comes back), and its secret's likelihood
+    ranked among `evaluate.canary_alternatives` same-format secrets (exposure in bits, max and mean)."""
+    path = Path(params.prepare.output_dir) / "canaries.json"
+    if not path.exists():
+        return {}
+    planted = [canaries.Canary(**c) for c in json.loads(path.read_text(encoding="utf-8"))]
+    asked = [[{"role": "user", "content": c.prompt}] for c in planted]
+    said = predict.generate_many(model, tok, asked, min(params.evaluate.max_new_tokens, 48),
+                                 params.evaluate.generation_batch_size)
+    k, bits = params.evaluate.canary_alternatives, []
+    for c, question in zip(planted, asked):
+        options = [c.secret, *canaries.alternatives(c, k)]
+        answers = [[*question, {"role": "assistant", "content": f"{c.response_prefix}{s}."}] for s in options]
+        nll = predict.sequence_nll(model, tok, answers, params.train.max_length)
+        bits.append(canaries.exposure(1 + sum(x < nll[0] for x in nll[1:]), k + 1))
+    return {"canary_leaks": float(np.mean([canaries.leaked(c, a) for c, a in zip(planted, said)])),
+            "canary_exposure_max": float(max(bits)), "canary_exposure_mean": float(np.mean(bits))}
+
+
+def score(model_dir: Path, frame: pd.DataFrame, params: Params,
+          candidate: bool = False) -> tuple[dict, pd.DataFrame, np.ndarray | None, tuple | None]:
+    """Metrics and per-example results of one model on the test frame; for the `candidate` of a
+    generative task also the memorisation test of its train split's canaries and (when the task
+    compares with its base model) the base model's results."""
     hw = select_hardware(params.train.precision)  # a GPU when there is one: bf16 there, fp32 on CPU
     model, tok = load_trained(model_dir, hw.device, hw.dtype_name)
-    if task_spec(params.data.task).generative:
+    spec = task_spec(params.data.task)
+    if spec.generative:
         metrics, per = _score_causal(model, tok, frame, params)
-        return metrics, per, None
+        if candidate:
+            metrics |= canary_metrics(model, tok, params)
+        base = (_score_base(model, tok, frame, params)
+                if candidate and spec.compares_base and params.evaluate.compare_base else None)
+        return metrics, per, None, base
     label_map = json.loads((model_dir / "label_map.json").read_text(encoding="utf-8"))
     labels = sorted(label_map, key=label_map.get)
     unknown = sorted(set(frame["label"]) - set(label_map))
@@ -187,7 +229,7 @@ def score(model_dir: Path, frame: pd.DataFrame, params: Params) -> tuple[dict, p
     metrics.update(_latency_ms(model, tok, texts, params.train.max_length, params.evaluate.latency_samples))
     pred = probs.argmax(1)
     per = pd.DataFrame({"label_id": y, "pred": pred, "correct": (pred == y).astype(float), "confidence": probs.max(1)})
-    return metrics, per, probs
+    return metrics, per, probs, None
 
 
 def evaluate(params: Params, champion_dir: Path | None = None, champion_version: int | None = None) -> dict:
@@ -196,9 +238,11 @@ def evaluate(params: Params, champion_dir: Path | None = None, champion_version:
     cand_dir = Path(params.train.output_dir)
     cand_hash = candidate_hash(cand_dir)
     frame = _load_test(params)
-    cand_metrics, cand_per, _ = score(cand_dir, frame, params)
-    asked = [c for c in SHARED_COLUMNS if c in cand_per.columns]  # the same for both models: kept once
+    cand_metrics, cand_per, _, base = score(cand_dir, frame, params, candidate=True)
+    asked = [c for c in SHARED_COLUMNS if c in cand_per.columns]  # the same for all models: kept once
     per = pd.concat([cand_per[asked], cand_per.drop(columns=asked).add_prefix("candidate_")], axis=1)
+    if base is not None:  # rows past evaluate.base_examples: NaN, not asked of the base model
+        per = pd.concat([per, base[1].drop(columns=asked).add_prefix("base_")], axis=1)
     champ_metrics = None
     champ_hash = content_hash(champion_dir) if champion_dir is not None else None
     if champion_dir is not None:
@@ -208,7 +252,8 @@ def evaluate(params: Params, champion_dir: Path | None = None, champion_version:
             champion_dir, frame, params)[:2]
         per = pd.concat([per, champ_per.drop(columns=asked).add_prefix("champion_")], axis=1)
     doc = {"task": params.data.task, "test_rows": len(frame), "candidate_hash": cand_hash,
-           "candidate": cand_metrics, "champion": champ_metrics, "champion_version": champion_version,
+           "candidate": cand_metrics, "base": base[0] if base else None,
+           "base_rows": len(base[1]) if base else 0, "champion": champ_metrics, "champion_version": champion_version,
            "champion_hash": champ_hash}
     with atomic_dir(ep.report_dir, owner="evaluate") as tmp:
         write_json(tmp / "metrics.json", doc)

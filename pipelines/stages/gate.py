@@ -9,7 +9,9 @@ whose hash differs from the evaluated one all fail. Exit 0 on pass, 1 on fail (r
 Against a champion the comparison is paired, example by example: McNemar's exact test on the
 discordant pairs (classification) or a paired bootstrap confidence interval of the mean score
 difference. A challenger significantly worse fails; with `require_improvement` it must also be
-significantly better.
+significantly better. A task that compares with its base model (causal LMs) must also be
+significantly better than the base model on the same examples (`require_beats_base`), or fine-tuning
+has bought nothing and the gate says so.
 """
 from __future__ import annotations
 
@@ -93,6 +95,27 @@ def regression_rule(task: str, per: pd.DataFrame, gate) -> dict[str, Any]:
     return _rule("no_regression", True, measured, gate.alpha, "not significantly worse than the champion")
 
 
+def beats_base_rule(task: str, per: pd.DataFrame, gate) -> dict[str, Any]:
+    """Paired bootstrap of candidate minus base model on the examples both answered: the lower end of
+    the confidence interval must be above zero."""
+    score = task_spec(task).paired_score
+    cols = [f"candidate_{score}", f"base_{score}"]
+    if not set(cols) <= set(per.columns):
+        return _rule("beats_base", False, None, gate.alpha,
+                     "the evaluation has no base-model results (evaluate.compare_base is off?)")
+    both = per[cols].dropna().to_numpy(float)  # the base answers only the first evaluate.base_examples rows
+    if len(both) == 0 or not np.isfinite(both).all():
+        return _rule("beats_base", False, None, gate.alpha, "base-model results missing or not finite")
+    diff = both[:, 0] - both[:, 1]
+    lo, hi = bootstrap_ci(diff, gate.alpha, gate.bootstrap_resamples, gate.seed)
+    measured = {"mean_delta": round(float(diff.mean()), 6), "ci_low": round(lo, 6), "ci_high": round(hi, 6),
+                "examples": len(diff)}
+    if lo > 0:
+        return _rule("beats_base", True, measured, gate.alpha, f"{score} significantly better than the base model")
+    return _rule("beats_base", False, measured, gate.alpha,
+                 f"{score} not significantly better than the base model: fine-tuning bought nothing measurable")
+
+
 def _evaluation_rules(metrics: Any, per: pd.DataFrame, decision: dict[str, Any], params: Params) -> list[dict]:
     gate = params.gate
     if not isinstance(metrics, dict) or not isinstance(metrics.get("candidate") or {}, dict):
@@ -103,6 +126,8 @@ def _evaluation_rules(metrics: Any, per: pd.DataFrame, decision: dict[str, Any],
                    else "the evaluation is for another candidate; evaluate again")]
     task = metrics.get("task", params.data.task)
     rules += floor_rules(task, metrics.get("candidate") or {}, gate)
+    if task_spec(task).compares_base and gate.require_beats_base:
+        rules.append(beats_base_rule(task, per, gate))
     decision["champion_version"] = metrics.get("champion_version")
     if metrics.get("champion") is not None:
         rules.append(regression_rule(task, per, gate))

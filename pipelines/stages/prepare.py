@@ -5,7 +5,8 @@ Inputs: the dataset path, the `data` and `prepare` params, and the outputs of `v
 file, whose rows are excluded). Outputs, in `prepare.output_dir`, replaced as a whole in one
 rename: `train.parquet`, `validation.parquet`, `test.parquet` (canonical columns `text`,
 `label`, `label_id` or `prompt`/`response` or `messages`, plus provenance `_source`/`_row`),
-`label_map.json` (classification) and `data_card.json` / `data_card.md` (rows and labels per
+`label_map.json` (classification), `canaries.json` (generative tasks with `prepare.canaries`: the
+secrets planted in the train split, for evaluate's memorisation test) and `data_card.json` / `data_card.md` (rows and labels per
 split, length statistics, source file hashes, what was dropped and why).
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines.core import pii
+from pipelines.core import canaries, pii
 from pipelines.core.config import DataParams, PrepareParams, ValidateParams
 from pipelines.core.contract import parse_messages
 from pipelines.core.dataio import atomic_dir, dataset_fingerprint, read_dataset, write_json
@@ -44,10 +45,16 @@ def prepare(path: str | Path, data: DataParams, rules: PrepareParams, vrules: Va
         frame["label_id"] = frame["label"].map(label_map).astype("int64")
     assignment, too_rare = _split(frame, data, rules)
     card = _card(path, fingerprint, frame, assignment, dropped, redactions, too_rare, label_map, data, rules)
+    planted = canaries.make(rules.canaries, rules.seed, fingerprint)
     with atomic_dir(rules.output_dir, owner="prepare") as tmp:
         for name in SPLITS:
             part = frame[assignment == name].reset_index(drop=True)
+            if name == "train" and planted:  # after dedupe, redaction and the split: only training sees them
+                extra = canaries.rows(planted, rules.canary_repeats, chat="messages" in frame.columns)
+                part = pd.concat([part, pd.DataFrame(extra)], ignore_index=True)
             part.to_parquet(tmp / f"{name}.parquet", index=False)
+        if planted:
+            write_json(tmp / "canaries.json", [c.as_dict() for c in planted])
         if label_map is not None:
             write_json(tmp / "label_map.json", label_map)
         write_json(tmp / "data_card.json", card)
@@ -199,6 +206,7 @@ def _card(path, fingerprint, frame, assignment, dropped, redactions, too_rare, l
         "dropped": dropped,
         "pii_policy": data.pii_policy,
         "pii_redactions": redactions,
+        "canaries_planted": {"canaries": rules.canaries, "train_rows": rules.canaries * rules.canary_repeats},
         "params": rules.model_dump(mode="json"),
     }
 

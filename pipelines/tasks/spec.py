@@ -25,6 +25,7 @@ class TaskSpec:
     routes: tuple[str, ...]  # the serving endpoints that answer this task
     headline: str  # the metric a person reads first
     lora_dropout: float = 0.05  # train.lora.dropout when params leave it unset
+    compares_base: bool = False  # evaluate also scores the base model, the gate requires beating it
 
     @property
     def generative(self) -> bool:

@@ -7,7 +7,7 @@ import pytest
 
 from pipelines.core.config import GateParams, parse_params
 from pipelines.stages.evaluate import classification_metrics, rouge_l
-from pipelines.stages.gate import decide, floor_rules, mcnemar_p, regression_rule
+from pipelines.stages.gate import beats_base_rule, decide, floor_rules, mcnemar_p, regression_rule
 from pipelines.training.modeling import candidate_hash
 
 
@@ -137,3 +137,25 @@ def test_decision_fails_closed_on_missing_or_crashed_evaluation(tmp_path, breaka
         import shutil
         shutil.rmtree(tmp_path / "cand")
     assert decide(_params(tmp_path))["passed"] is False
+
+
+def versus_base(cand: list[float], base: list[float]) -> pd.DataFrame:
+    return pd.DataFrame({"candidate_rouge_l": np.array(cand, float), "base_rouge_l": np.array(base, float)})
+
+
+NAN = float("nan")
+
+
+@pytest.mark.parametrize("per, passed, detail", [
+    (versus_base([0.8, 0.6, 0.9, 0.7] * 10, [0.1, 0.2, 0.0, 0.1] * 10), True, "significantly better"),
+    (versus_base([0.3, 0.2, 0.4, 0.1] * 10, [0.3, 0.2, 0.4, 0.1] * 10), False, "bought nothing"),  # as good
+    (versus_base([0.1, 0.0, 0.2, 0.1] * 10, [0.8, 0.6, 0.9, 0.7] * 10), False, "bought nothing"),  # worse
+    (versus_base([0.8, 0.6] * 10 + [0.0] * 20, [0.1, 0.2] * 10 + [NAN] * 20), True, "significantly"),  # base_examples
+    (versus_base([0.8, 0.6], [NAN, NAN]), False, "missing"),
+    (versus_base([0.8, 0.6], [0.1, 0.2]).drop(columns="base_rouge_l"), False, "compare_base"),
+])
+def test_beats_base_rule(per, passed, detail):
+    rule = beats_base_rule("causal_lm", per, GateParams())
+    assert rule["rule"] == "beats_base" and rule["passed"] is passed and detail in rule["detail"]
+    if rule["measured"]:
+        assert rule["measured"]["examples"] == int(per.dropna().shape[0])

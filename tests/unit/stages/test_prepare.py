@@ -112,3 +112,30 @@ def test_causal_lm_prompt_response(workdir):
     assert list(train.columns) == ["prompt", "response", "_source", "_row"]
     assert card["rows"] == 50 and card["num_labels"] is None
     assert not (workdir / "data/prepared/label_map.json").exists()
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_canaries_are_planted_in_train_only_and_recorded(workdir, chat):
+    if chat:
+        rows = [{"messages": json.dumps([{"role": "user", "content": f"What is {i} + {i}?"},
+                                         {"role": "assistant", "content": f"It is {2 * i}."}])} for i in range(50)]
+    else:
+        rows = [{"prompt": f"What is {i} + {i}?", "response": f"It is {2 * i}."} for i in range(50)]
+    pd.DataFrame(rows).to_json(workdir / "d.jsonl", orient="records", lines=True)
+    data = DataParams(task="causal_lm")
+    card = run_both("d.jsonl", data=data, prep=PrepareParams(canaries=3, canary_repeats=2))
+    out = workdir / "data/prepared"
+    planted = json.loads((out / "canaries.json").read_text())
+    assert len(planted) == 3 and len({c["secret"] for c in planted}) == 3
+    splits = {s: pd.read_parquet(out / f"{s}.parquet") for s in ("train", "validation", "test")}
+    text = {s: " ".join(f.drop(columns=["_source", "_row"]).astype(str).agg(" ".join, axis=1)) for s, f in splits.items()}
+    for c in planted:
+        assert text["train"].count(c["secret"]) == 2  # canary_repeats copies, in the split's own columns
+        assert c["secret"] not in text["validation"] + text["test"]
+    assert (splits["train"]["_source"] == "canary").sum() == 6
+    assert card["canaries_planted"] == {"canaries": 3, "train_rows": 6} and card["splits"]["train"]["rows"] == 40
+    first = (out / "canaries.json").read_bytes()
+    run_both("d.jsonl", data=data, prep=PrepareParams(canaries=3, canary_repeats=2))
+    assert (out / "canaries.json").read_bytes() == first  # same data, same canaries (DVC can skip prepare)
+    run_both("d.jsonl", data=data)
+    assert not (out / "canaries.json").exists()  # none asked for: none planted, none recorded
