@@ -55,11 +55,17 @@ GREEDY = Sampling()
 _SEEDED = threading.Lock()  # a seeded request owns torch's (process-wide) generator while it samples
 
 
-def _stop_on_text(tok, stops: tuple[str, ...], prompt_len: int):
+def _stopping(tok, stops: tuple[str, ...], prompt_len: int, cancel: threading.Event | None):
+    """Stop at the first `stops` string in the decoded answer, or as soon as `cancel` is set (a client
+    that went away: no tokens computed for nobody)."""
     from transformers import StoppingCriteria, StoppingCriteriaList
 
     class StopOnText(StoppingCriteria):
         def __call__(self, input_ids, scores, **kwargs):
+            if cancel is not None and cancel.is_set():
+                return True
+            if not stops:
+                return False
             text = tok.decode(input_ids[0, prompt_len:], skip_special_tokens=True)
             return any(stop in text for stop in stops)
 
@@ -67,9 +73,9 @@ def _stop_on_text(tok, stops: tuple[str, ...], prompt_len: int):
 
 
 def generate(model, tok, messages: list[dict] | None, max_new_tokens: int, prompt: str | None = None,
-             streamer=None, sampling: Sampling = GREEDY) -> tuple[str, int, int]:
-    """Completion of a chat (rendered by the tokenizer's template) or of a raw `prompt`;
-    returns (text, prompt_tokens, completion_tokens)."""
+             streamer=None, sampling: Sampling = GREEDY, cancel: threading.Event | None = None) -> tuple[str, int, int]:
+    """Completion of a chat (rendered by the tokenizer's template) or of a raw `prompt`, ended early
+    when `cancel` is set; returns (text, prompt_tokens, completion_tokens)."""
     import torch
 
     text = prompt if prompt is not None else tok.apply_chat_template(messages, tokenize=False,
@@ -78,8 +84,8 @@ def generate(model, tok, messages: list[dict] | None, max_new_tokens: int, promp
     options: dict[str, Any] = {"do_sample": sampling.temperature > 0}
     if sampling.temperature > 0:
         options.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
-    if sampling.stop:  # decoded text checked each step (transformers' stop_strings fails on some tokenizers)
-        options["stopping_criteria"] = _stop_on_text(tok, sampling.stop, ids.shape[1])
+    if sampling.stop or cancel is not None:  # decoded text checked each step (stop_strings fails on some tokenizers)
+        options["stopping_criteria"] = _stopping(tok, sampling.stop, ids.shape[1], cancel)
     seeded = sampling.seed is not None and sampling.temperature > 0
     with torch.no_grad(), (_SEEDED if seeded else nullcontext()), torch.random.fork_rng(enabled=seeded,
                                                                                          devices=[]):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any, Literal
@@ -423,7 +424,8 @@ def install_routes(app, sp, name: str, holder, batcher, executor, metrics, check
         from transformers import TextIteratorStreamer
 
         streamer = TextIteratorStreamer(loaded.tok, skip_prompt=True, skip_special_tokens=True, timeout=sp.request_timeout_s)
-        executor.submit(generate, loaded, messages, max_tokens, prompt, streamer, sampling)
+        cancel = threading.Event()  # set when the client goes away: the model stops at its next token
+        executor.submit(generate, loaded, messages, max_tokens, prompt, streamer, sampling, cancel)
         cid, created = completion_id(), int(time.time())
 
         def chunk(piece: str | None, finish: str | None) -> str:
@@ -437,6 +439,7 @@ def install_routes(app, sp, name: str, holder, batcher, executor, metrics, check
         async def events():
             loop = asyncio.get_running_loop()
             iterator = iter(streamer)
+            done = False
             try:
                 while True:
                     piece = await loop.run_in_executor(None, next, iterator, None)
@@ -446,7 +449,11 @@ def install_routes(app, sp, name: str, holder, batcher, executor, metrics, check
                         yield chunk(piece, None)
                 yield chunk(None, "stop")
                 yield "data: [DONE]\n\n"
+                done = True
             finally:  # finished, failed or the client went away: the slot is free again
+                if not done:
+                    cancel.set()
+                    metrics.cancelled.inc()
                 slots.give()
 
         return StreamingResponse(events(), media_type="text/event-stream",

@@ -100,13 +100,13 @@ def warm_up(loaded: Loaded) -> None:
 
 
 def generate(loaded: Loaded, messages: list[dict] | None, max_tokens: int, prompt: str | None = None,
-             streamer=None, sampling=None) -> tuple[str, int, int]:
-    """Generation through the path `evaluate` measured (greedy unless `sampling` says otherwise);
-    returns (text, prompt_tokens, completion_tokens)."""
+             streamer=None, sampling=None, cancel=None) -> tuple[str, int, int]:
+    """Generation through the path `evaluate` measured (greedy unless `sampling` says otherwise; ended
+    early when the `cancel` event is set); returns (text, prompt_tokens, completion_tokens)."""
     from pipelines.inference import predict
 
     return predict.generate(loaded.model, loaded.tok, messages, max_tokens, prompt=prompt, streamer=streamer,
-                            sampling=sampling or predict.GREEDY)
+                            sampling=sampling or predict.GREEDY, cancel=cancel)
 
 
 class Slots:
@@ -209,6 +209,8 @@ class Metrics:
                               registry=self.registry)
         self.tokens = Counter("pipelines_route_tokens_total", "Tokens by serving route", ["route"],
                               registry=self.registry)
+        self.cancelled = Counter("pipelines_generations_cancelled_total",
+                                 "Streamed generations stopped early because the client went away", registry=self.registry)
 
 
 class QueueFull(Exception):

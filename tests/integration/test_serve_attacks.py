@@ -274,3 +274,60 @@ def test_fuzz_every_answer_is_documented_in_openapi(openapi_client, data):
     assert r.status_code in documented, (path, body, r.status_code, r.text)
     if r.status_code >= 400:
         assert _is_error_shape(r), r.text
+
+
+@pytest.fixture(scope="module")
+def gen_reg(tmp_path_factory):
+    from tests.tiny_models import build_causal
+
+    root = tmp_path_factory.mktemp("gen-attacks")
+    return build_registry(root, "causal_lm", versions=1, base_model=str(build_causal("llama", root / "base")))
+
+
+def _cancelled(url: str) -> float:
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line.startswith("pipelines_generations_cancelled_total "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def _long_answer(url: str) -> tuple[dict, float]:
+    """A request whose answer runs to >= 600 tokens: hot sampling with the first seed that gives one
+    (seeded sampling is exact within a process; the tiny model's greedy answer ends in a few tokens,
+    and across seeds ~30% of answers pass 600 tokens)."""
+    for seed in range(25):
+        ask = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 2000, "temperature": 2.0,
+               "seed": seed}
+        started = time.perf_counter()
+        whole = httpx.post(f"{url}/v1/chat/completions", json=ask, timeout=120)
+        assert whole.status_code == 200, whole.text
+        if whole.json()["usage"]["completion_tokens"] >= 600:
+            return ask, time.perf_counter() - started
+    raise AssertionError("no seed gave a long answer")
+
+
+def test_a_streaming_client_that_disconnects_mid_answer_stops_the_generation(gen_reg, monkeypatch):
+    """The model stops at its next token when the client goes away (no compute for nobody), the
+    generation slot is free again and the server keeps answering."""
+    monkeypatch.delenv("PIPELINES_API_KEYS", raising=False)
+    params = params_for(gen_reg, max_tokens=2000, max_queue=1)
+    server, port = _serve_thread(create_app(params, poll=False), params.serve)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        ask, full = _long_answer(url)
+        started = time.perf_counter()
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json={**ask, "stream": True}, timeout=30) as s:
+            first = next(line for line in s.iter_lines() if line.startswith("data: "))
+            assert json.loads(first[6:])["object"] == "chat.completion.chunk"
+        # the connection is closed with most of the answer still to come
+        while _cancelled(url) < 1 and time.perf_counter() - started < 30:
+            time.sleep(0.05)
+        assert _cancelled(url) == 1
+        asked = time.perf_counter()
+        after = httpx.post(f"{url}/v1/chat/completions", json={**ask, "max_tokens": 3}, timeout=30)
+        assert after.status_code == 200, after.text  # not 429: the one slot was given back
+        # the model's one worker is free at once: it is not finishing the abandoned answer first
+        assert time.perf_counter() - asked < full / 3, (time.perf_counter() - asked, full)
+        assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
+    finally:
+        server.should_exit = True
