@@ -248,6 +248,7 @@ class ServeParams(_Section):
     max_batch: int = Field(64, ge=1)  # texts per forward pass
     max_wait_ms: float = Field(5.0, ge=0.0)
     max_queue: int = Field(256, ge=1)  # waiting requests before 429
+    max_generation_batch: int = Field(16, ge=1)  # greedy generations answered together in one generate
     fallback: FallbackParams = FallbackParams()
 
 

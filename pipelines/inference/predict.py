@@ -127,27 +127,114 @@ def timed_generate(model, tok, messages: list[dict], max_new_tokens: int) -> dic
     return {"ttft_s": ttft, "per_token_s": per_token, "tokens": completion}
 
 
-def generate_many(model, tok, conversations: list[list[dict]], max_new_tokens: int, batch_size: int = 8) -> list[str]:
-    """Greedy answers to many chats, `batch_size` prompts per forward pass (left-padded, similar lengths
-    together); answers come back in the order asked."""
-    import torch
+@dataclass
+class Ask:
+    """One request of a batched greedy generation: a chat (or a raw `prompt`), its own token limit,
+    optionally a streamer that receives its tokens and an event that ends it early."""
 
-    prompts = [tok(tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True),
-                   add_special_tokens=False)["input_ids"] for c in conversations]
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    answers: list[str] = [""] * len(prompts)
-    device = _device(model)
+    messages: list[dict] | None
+    max_new_tokens: int
+    prompt: str | None = None
+    streamer: Any = None
+    cancel: threading.Event | None = None
+
+
+class _Rows:
+    """Per-row bookkeeping of one batched `generate`: its stopping criterion (a row ends at its own
+    EOS, token limit or cancel event; transformers then pads it while the others go on) and its
+    streamer (each row's tokens to that row's streamer, ended once it has all of the row's tokens:
+    transformers may hand a token over after the criterion has seen it)."""
+
+    def __init__(self, asks: list[Ask], prompt_width: int, eos: set[int]) -> None:
+        self.asks, self.width, self.eos = asks, prompt_width, eos
+        self.lengths: list[int | None] = [None] * len(asks)
+        self.sent = [0] * len(asks)
+        self.closed = [a.streamer is None for a in asks]
+        self.prompt_sent = False
+
+    # streamer side
+    def put(self, value) -> None:
+        if not self.prompt_sent:  # the prompt, which each row's streamer skips
+            self.prompt_sent = True
+            for i, ask in enumerate(self.asks):
+                if not self.closed[i]:
+                    ask.streamer.put(value[i:i + 1])
+            return
+        for i, ask in enumerate(self.asks):
+            if self.closed[i]:
+                continue
+            if self.lengths[i] is None or self.sent[i] < self.lengths[i]:
+                ask.streamer.put(value[i:i + 1])
+                self.sent[i] += 1
+            if self.lengths[i] is not None and self.sent[i] >= self.lengths[i]:
+                self._close(i)
+
+    def end(self) -> None:
+        for i in range(len(self.asks)):
+            self._close(i)
+
+    def _close(self, i: int) -> None:
+        if not self.closed[i]:
+            self.closed[i] = True
+            self.asks[i].streamer.end()
+
+    # stopping-criterion side
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        made = input_ids.shape[1] - self.width
+        last = input_ids[:, -1].tolist()
+        for i, ask in enumerate(self.asks):
+            if self.lengths[i] is None and (last[i] in self.eos or made >= ask.max_new_tokens
+                                            or (ask.cancel is not None and ask.cancel.is_set())):
+                self.lengths[i] = made
+        return torch.tensor([n is not None for n in self.lengths], dtype=torch.bool, device=input_ids.device)
+
+
+def generate_batch(model, tok, asks: list[Ask]) -> list[tuple[str, int, int]]:
+    """Greedy answers to several requests in one left-padded `generate` (static batching): each row
+    ends at its own EOS, `max_new_tokens` or cancel event, and streams to its own streamer. Returns
+    (text, prompt_tokens, completion_tokens) per request, in the order given. Serving batches
+    concurrent requests through it and `evaluate` answers its test rows through it."""
+    import torch
+    from transformers import StoppingCriteriaList
+
+    prompts = [tok(a.prompt if a.prompt is not None else
+                   tok.apply_chat_template(a.messages, tokenize=False, add_generation_prompt=True),
+                   add_special_tokens=False)["input_ids"] for a in asks]
+    width = max(len(p) for p in prompts)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    device = _device(model)
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    eos = tok.eos_token_id if isinstance(tok.eos_token_id, list) else [tok.eos_token_id]
+    rows = _Rows(asks, width, {e for e in eos if e is not None})
+    streams = any(a.streamer is not None for a in asks)
+    try:
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max(a.max_new_tokens for a in asks),
+                                 do_sample=False, pad_token_id=pad, eos_token_id=tok.eos_token_id,
+                                 stopping_criteria=StoppingCriteriaList([rows]), streamer=rows if streams else None)
+    finally:
+        rows.end()  # every row's streamer ends, also when generate fails
+    answers = []
+    for i, prompt in enumerate(prompts):
+        new = out[i, width:width + (rows.lengths[i] or 0)]
+        answers.append((tok.decode(new, skip_special_tokens=True), len(prompt), int(len(new))))
+    return answers
+
+
+def generate_many(model, tok, conversations: list[list[dict]], max_new_tokens: int, batch_size: int = 8) -> list[str]:
+    """Greedy answers to many chats, `batch_size` prompts per `generate_batch` (similar lengths
+    together); answers come back in the order asked."""
+    lengths = [len(tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True)) for c in conversations]
+    order = sorted(range(len(conversations)), key=lambda i: lengths[i])
+    answers: list[str] = [""] * len(conversations)
     for start in range(0, len(order), batch_size):
         chosen = order[start:start + batch_size]
-        width = max(len(prompts[i]) for i in chosen)
-        ids = torch.tensor([[pad] * (width - len(prompts[i])) + prompts[i] for i in chosen], device=device)
-        mask = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in chosen], device=device)
-        with torch.no_grad():
-            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=pad, eos_token_id=tok.eos_token_id)
-        for row, i in enumerate(chosen):
-            answers[i] = tok.decode(out[row, width:], skip_special_tokens=True)
+        done = generate_batch(model, tok, [Ask(conversations[i], max_new_tokens) for i in chosen])
+        for i, (text, _, _) in zip(chosen, done):
+            answers[i] = text
     return answers
 
 

@@ -18,9 +18,10 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from pipelines.core.config import Params
 from pipelines.core.contract import is_json_object
-from pipelines.inference.predict import GREEDY, Sampling
+from pipelines.inference.predict import GREEDY, Ask, Sampling
 from pipelines.serving.engine import (
     Batcher,
+    GenerationBatcher,
     Holder,
     Metrics,
     QueueFull,
@@ -201,7 +202,8 @@ def _replay(body: bytes, receive):
     return replay
 
 
-def install_routes(app, sp, name: str, holder, batcher, executor, metrics, checker=None) -> None:
+def install_routes(app, sp, name: str, holder, batcher, executor, metrics, checker=None,
+                   gen_batcher=None) -> None:
     from fastapi import HTTPException, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
@@ -319,7 +321,14 @@ def install_routes(app, sp, name: str, holder, batcher, executor, metrics, check
             raise HTTPException(422, f"max_tokens: at most {sp.max_tokens}")
         return requested or min(64, sp.max_tokens)
 
+    def _batchable(sampling: Sampling) -> bool:
+        """Greedy answers without stop strings share a batched generate; sampled ones (seeded:
+        reproducible only alone) and stop strings take the one-request path."""
+        return gen_batcher is not None and sampling.temperature == 0 and not sampling.stop
+
     async def _generate(loaded, messages, prompt, max_tokens, sampling=GREEDY):
+        if _batchable(sampling):
+            return await gen_batcher.submit(loaded, Ask(messages, max_tokens, prompt))
         return await asyncio.get_running_loop().run_in_executor(
             executor, lambda: generate(loaded, messages, max_tokens, prompt=prompt, sampling=sampling))
 
@@ -425,7 +434,11 @@ def install_routes(app, sp, name: str, holder, batcher, executor, metrics, check
 
         streamer = TextIteratorStreamer(loaded.tok, skip_prompt=True, skip_special_tokens=True, timeout=sp.request_timeout_s)
         cancel = threading.Event()  # set when the client goes away: the model stops at its next token
-        executor.submit(generate, loaded, messages, max_tokens, prompt, streamer, sampling, cancel)
+        if _batchable(sampling):  # a failure ends the streamer; the future's error is consumed here
+            gen_batcher.submit(loaded, Ask(messages, max_tokens, prompt, streamer, cancel)).add_done_callback(
+                lambda f: f.cancelled() or f.exception())
+        else:
+            executor.submit(generate, loaded, messages, max_tokens, prompt, streamer, sampling, cancel)
         cid, created = completion_id(), int(time.time())
 
         def chunk(piece: str | None, finish: str | None) -> str:
@@ -478,15 +491,16 @@ def create_app(params: Params, alias: str = "champion", model: str | None = None
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
     checker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="request-check")  # token counts, off the loop
     batcher = Batcher(sp.max_batch, sp.max_wait_ms, sp.max_queue, executor, metrics) if batching else None
+    gen_batcher = GenerationBatcher(sp.max_generation_batch, executor, metrics) if batching else None
 
     async def lifespan(app):
         await asyncio.get_running_loop().run_in_executor(executor, holder.poll)
         if poll:
             holder.start(sp.poll_seconds)
-        task = asyncio.create_task(batcher.run()) if batcher else None
+        tasks = [asyncio.create_task(b.run()) for b in (batcher, gen_batcher) if b]
         yield
         holder.stop()
-        if task:
+        for task in tasks:
             task.cancel()
         executor.shutdown(wait=False, cancel_futures=True)
         checker.shutdown(wait=False, cancel_futures=True)
@@ -494,5 +508,5 @@ def create_app(params: Params, alias: str = "champion", model: str | None = None
     keys = api_keys(sp.api_keys_env, sp.api_keys_file)  # before anything starts: a missing keys file stops us
     app = FastAPI(title="pipelines serving", version="1", lifespan=lifespan)
     app.state.keys = keys
-    install_routes(app, sp, name, holder, batcher, executor, metrics, checker)
+    install_routes(app, sp, name, holder, batcher, executor, metrics, checker, gen_batcher)
     return app

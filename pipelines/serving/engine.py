@@ -209,6 +209,8 @@ class Metrics:
                               registry=self.registry)
         self.tokens = Counter("pipelines_route_tokens_total", "Tokens by serving route", ["route"],
                               registry=self.registry)
+        self.generation_batch = Histogram("pipelines_generation_batch_size", "Generations per batched generate",
+                                          registry=self.registry, buckets=(1, 2, 4, 8, 16, 32, 64))
         self.cancelled = Counter("pipelines_generations_cancelled_total",
                                  "Streamed generations stopped early because the client went away", registry=self.registry)
 
@@ -288,6 +290,60 @@ class Batcher:
                     if not job.future.done():
                         job.future.set_result(probs[at:at + len(job.texts)])
                     at += len(job.texts)
+
+
+@dataclass
+class _GenJob:
+    loaded: Loaded
+    ask: Any  # predict.Ask
+    future: asyncio.Future
+
+
+def generate_batch(loaded: Loaded, asks: list) -> list[tuple[str, int, int]]:
+    from pipelines.inference import predict
+
+    return predict.generate_batch(loaded.model, loaded.tok, asks)
+
+
+class GenerationBatcher:
+    """Static batching of greedy generations: whatever waits when the model's worker is free (up to
+    `max_batch` requests of one version) runs as one left-padded `generate`; each answer ends at its
+    own EOS, token limit or cancel event. Under load the queue fills while a batch runs, so the next
+    batch is full; an idle server answers a lone request at once."""
+
+    def __init__(self, max_batch: int, executor, metrics) -> None:
+        self.max_batch, self.executor, self.metrics = max_batch, executor, metrics
+        self.queue: asyncio.Queue[_GenJob] | None = None
+
+    def submit(self, loaded: Loaded, ask) -> asyncio.Future:
+        """Queue one request; the future resolves to (text, prompt_tokens, completion_tokens)."""
+        job = _GenJob(loaded, ask, asyncio.get_running_loop().create_future())
+        self.queue.put_nowait(job)
+        return job.future
+
+    async def run(self) -> None:
+        self.queue = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        while True:
+            jobs = [await self.queue.get()]
+            while len(jobs) < self.max_batch and not self.queue.empty():
+                jobs.append(self.queue.get_nowait())
+            by_version: dict[int, list[_GenJob]] = {}
+            for job in jobs:
+                by_version.setdefault(job.loaded.version, []).append(job)
+            for group in by_version.values():
+                self.metrics.generation_batch.observe(len(group))
+                try:
+                    answers = await loop.run_in_executor(self.executor, generate_batch, group[0].loaded,
+                                                         [job.ask for job in group])
+                except Exception as err:
+                    for job in group:
+                        if not job.future.done():
+                            job.future.set_exception(err)
+                    continue
+                for job, answer in zip(group, answers):
+                    if not job.future.done():
+                        job.future.set_result(answer)
 
 
 def api_keys(env_var: str, keys_file: str | None) -> list[str]:

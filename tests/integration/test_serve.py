@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 
@@ -276,3 +277,33 @@ def test_generations_beyond_the_bound_get_429_and_a_finished_stream_frees_its_sl
             list(s.iter_lines())
         assert c.post("/v1/chat/completions", json=chat).status_code == 200
         assert c.post("/v1/chat/completions", json=chat).status_code == 200  # non-streamed answers give it back
+
+
+def test_concurrent_greedy_generations_share_a_batch_and_answer_as_alone(gen_registry):
+    """Eight clients at once: their answers are batched into fewer generate calls than requests, and
+    each is the answer that request gets alone (same text, same token counts)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    server, url = start_loopback(app_for(gen_registry))
+    prompts = [f"question {i}: what is {i} plus {i}?" for i in range(8)]
+
+    def ask(prompt: str) -> dict:
+        r = httpx.post(f"{url}/v1/chat/completions", timeout=60,
+                       json={"max_tokens": 12, "messages": [{"role": "user", "content": prompt}]})
+        assert r.status_code == 200, r.text
+        return {"text": r.json()["choices"][0]["message"]["content"], "usage": r.json()["usage"]}
+
+    try:
+        alone = [ask(p) for p in prompts]
+        with ThreadPoolExecutor(8) as pool:
+            for _ in range(3):  # a few rounds: a round's requests arrive while a batch runs
+                together = list(pool.map(ask, prompts))
+                assert together == alone
+        metrics = httpx.get(f"{url}/metrics").text
+        calls = float(re.search(r"pipelines_generation_batch_size_count (\S+)", metrics).group(1))
+        answered = float(re.search(r"pipelines_generation_batch_size_sum (\S+)", metrics).group(1))
+        assert answered == 32 and calls < 32 - 8, metrics  # 8 alone + 24 concurrent, the latter batched
+    finally:
+        server.should_exit = True

@@ -72,3 +72,34 @@ def test_generate_many_answers_as_one_at_a_time_in_the_order_asked(tmp_path):
     one_by_one = [predict.generate(model, tok, c, 6)[0] for c in chats]
     for batch_size in (1, 3, 8):
         assert predict.generate_many(model, tok, chats, 6, batch_size) == one_by_one
+
+
+def _tiny_chat_model(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pipelines.training.batching import ensure_chat_template
+
+    path = build_causal("llama", tmp_path / "llama")
+    model, tok = AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+    ensure_chat_template(tok)
+    return model, tok
+
+
+def test_generate_batch_rows_keep_their_own_limits_streams_and_cancel(tmp_path):
+    import threading
+
+    from transformers import TextIteratorStreamer
+
+    model, tok = _tiny_chat_model(tmp_path)
+    chats = [[{"role": "user", "content": t}] for t in ("hello", "please help me with my card and the transfer", "hi")]
+    alone = [predict.generate(model, tok, c, n) for c, n in zip(chats, (3, 9, 6))]
+    streamers = [TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True, timeout=30) for _ in chats]
+    asks = [predict.Ask(c, n, streamer=s) for c, n, s in zip(chats, (3, 9, 6), streamers)]
+    together = predict.generate_batch(model, tok, asks)
+    assert together == alone  # same text and token counts as one request at a time, each at its own limit
+    assert ["".join(s) for s in streamers] == [text for text, _, _ in alone]  # each row's tokens to its stream
+    cancel = threading.Event()
+    cancel.set()
+    short, long_ = predict.generate_batch(model, tok, [predict.Ask(chats[0], 9, cancel=cancel),
+                                                        predict.Ask(chats[1], 9)])
+    assert short[2] == 1 and long_ == alone[1]  # a cancelled row ends at its first token, the other goes on
