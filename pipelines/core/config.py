@@ -226,6 +226,7 @@ class FallbackParams(_Section):
     model: str = "gpt-4o-mini"
     classify_threshold: float = Field(0.5, ge=0.0, le=1.0)  # below this top score, ask the upstream
     ood_patterns: tuple[str, ...] = ()  # regexes over user messages that send a chat upstream
+    min_mean_logprob: float | None = Field(None, le=0.0)  # greedy chat answers less sure than this go upstream
     timeout_s: float = Field(10.0, gt=0.0)
 
 

@@ -12,7 +12,7 @@ import math
 import threading
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -191,13 +191,38 @@ class _Rows:
         return torch.tensor([n is not None for n in self.lengths], dtype=torch.bool, device=input_ids.device)
 
 
-def generate_batch(model, tok, asks: list[Ask]) -> list[tuple[str, int, int]]:
+class Answer(NamedTuple):
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    mean_logprob: float  # mean log-probability of the answer's tokens: low = the model was unsure
+
+
+class _Logprobs:
+    """A logits processor that leaves the scores alone and adds up, per unfinished row, the
+    log-probability of the token greedy decoding takes (the argmax)."""
+
+    def __init__(self, rows: _Rows) -> None:
+        self.rows = rows
+        self.sums = [0.0] * len(rows.asks)
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        best = torch.log_softmax(scores.float(), dim=-1).max(dim=-1).values.tolist()
+        for i, value in enumerate(best):
+            if self.rows.lengths[i] is None:
+                self.sums[i] += value
+        return scores
+
+
+def generate_batch(model, tok, asks: list[Ask]) -> list[Answer]:
     """Greedy answers to several requests in one left-padded `generate` (static batching): each row
     ends at its own EOS, `max_new_tokens` or cancel event, and streams to its own streamer. Returns
     (text, prompt_tokens, completion_tokens) per request, in the order given. Serving batches
     concurrent requests through it and `evaluate` answers its test rows through it."""
     import torch
-    from transformers import StoppingCriteriaList
+    from transformers import LogitsProcessorList, StoppingCriteriaList
 
     prompts = [tok(a.prompt if a.prompt is not None else
                    tok.apply_chat_template(a.messages, tokenize=False, add_generation_prompt=True),
@@ -209,18 +234,21 @@ def generate_batch(model, tok, asks: list[Ask]) -> list[tuple[str, int, int]]:
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
     eos = tok.eos_token_id if isinstance(tok.eos_token_id, list) else [tok.eos_token_id]
     rows = _Rows(asks, width, {e for e in eos if e is not None})
+    logprobs = _Logprobs(rows)
     streams = any(a.streamer is not None for a in asks)
     try:
         with torch.no_grad():
             out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max(a.max_new_tokens for a in asks),
                                  do_sample=False, pad_token_id=pad, eos_token_id=tok.eos_token_id,
+                                 logits_processor=LogitsProcessorList([logprobs]),
                                  stopping_criteria=StoppingCriteriaList([rows]), streamer=rows if streams else None)
     finally:
         rows.end()  # every row's streamer ends, also when generate fails
     answers = []
     for i, prompt in enumerate(prompts):
         new = out[i, width:width + (rows.lengths[i] or 0)]
-        answers.append((tok.decode(new, skip_special_tokens=True), len(prompt), int(len(new))))
+        answers.append(Answer(tok.decode(new, skip_special_tokens=True), len(prompt), int(len(new)),
+                              logprobs.sums[i] / max(int(len(new)), 1)))
     return answers
 
 
@@ -233,8 +261,8 @@ def generate_many(model, tok, conversations: list[list[dict]], max_new_tokens: i
     for start in range(0, len(order), batch_size):
         chosen = order[start:start + batch_size]
         done = generate_batch(model, tok, [Ask(conversations[i], max_new_tokens) for i in chosen])
-        for i, (text, _, _) in zip(chosen, done):
-            answers[i] = text
+        for i, answer in zip(chosen, done):
+            answers[i] = answer.text
     return answers
 
 

@@ -8,6 +8,7 @@ Outputs: OpenAI-compatible responses, each naming the model version in `model_ve
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -18,7 +19,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from pipelines.core.config import Params
 from pipelines.core.contract import is_json_object
-from pipelines.inference.predict import GREEDY, Ask, Sampling
+from pipelines.inference.predict import GREEDY, Answer, Ask, Sampling
 from pipelines.serving.engine import (
     Batcher,
     GenerationBatcher,
@@ -85,11 +86,16 @@ class SamplingFields(BaseModel):
         return Sampling(self.temperature, self.top_p, self.seed, tuple(stop))
 
 
+class StreamOptions(BaseModel):
+    include_usage: bool = False  # OpenAI: a last chunk with the request's token usage
+
+
 class ChatRequest(SamplingFields):
     model: str | None = None
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     stream: bool = False
+    stream_options: StreamOptions | None = None
     response_format: ResponseFormat | None = None
 
 
@@ -98,6 +104,7 @@ class CompletionRequest(SamplingFields):
     prompt: Text
     max_tokens: int | None = Field(None, ge=1)
     stream: bool = False
+    stream_options: StreamOptions | None = None
 
 
 class ErrorDetail(BaseModel):
@@ -321,36 +328,46 @@ def install_routes(app, sp, name: str, holder, batcher, executor, metrics, check
             raise HTTPException(422, f"max_tokens: at most {sp.max_tokens}")
         return requested or min(64, sp.max_tokens)
 
+    def unsure(answer: Answer) -> bool:
+        """Hybrid routing on confidence: a greedy answer whose mean token log-probability is under
+        `serve.fallback.min_mean_logprob` goes to the upstream (when one is configured)."""
+        floor = sp.fallback.min_mean_logprob
+        return (upstream is not None and floor is not None and answer.mean_logprob is not None
+                and answer.mean_logprob < floor)
+
     def _batchable(sampling: Sampling) -> bool:
         """Greedy answers without stop strings share a batched generate; sampled ones (seeded:
         reproducible only alone) and stop strings take the one-request path."""
         return gen_batcher is not None and sampling.temperature == 0 and not sampling.stop
 
-    async def _generate(loaded, messages, prompt, max_tokens, sampling=GREEDY):
+    async def _generate(loaded, messages, prompt, max_tokens, sampling=GREEDY) -> Answer:
+        """The answer; its mean token log-probability only from the batched greedy path (else None)."""
         if _batchable(sampling):
             return await gen_batcher.submit(loaded, Ask(messages, max_tokens, prompt))
-        return await asyncio.get_running_loop().run_in_executor(
+        text, n_in, n_out = await asyncio.get_running_loop().run_in_executor(
             executor, lambda: generate(loaded, messages, max_tokens, prompt=prompt, sampling=sampling))
+        return Answer(text, n_in, n_out, None)
 
     async def _json_answer(loaded, messages, max_tokens, sampling):
         """`response_format: json_object`, validated and retried: the answer must parse as one JSON object;
         if it does not, one retry sampling at temperature 0.7 (seeded), then the upstream if there is
         one; else 422. Returns (text, prompt tokens, completion tokens, route)."""
-        text, n_in, n_out = await _generate(loaded, messages, None, max_tokens, sampling)
-        if is_json_object(text):
-            return text, n_in, n_out, "local"
+        first = await _generate(loaded, messages, None, max_tokens, sampling)
+        if is_json_object(first.text):
+            return first, "local"
         retry = Sampling(0.7, 0.95, sampling.seed if sampling.seed is not None else 0, sampling.stop)
-        text, n_in, more = await _generate(loaded, messages, None, max_tokens, retry)
-        metrics.tokens.labels("local").inc(n_in + n_out)  # the discarded first answer cost tokens too
-        if is_json_object(text):
-            return text, n_in, more, "local"
+        again = await _generate(loaded, messages, None, max_tokens, retry)
+        metrics.tokens.labels("local").inc(first.prompt_tokens + first.completion_tokens)  # discarded, not free
+        if is_json_object(again.text):
+            return again, "local"
         if upstream is not None:
             body = await upstream.chat(messages, max_tokens, metrics)
             if body is not None:
                 content = body.get("choices", [{}])[0].get("message", {}).get("content", "")
                 if is_json_object(content):
                     usage = body.get("usage", {})
-                    return content, usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0), "upstream"
+                    return Answer(content, usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0),
+                                  None), "upstream"
         raise HTTPException(422, "response_format: the model did not produce a JSON object (after one retry)")
 
     slots = Slots(sp.max_queue)  # generations admitted at once (running or waiting for the model)
@@ -392,12 +409,21 @@ def install_routes(app, sp, name: str, holder, batcher, executor, metrics, check
             raise HTTPException(422, "response_format: json_object cannot be streamed (the answer is validated "
                                      "whole before it is sent)")
         if req.stream:
-            return _stream(loaded, messages, None, max_tokens, "chat.completion.chunk", sampling)
+            return _stream(loaded, messages, None, max_tokens, "chat.completion.chunk", sampling,
+                           bool(req.stream_options and req.stream_options.include_usage))
         route = "local"
         if json_mode:
-            text, n_in, n_out, route = await _json_answer(loaded, messages, max_tokens, sampling)
+            answer, route = await _json_answer(loaded, messages, max_tokens, sampling)
         else:
-            text, n_in, n_out = await _generate(loaded, messages, None, max_tokens, sampling)
+            answer = await _generate(loaded, messages, None, max_tokens, sampling)
+        if route == "local" and unsure(answer):
+            body = await upstream.chat(messages, max_tokens, metrics)
+            if body is not None and (not json_mode or is_json_object(
+                    body.get("choices", [{}])[0].get("message", {}).get("content", ""))):
+                metrics.tokens.labels("local").inc(answer.prompt_tokens + answer.completion_tokens)  # spent anyway
+                return reply({**body, "route": "upstream", "local_mean_logprob": round(answer.mean_logprob, 4)}, loaded)
+            flag = "upstream failed; answered locally"
+        text, n_in, n_out = answer[:3]
         if route == "local":  # the upstream client counts its own requests and tokens
             metrics.routed.labels("local").inc()
             metrics.tokens.labels("local").inc(n_in + n_out)
@@ -421,33 +447,38 @@ def install_routes(app, sp, name: str, holder, batcher, executor, metrics, check
             raise HTTPException(413, f"prompt: over {sp.max_chars} characters")
         max_tokens = _max_tokens(req.max_tokens)
         if req.stream:
-            return _stream(loaded, None, req.prompt, max_tokens, "text_completion", req.sampling())
-        text, n_in, n_out = await _generate(loaded, None, req.prompt, max_tokens, req.sampling())
+            return _stream(loaded, None, req.prompt, max_tokens, "text_completion", req.sampling(),
+                           bool(req.stream_options and req.stream_options.include_usage))
+        text, n_in, n_out, _ = await _generate(loaded, None, req.prompt, max_tokens, req.sampling())
         metrics.tokens.labels("local").inc(n_in + n_out)
         return reply({"id": completion_id(), "object": "text_completion", "created": int(time.time()), "model": name,
                       "choices": [{"index": 0, "text": text, "finish_reason": "length" if n_out >= max_tokens else "stop"}],
                       "usage": {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out},
                       "route": "local"}, loaded)
 
-    def _stream(loaded, messages, prompt, max_tokens, kind: str, sampling=GREEDY):
+    def _stream(loaded, messages, prompt, max_tokens, kind: str, sampling=GREEDY, usage: bool = False):
         from transformers import TextIteratorStreamer
 
         streamer = TextIteratorStreamer(loaded.tok, skip_prompt=True, skip_special_tokens=True, timeout=sp.request_timeout_s)
         cancel = threading.Event()  # set when the client goes away: the model stops at its next token
-        if _batchable(sampling):  # a failure ends the streamer; the future's error is consumed here
-            gen_batcher.submit(loaded, Ask(messages, max_tokens, prompt, streamer, cancel)).add_done_callback(
-                lambda f: f.cancelled() or f.exception())
+        if _batchable(sampling):  # a failure ends the streamer
+            answer = gen_batcher.submit(loaded, Ask(messages, max_tokens, prompt, streamer, cancel))
         else:
-            executor.submit(generate, loaded, messages, max_tokens, prompt, streamer, sampling, cancel)
+            answer = asyncio.wrap_future(executor.submit(generate, loaded, messages, max_tokens, prompt, streamer,
+                                                         sampling, cancel))
+        answer.add_done_callback(lambda f: f.cancelled() or f.exception())  # an error is the stream's end
         cid, created = completion_id(), int(time.time())
 
-        def chunk(piece: str | None, finish: str | None) -> str:
-            if kind == "text_completion":
-                choice: dict[str, Any] = {"index": 0, "text": piece or "", "finish_reason": finish}
+        def chunk(piece: str | None, finish: str | None, counts: tuple | None = None) -> str:
+            if counts is not None:  # the usage chunk: no choices (OpenAI's include_usage)
+                extra: dict[str, Any] = {"choices": [], "usage": {
+                    "prompt_tokens": counts[1], "completion_tokens": counts[2], "total_tokens": counts[1] + counts[2]}}
+            elif kind == "text_completion":
+                extra = {"choices": [{"index": 0, "text": piece or "", "finish_reason": finish}]}
             else:
-                choice = {"index": 0, "delta": {"content": piece} if piece else {}, "finish_reason": finish}
+                extra = {"choices": [{"index": 0, "delta": {"content": piece} if piece else {}, "finish_reason": finish}]}
             return "data: " + json.dumps({"id": cid, "object": kind, "created": created, "model": name,
-                                          "model_version": loaded.version, "choices": [choice]}) + "\n\n"
+                                          "model_version": loaded.version, **extra}) + "\n\n"
 
         async def events():
             loop = asyncio.get_running_loop()
@@ -460,7 +491,14 @@ def install_routes(app, sp, name: str, holder, batcher, executor, metrics, check
                         break
                     if piece:
                         yield chunk(piece, None)
-                yield chunk(None, "stop")
+                counts = None
+                if usage:  # a batched row's counts come when its whole batch is done
+                    with contextlib.suppress(Exception):
+                        counts = await answer
+                finish = "length" if counts and counts[2] >= max_tokens else "stop"
+                yield chunk(None, finish)
+                if usage:
+                    yield chunk(None, None, counts)
                 yield "data: [DONE]\n\n"
                 done = True
             finally:  # finished, failed or the client went away: the slot is free again

@@ -148,6 +148,14 @@ def test_chat_completion_stream_and_completions(gen_registry):
             lines = [ln for ln in s.iter_lines() if ln.startswith("data: ")]
         assert lines[-1] == "data: [DONE]"
         assert json.loads(lines[-2][6:])["choices"][0]["finish_reason"] == "stop"
+        streamed = "".join(json.loads(ln[6:])["choices"][0]["delta"].get("content", "") for ln in lines[:-1])
+        with c.stream("POST", "/v1/chat/completions", json={"stream": True, "max_tokens": 4, "stream_options": {
+                "include_usage": True}, "messages": [{"role": "user", "content": "hello"}]}) as s:
+            lines = [ln for ln in s.iter_lines() if ln.startswith("data: ")]
+        last = json.loads(lines[-2][6:])  # OpenAI's usage chunk: no choices, the request's token counts
+        assert last["choices"] == [] and 1 <= last["usage"]["completion_tokens"] <= 4
+        whole = c.post("/v1/chat/completions", json={"max_tokens": 4, "messages": [{"role": "user", "content": "hello"}]})
+        assert whole.json()["usage"] == last["usage"] and whole.json()["choices"][0]["message"]["content"] == streamed
         r = c.post("/v1/completions", json={"prompt": "question 1", "max_tokens": 3})
         assert r.status_code == 200 and r.json()["object"] == "text_completion"
         assert c.post("/v1/chat/completions", json={"max_tokens": 100000, "messages": [
@@ -262,6 +270,31 @@ def test_json_mode_falls_back_to_the_upstream_when_the_local_answer_is_not_json(
             assert r.json()["route"] == "upstream"
             assert json.loads(r.json()["choices"][0]["message"]["content"]) == {"intent": "refund"}
             assert 'pipelines_route_requests_total{route="upstream"} 1.0' in c.get("/metrics").text
+    finally:
+        up.stop()
+
+
+@pytest.mark.parametrize("floor, extra, route", [
+    (-1e-9, {}, "upstream"),  # every answer is less sure than certainty: all go upstream
+    (-1e6, {}, "local"),  # none is that unsure
+    (-1e-9, {"temperature": 0.7, "seed": 1}, "local"),  # sampled: no greedy log-probability to judge by
+])
+def test_unsure_greedy_answers_go_upstream(gen_registry, floor, extra, route):
+    up = FakeUpstream("I will pass this to a specialist.")
+    try:
+        with TestClient(app_for(gen_registry, fallback={"url": up.url, "min_mean_logprob": floor})) as c:
+            r = c.post("/v1/chat/completions", json={"max_tokens": 6, "messages": [{"role": "user", "content": "hi"}],
+                                                     **extra})
+            assert r.status_code == 200, r.text
+            body, metrics = r.json(), c.get("/metrics").text
+            assert body["route"] == route
+            if route == "upstream":
+                assert body["choices"][0]["message"]["content"] == "I will pass this to a specialist."
+                assert floor > body["local_mean_logprob"] > -50
+                assert 'pipelines_route_requests_total{route="upstream"} 1.0' in metrics
+                assert re.search(r'pipelines_route_tokens_total\{route="local"\} [1-9]', metrics)  # spent anyway
+            else:
+                assert "local_mean_logprob" not in body and 'route="upstream"} 1.0' not in metrics
     finally:
         up.stop()
 

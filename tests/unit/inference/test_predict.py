@@ -96,10 +96,28 @@ def test_generate_batch_rows_keep_their_own_limits_streams_and_cancel(tmp_path):
     streamers = [TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True, timeout=30) for _ in chats]
     asks = [predict.Ask(c, n, streamer=s) for c, n, s in zip(chats, (3, 9, 6), streamers)]
     together = predict.generate_batch(model, tok, asks)
-    assert together == alone  # same text and token counts as one request at a time, each at its own limit
+    assert [a[:3] for a in together] == alone  # same text and token counts as alone, each at its own limit
     assert ["".join(s) for s in streamers] == [text for text, _, _ in alone]  # each row's tokens to its stream
     cancel = threading.Event()
     cancel.set()
     short, long_ = predict.generate_batch(model, tok, [predict.Ask(chats[0], 9, cancel=cancel),
                                                         predict.Ask(chats[1], 9)])
-    assert short[2] == 1 and long_ == alone[1]  # a cancelled row ends at its first token, the other goes on
+    assert short[2] == 1 and long_[:3] == alone[1]  # a cancelled row ends at its first token, the other goes on
+
+
+def test_generate_batch_reports_each_answers_mean_token_logprob(tmp_path):
+    import torch
+
+    model, tok = _tiny_chat_model(tmp_path)
+    chats = [[{"role": "user", "content": t}] for t in ("hello", "please help me with my card and the transfer")]
+    for chat, answer in zip(chats, predict.generate_batch(model, tok, [predict.Ask(c, 7) for c in chats])):
+        prompt = tok(tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True),
+                     add_special_tokens=False)["input_ids"]
+        new = predict.generate(model, tok, chat, 7)  # the same greedy tokens, alone
+        ids = model.generate(input_ids=torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                             max_new_tokens=7, do_sample=False, pad_token_id=tok.pad_token_id)[0]
+        assert new[2] == answer.completion_tokens == len(ids) - len(prompt)
+        with torch.no_grad():
+            logp = torch.log_softmax(model(ids[None]).logits[0, :-1].float(), -1)
+        direct = logp[range(len(prompt) - 1, len(ids) - 1), ids[len(prompt):]].mean().item()
+        assert answer.mean_logprob == pytest.approx(direct, abs=1e-4) and answer.mean_logprob < 0
