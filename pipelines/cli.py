@@ -282,10 +282,29 @@ def _serve(args: argparse.Namespace) -> int:
                         allow_unauthenticated=args.allow_unauthenticated or None)
     params = params.model_copy(update={"serve": sp})
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(params, alias=sp.alias, model=args.model, batching=not args.no_batching)
+    app = create_app(params, alias=sp.alias, model=args.model, batching=not args.no_batching,
+                     models=_every_model() if args.all else None)
     print(auth_line(app.state.keys, sp.host, sp.allow_unauthenticated), file=sys.stderr, flush=True)
     uvicorn.Server(server_config(app, sp, sp.host, sp.port)).run()
     return 0
+
+
+def _every_model() -> dict:
+    """name -> params of every model folder of the checkout, registry roots made absolute."""
+    from pathlib import Path
+
+    from pipelines.core.config import load_params
+
+    projects = find_projects(Path.cwd())
+    if projects is None:
+        raise ConfigError("serve --all: no projects/ folder with a model here or above")
+    out = {}
+    for path in sorted(projects.glob("*/params.yaml")):
+        params = load_params(path, must_exist=True)
+        root = params.registry.root
+        root = root if "://" in root or Path(root).is_absolute() else str((path.parent / root).resolve())
+        out[path.parent.name] = params.model_copy(update={"registry": params.registry.model_copy(update={"root": root})})
+    return out
 
 
 def _vllm_promote(args: argparse.Namespace) -> int:
@@ -451,6 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--alias", help="alias to follow (default: serve.alias, champion)")
     sv.add_argument("--host")
     sv.add_argument("--port", type=int)
+    sv.add_argument("--all", action="store_true",
+                    help="serve every model folder's alias in one server, chosen by the request's `model` field")
     sv.add_argument("--no-batching", action="store_true", help="one request, one forward pass (baseline)")
     sv.add_argument("--allow-unauthenticated", action="store_true",
                     help="serve without API keys on a non-loopback address (behind an authenticating proxy)")

@@ -13,6 +13,7 @@ import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -56,6 +57,7 @@ Text = Annotated[str, AfterValidator(_utf8)]
 
 class ClassifyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    model: str | None = None
     texts: list[Text] = Field(min_length=1)
     top_k: int = Field(3, ge=1, le=20)
 
@@ -129,7 +131,7 @@ def _documented(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorResponse, "description": ERROR_TYPES.get(code, "error")} for code in codes}
 
 
-COMMON_ERRORS = (401, 413, 422, 429, 503, 504)
+COMMON_ERRORS = (401, 404, 413, 422, 429, 503, 504)  # 404: a `model` this server does not serve
 
 
 class Guard:
@@ -209,17 +211,25 @@ def _replay(body: bytes, receive):
     return replay
 
 
-def install_routes(app, sp, name: str, holder, batcher, executor, metrics, checker=None,
-                   gen_batcher=None) -> None:
+@dataclass
+class ServedModel:
+    """One model the server answers for, chosen by the request's OpenAI `model` field: its alias
+    follower, batchers and hybrid-routing upstream."""
+
+    name: str
+    holder: Any
+    batcher: Any = None
+    gen_batcher: Any = None
+    upstream: Any = None
+    fallback: Any = None  # its FallbackParams
+
+
+def install_routes(app, sp, models: dict[str, ServedModel], executor, metrics, checker=None) -> None:
     from fastapi import HTTPException, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
     from starlette.exceptions import HTTPException as StarletteHTTPException
-
-    from pipelines.serving.fallback import Upstream
-
-    upstream = Upstream.from_params(sp.fallback)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
@@ -240,10 +250,20 @@ def install_routes(app, sp, name: str, holder, batcher, executor, metrics, check
                                                    type(exc).__name__, exc)
         return JSONResponse(error_body(500, "internal error"), 500)
 
-    def served():
-        loaded = holder.current
+    def pick(requested: str | None) -> ServedModel:
+        """The model a request names (OpenAI's `model`); without one, the only model served."""
+        if requested is None:
+            if len(models) == 1:
+                return next(iter(models.values()))
+            raise HTTPException(400, f"model: this server serves {', '.join(models)}; name one")
+        if requested not in models:
+            raise HTTPException(404, f"model: {requested!r} is not served here (served: {', '.join(models)})")
+        return models[requested]
+
+    def served(m: ServedModel):
+        loaded = m.holder.current
         if loaded is None:
-            raise HTTPException(503, f"no model loaded: {holder.status}")
+            raise HTTPException(503, f"no model loaded for {m.name}: {m.holder.status}")
         return loaded
 
     def reply(body: dict, loaded, status: int = 200):
@@ -254,37 +274,44 @@ def install_routes(app, sp, name: str, holder, batcher, executor, metrics, check
     async def healthz():
         return {"status": "alive"}
 
-    @app.get("/readyz", responses={503: {"description": "no model loaded yet"}})
+    @app.get("/readyz", responses={503: {"description": "a model is not loaded yet"}})
     async def readyz():
-        loaded = holder.current
-        if loaded is None:
-            return JSONResponse({"status": "loading"}, 503)
-        return JSONResponse({"status": "ready", "model_version": loaded.version},
-                            headers={"X-Model-Version": str(loaded.version)})
+        versions = {n: (m.holder.current.version if m.holder.current else None) for n, m in models.items()}
+        if None in versions.values():
+            return JSONResponse({"status": "loading", "models": versions}, 503)
+        body = {"status": "ready", "models": versions}
+        if len(models) == 1:  # one model: its version, as before
+            only = next(iter(versions.values()))
+            return JSONResponse({**body, "model_version": only}, headers={"X-Model-Version": str(only)})
+        return JSONResponse(body)
 
     @app.get("/metrics", responses=_documented(401))
     async def prometheus():
         return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models", responses=_documented(401, 503))
-    async def models():
-        loaded = served()
-        return reply({"object": "list", "data": [{"id": name, "object": "model", "owned_by": "pipelines",
-                                                  "version": loaded.version, "task": loaded.task}]}, loaded)
+    async def list_models():
+        data = [{"id": n, "object": "model", "owned_by": "pipelines", "version": m.holder.current.version,
+                 "task": m.holder.current.task} for n, m in models.items() if m.holder.current is not None]
+        if not data:
+            raise HTTPException(503, "no model loaded yet")
+        return JSONResponse({"object": "list", "data": data})
 
-    def _answers(loaded, route: str) -> None:
+    def _answers(m: ServedModel, loaded, route: str) -> None:
         routes = task_spec(loaded.task).routes
         if route not in routes:
-            raise HTTPException(400, f"model {name} v{loaded.version} is a {loaded.task} model; use {' or '.join(routes)}")
+            raise HTTPException(400, f"model {m.name} v{loaded.version} is a {loaded.task} model; "
+                                     f"use {' or '.join(routes)}")
 
     @app.post("/v1/classify", responses=_documented(400, *COMMON_ERRORS))
     async def classify_route(req: ClassifyRequest):
-        loaded = served()
-        _answers(loaded, "/v1/classify")
+        m = pick(req.model)
+        loaded = served(m)
+        _answers(m, loaded, "/v1/classify")
         await _check_texts(req.texts, loaded)
         try:
-            if batcher is not None:
-                probs = await batcher.submit(loaded, req.texts)
+            if m.batcher is not None:
+                probs = await m.batcher.submit(loaded, req.texts)
             else:
                 probs = await asyncio.get_running_loop().run_in_executor(executor, classify, loaded, req.texts)
         except QueueFull:
@@ -295,13 +322,13 @@ def install_routes(app, sp, name: str, holder, batcher, executor, metrics, check
             order = p.argsort()[::-1][: req.top_k]
             top = [{"label": loaded.labels[i], "score": float(p[i])} for i in order]
             results.append({"label": top[0]["label"], "score": top[0]["score"], "top_k": top, "route": "local"})
-        if upstream is not None:
-            await upstream.reroute_low_confidence(req.texts, results, loaded.labels, metrics)
+        if m.upstream is not None:
+            await m.upstream.reroute_low_confidence(req.texts, results, loaded.labels, metrics)
         for r in results:
             if r["route"] == "local":
                 metrics.routed.labels("local").inc()
         metrics.tokens.labels("local").inc(sum(len(t.split()) for t in req.texts))
-        return reply({"object": "classification", "model": name, "results": results}, loaded)
+        return reply({"object": "classification", "model": m.name, "results": results}, loaded)
 
     async def _check_texts(texts: list[str], loaded) -> None:
         if len(texts) > sp.max_texts:
@@ -328,40 +355,40 @@ def install_routes(app, sp, name: str, holder, batcher, executor, metrics, check
             raise HTTPException(422, f"max_tokens: at most {sp.max_tokens}")
         return requested or min(64, sp.max_tokens)
 
-    def unsure(answer: Answer) -> bool:
+    def unsure(m: ServedModel, answer: Answer) -> bool:
         """Hybrid routing on confidence: a greedy answer whose mean token log-probability is under
-        `serve.fallback.min_mean_logprob` goes to the upstream (when one is configured)."""
-        floor = sp.fallback.min_mean_logprob
-        return (upstream is not None and floor is not None and answer.mean_logprob is not None
+        the model's `serve.fallback.min_mean_logprob` goes to the upstream (when one is configured)."""
+        floor = m.fallback.min_mean_logprob
+        return (m.upstream is not None and floor is not None and answer.mean_logprob is not None
                 and answer.mean_logprob < floor)
 
-    def _batchable(sampling: Sampling) -> bool:
+    def _batchable(m: ServedModel, sampling: Sampling) -> bool:
         """Greedy answers without stop strings share a batched generate; sampled ones (seeded:
         reproducible only alone) and stop strings take the one-request path."""
-        return gen_batcher is not None and sampling.temperature == 0 and not sampling.stop
+        return m.gen_batcher is not None and sampling.temperature == 0 and not sampling.stop
 
-    async def _generate(loaded, messages, prompt, max_tokens, sampling=GREEDY) -> Answer:
+    async def _generate(m: ServedModel, loaded, messages, prompt, max_tokens, sampling=GREEDY) -> Answer:
         """The answer; its mean token log-probability only from the batched greedy path (else None)."""
-        if _batchable(sampling):
-            return await gen_batcher.submit(loaded, Ask(messages, max_tokens, prompt))
+        if _batchable(m, sampling):
+            return await m.gen_batcher.submit(loaded, Ask(messages, max_tokens, prompt))
         text, n_in, n_out = await asyncio.get_running_loop().run_in_executor(
             executor, lambda: generate(loaded, messages, max_tokens, prompt=prompt, sampling=sampling))
         return Answer(text, n_in, n_out, None)
 
-    async def _json_answer(loaded, messages, max_tokens, sampling):
+    async def _json_answer(m: ServedModel, loaded, messages, max_tokens, sampling):
         """`response_format: json_object`, validated and retried: the answer must parse as one JSON object;
         if it does not, one retry sampling at temperature 0.7 (seeded), then the upstream if there is
         one; else 422. Returns (text, prompt tokens, completion tokens, route)."""
-        first = await _generate(loaded, messages, None, max_tokens, sampling)
+        first = await _generate(m, loaded, messages, None, max_tokens, sampling)
         if is_json_object(first.text):
             return first, "local"
         retry = Sampling(0.7, 0.95, sampling.seed if sampling.seed is not None else 0, sampling.stop)
-        again = await _generate(loaded, messages, None, max_tokens, retry)
+        again = await _generate(m, loaded, messages, None, max_tokens, retry)
         metrics.tokens.labels("local").inc(first.prompt_tokens + first.completion_tokens)  # discarded, not free
         if is_json_object(again.text):
             return again, "local"
-        if upstream is not None:
-            body = await upstream.chat(messages, max_tokens, metrics)
+        if m.upstream is not None:
+            body = await m.upstream.chat(messages, max_tokens, metrics)
             if body is not None:
                 content = body.get("choices", [{}])[0].get("message", {}).get("content", "")
                 if is_json_object(content):
@@ -391,15 +418,16 @@ def install_routes(app, sp, name: str, holder, batcher, executor, metrics, check
         return await _admit(lambda: _chat(req))
 
     async def _chat(req: ChatRequest):
-        loaded = served()
-        _answers(loaded, "/v1/chat/completions")
+        m = pick(req.model)
+        loaded = served(m)
+        _answers(m, loaded, "/v1/chat/completions")
         messages = [m.model_dump() for m in req.messages]
         max_tokens = _max_tokens(req.max_tokens)
         if sum(len(m["content"]) for m in messages) > sp.max_chars:
             raise HTTPException(413, f"messages: over {sp.max_chars} characters")
         flag = None
-        if upstream is not None and matches_ood(sp.fallback.ood_patterns, messages) and not req.stream:
-            body = await upstream.chat(messages, max_tokens, metrics)
+        if m.upstream is not None and matches_ood(m.fallback.ood_patterns, messages) and not req.stream:
+            body = await m.upstream.chat(messages, max_tokens, metrics)
             if body is not None:
                 return reply({**body, "route": "upstream"}, loaded)
             flag = "upstream failed; answered locally"
@@ -409,15 +437,15 @@ def install_routes(app, sp, name: str, holder, batcher, executor, metrics, check
             raise HTTPException(422, "response_format: json_object cannot be streamed (the answer is validated "
                                      "whole before it is sent)")
         if req.stream:
-            return _stream(loaded, messages, None, max_tokens, "chat.completion.chunk", sampling,
+            return _stream(m, loaded, messages, None, max_tokens, "chat.completion.chunk", sampling,
                            bool(req.stream_options and req.stream_options.include_usage))
         route = "local"
         if json_mode:
-            answer, route = await _json_answer(loaded, messages, max_tokens, sampling)
+            answer, route = await _json_answer(m, loaded, messages, max_tokens, sampling)
         else:
-            answer = await _generate(loaded, messages, None, max_tokens, sampling)
-        if route == "local" and unsure(answer):
-            body = await upstream.chat(messages, max_tokens, metrics)
+            answer = await _generate(m, loaded, messages, None, max_tokens, sampling)
+        if route == "local" and unsure(m, answer):
+            body = await m.upstream.chat(messages, max_tokens, metrics)
             if body is not None and (not json_mode or is_json_object(
                     body.get("choices", [{}])[0].get("message", {}).get("content", ""))):
                 metrics.tokens.labels("local").inc(answer.prompt_tokens + answer.completion_tokens)  # spent anyway
@@ -427,7 +455,7 @@ def install_routes(app, sp, name: str, holder, batcher, executor, metrics, check
         if route == "local":  # the upstream client counts its own requests and tokens
             metrics.routed.labels("local").inc()
             metrics.tokens.labels("local").inc(n_in + n_out)
-        body = {"id": completion_id(), "object": "chat.completion", "created": int(time.time()), "model": name,
+        body = {"id": completion_id(), "object": "chat.completion", "created": int(time.time()), "model": m.name,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                              "finish_reason": "length" if n_out >= max_tokens else "stop"}],
                 "usage": {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out},
@@ -441,28 +469,29 @@ def install_routes(app, sp, name: str, holder, batcher, executor, metrics, check
         return await _admit(lambda: _completions(req))
 
     async def _completions(req: CompletionRequest):
-        loaded = served()
-        _answers(loaded, "/v1/completions")
+        m = pick(req.model)
+        loaded = served(m)
+        _answers(m, loaded, "/v1/completions")
         if len(req.prompt) > sp.max_chars:
             raise HTTPException(413, f"prompt: over {sp.max_chars} characters")
         max_tokens = _max_tokens(req.max_tokens)
         if req.stream:
-            return _stream(loaded, None, req.prompt, max_tokens, "text_completion", req.sampling(),
+            return _stream(m, loaded, None, req.prompt, max_tokens, "text_completion", req.sampling(),
                            bool(req.stream_options and req.stream_options.include_usage))
-        text, n_in, n_out, _ = await _generate(loaded, None, req.prompt, max_tokens, req.sampling())
+        text, n_in, n_out, _ = await _generate(m, loaded, None, req.prompt, max_tokens, req.sampling())
         metrics.tokens.labels("local").inc(n_in + n_out)
-        return reply({"id": completion_id(), "object": "text_completion", "created": int(time.time()), "model": name,
+        return reply({"id": completion_id(), "object": "text_completion", "created": int(time.time()), "model": m.name,
                       "choices": [{"index": 0, "text": text, "finish_reason": "length" if n_out >= max_tokens else "stop"}],
                       "usage": {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out},
                       "route": "local"}, loaded)
 
-    def _stream(loaded, messages, prompt, max_tokens, kind: str, sampling=GREEDY, usage: bool = False):
+    def _stream(m: ServedModel, loaded, messages, prompt, max_tokens, kind: str, sampling=GREEDY, usage: bool = False):
         from transformers import TextIteratorStreamer
 
         streamer = TextIteratorStreamer(loaded.tok, skip_prompt=True, skip_special_tokens=True, timeout=sp.request_timeout_s)
         cancel = threading.Event()  # set when the client goes away: the model stops at its next token
-        if _batchable(sampling):  # a failure ends the streamer
-            answer = gen_batcher.submit(loaded, Ask(messages, max_tokens, prompt, streamer, cancel))
+        if _batchable(m, sampling):  # a failure ends the streamer
+            answer = m.gen_batcher.submit(loaded, Ask(messages, max_tokens, prompt, streamer, cancel))
         else:
             answer = asyncio.wrap_future(executor.submit(generate, loaded, messages, max_tokens, prompt, streamer,
                                                          sampling, cancel))
@@ -477,7 +506,7 @@ def install_routes(app, sp, name: str, holder, batcher, executor, metrics, check
                 extra = {"choices": [{"index": 0, "text": piece or "", "finish_reason": finish}]}
             else:
                 extra = {"choices": [{"index": 0, "delta": {"content": piece} if piece else {}, "finish_reason": finish}]}
-            return "data: " + json.dumps({"id": cid, "object": kind, "created": created, "model": name,
+            return "data: " + json.dumps({"id": cid, "object": kind, "created": created, "model": m.name,
                                           "model_version": loaded.version, **extra}) + "\n\n"
 
         async def events():
@@ -515,29 +544,39 @@ def install_routes(app, sp, name: str, holder, batcher, executor, metrics, check
 
 
 def create_app(params: Params, alias: str = "champion", model: str | None = None, batching: bool = True,
-               poll: bool = True):
-    """Build the ASGI app; it loads the alias' version at start-up and follows the alias."""
+               poll: bool = True, models: dict[str, Params] | None = None):
+    """Build the ASGI app. It serves the `alias` version of one model (`model`, else the params'
+    registry.model_name) or, given `models` (name -> that model's params: its registry and fallback),
+    of each of them, chosen per request by the OpenAI `model` field; each follows its own alias. The
+    server's own settings (address, keys, limits) are `params.serve`."""
     from fastapi import FastAPI
 
     from pipelines.registry import store as registry
+    from pipelines.serving.fallback import Upstream
 
     sp = params.serve
-    name = model or params.registry.model_name
-    store = registry.open_store(params.registry.root, name)
+    models = models or {model or params.registry.model_name: params}
     metrics = Metrics()
-    holder = Holder(store, alias, metrics)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
     checker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="request-check")  # token counts, off the loop
-    batcher = Batcher(sp.max_batch, sp.max_wait_ms, sp.max_queue, executor, metrics) if batching else None
-    gen_batcher = GenerationBatcher(sp.max_generation_batch, executor, metrics) if batching else None
+    served: dict[str, ServedModel] = {}
+    for name, own in models.items():
+        served[name] = ServedModel(
+            name, Holder(registry.open_store(own.registry.root, name), alias, metrics, name),
+            Batcher(sp.max_batch, sp.max_wait_ms, sp.max_queue, executor, metrics) if batching else None,
+            GenerationBatcher(sp.max_generation_batch, executor, metrics) if batching else None,
+            Upstream.from_params(own.serve.fallback), own.serve.fallback)
 
     async def lifespan(app):
-        await asyncio.get_running_loop().run_in_executor(executor, holder.poll)
-        if poll:
-            holder.start(sp.poll_seconds)
-        tasks = [asyncio.create_task(b.run()) for b in (batcher, gen_batcher) if b]
+        loop = asyncio.get_running_loop()
+        for m in served.values():
+            await loop.run_in_executor(executor, m.holder.poll)
+            if poll:
+                m.holder.start(sp.poll_seconds)
+        tasks = [asyncio.create_task(b.run()) for m in served.values() for b in (m.batcher, m.gen_batcher) if b]
         yield
-        holder.stop()
+        for m in served.values():
+            m.holder.stop()
         for task in tasks:
             task.cancel()
         executor.shutdown(wait=False, cancel_futures=True)
@@ -546,5 +585,5 @@ def create_app(params: Params, alias: str = "champion", model: str | None = None
     keys = api_keys(sp.api_keys_env, sp.api_keys_file)  # before anything starts: a missing keys file stops us
     app = FastAPI(title="pipelines serving", version="1", lifespan=lifespan)
     app.state.keys = keys
-    install_routes(app, sp, name, holder, batcher, executor, metrics, checker, gen_batcher)
+    install_routes(app, sp, served, executor, metrics, checker)
     return app

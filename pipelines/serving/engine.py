@@ -131,8 +131,9 @@ class Holder:
     A version that fails to load or warm up is not retried until the ledger changes (a new entry:
     the alias moved away and back, or a repair was recorded), so a broken version costs one attempt."""
 
-    def __init__(self, store, alias: str, metrics) -> None:
+    def __init__(self, store, alias: str, metrics, name: str = "") -> None:
         self.store, self.alias, self.metrics = store, alias, metrics
+        self.name = name or store.base.rsplit("/", 1)[-1]
         self.current: Loaded | None = None
         self.failed: tuple[int, str] | None = None  # (version, ledger tip hash) of the last failed load
         self.status = "loading"
@@ -178,7 +179,7 @@ class Holder:
             return
         self.current = candidate  # one reference swap: requests already holding the old one finish on it
         self.failed = None
-        self.metrics.version.set(target)
+        self.metrics.version.labels(self.name).set(target)
         self._say(logging.WARNING, f"now serving {self.alias} v{target}")
 
     def start(self, interval: float) -> None:
@@ -202,7 +203,8 @@ class Metrics:
                                  buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
         self.batch = Histogram("pipelines_batch_size", "Texts per forward pass", registry=self.registry,
                                buckets=(1, 2, 4, 8, 16, 32, 64, 128))
-        self.version = Gauge("pipelines_model_version", "Registry version being served", registry=self.registry)
+        self.version = Gauge("pipelines_model_version", "Registry version being served", ["model"],
+                             registry=self.registry)
         self.load_failures = Counter("pipelines_model_load_failures_total", "Versions that failed to load or warm",
                                      registry=self.registry)
         self.routed = Counter("pipelines_route_requests_total", "Requests (texts) by serving route", ["route"],

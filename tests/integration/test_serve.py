@@ -102,7 +102,7 @@ def test_metrics_count_requests_batches_and_version(client):
     client.post("/v1/classify", json={"texts": ["hello"]}, headers=AUTH)
     text = client.get("/metrics", headers=AUTH).text
     assert 'pipelines_requests_total{path="/v1/classify",status="200"}' in text
-    assert "pipelines_model_version 1.0" in text and "pipelines_batch_size_count" in text
+    assert 'pipelines_model_version{model="text-classifier"} 1.0' in text and "pipelines_batch_size_count" in text
 
 
 def test_full_queue_answers_429(cls_registry):
@@ -340,3 +340,60 @@ def test_concurrent_greedy_generations_share_a_batch_and_answer_as_alone(gen_reg
         assert answered == 32 and calls < 32 - 8, metrics  # 8 alone + 24 concurrent, the latter batched
     finally:
         server.should_exit = True
+
+
+def test_one_server_answers_for_every_model_by_the_model_field(cls_registry, gen_registry):
+    cls = parse_params({"registry": {"root": str(cls_registry["root"] / "registry"), "model_name": "text-classifier"}})
+    gen = parse_params({"registry": {"root": str(gen_registry["root"] / "registry"), "model_name": "text-gen"}})
+    app = create_app(parse_params({"serve": {"poll_seconds": 0.2}}), poll=False,
+                     models={"text-classifier": cls, "text-gen": gen})
+    chat = {"max_tokens": 3, "messages": [{"role": "user", "content": "hello"}]}
+    with TestClient(app) as c:
+        listed = c.get("/v1/models").json()["data"]
+        assert {(m["id"], m["task"], m["version"]) for m in listed} == {("text-classifier", "classification", 1),
+                                                                        ("text-gen", "causal_lm", 1)}
+        assert c.get("/readyz").json() == {"status": "ready", "models": {"text-classifier": 1, "text-gen": 1}}
+        r = c.post("/v1/classify", json={"model": "text-classifier", "texts": ["my card has not arrived"]})
+        assert r.status_code == 200 and r.json()["model"] == "text-classifier"
+        r = c.post("/v1/chat/completions", json={"model": "text-gen", **chat})
+        assert r.status_code == 200 and r.json()["model"] == "text-gen"
+        r = c.post("/v1/chat/completions", json=chat)  # several served: the request must say which
+        assert r.status_code == 400 and "model: this server serves text-classifier, text-gen" in r.text
+        r = c.post("/v1/chat/completions", json={"model": "gpt-4o", **chat})
+        assert r.status_code == 404 and "'gpt-4o' is not served here" in r.text
+        r = c.post("/v1/chat/completions", json={"model": "text-classifier", **chat})
+        assert r.status_code == 400 and "is a classification model" in r.text
+        metrics = c.get("/metrics").text
+        assert 'pipelines_model_version{model="text-classifier"} 1.0' in metrics
+        assert 'pipelines_model_version{model="text-gen"} 1.0' in metrics
+
+
+def test_serve_all_serves_every_model_folder(cls_registry, gen_registry, tmp_path):
+    """`pipelines serve --all` from a checkout: each projects/<model>/params.yaml, its registry root
+    relative to its folder, one server."""
+    import os
+    import subprocess
+    import sys
+
+    import httpx
+    import yaml
+
+    from pipelines.serving.engine import wait_ready
+    from tests.conftest import cli_env
+    from tests.serving_support import free_port
+
+    for reg in (cls_registry, gen_registry):
+        folder = tmp_path / "projects" / reg["model"]
+        folder.mkdir(parents=True)
+        (folder / "params.yaml").write_text(yaml.safe_dump({"registry": {
+            "root": os.path.relpath(reg["root"] / "registry", folder), "model_name": reg["model"]}}))
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines", "serve", "--all", "--port", str(port)], cwd=tmp_path,
+                            env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", timeout=120, proc=proc)
+        listed = httpx.get(f"http://127.0.0.1:{port}/v1/models").json()["data"]
+        assert sorted(m["id"] for m in listed) == ["text-classifier", "text-gen"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
