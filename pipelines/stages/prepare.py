@@ -60,7 +60,8 @@ def prepare(path: str | Path, data: DataParams, rules: PrepareParams, vrules: Va
         write_json(tmp / "data_card.json", card)
         (tmp / "data_card.md").write_text(_card_markdown(card), encoding="utf-8")
     sizes = ", ".join(f"{s} {card['splits'][s]['rows']}" for s in SPLITS)
-    print(f"prepared {rules.output_dir}: {sizes}; dropped {sum(dropped.values())} rows {dropped or ''}",
+    planted_note = f"; {len(planted)} canaries x{rules.canary_repeats} planted in train" if planted else ""
+    print(f"prepared {rules.output_dir}: {sizes}; dropped {sum(dropped.values())} rows {dropped or ''}{planted_note}",
           file=sys.stderr)
     return card
 
