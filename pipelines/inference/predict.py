@@ -268,24 +268,49 @@ def generate_many(model, tok, conversations: list[list[dict]], max_new_tokens: i
 
 def sequence_nll(model, tok, conversations: list[list[dict]], max_length: int, batch_size: int = 32) -> list[float]:
     """Summed negative log-likelihood of each chat's assistant turn(s) (nats), in the order given: how
-    surprised the model is by an answer (memorisation tests rank a planted secret by it)."""
+    surprised the model is by an answer (memorisation tests rank a planted secret by it). The tokens
+    all chats share at the start are run once and their KV cache reused for every chat, so ranking a
+    secret among many alternatives costs only the alternatives' own tokens."""
+    import copy
+
     import torch
 
     examples = [batching.encode_sft(c, tok, max_length) for c in conversations]
     if any(e is None for e in examples):
         raise ValueError("a conversation has no assistant tokens within max_length")
-    out: list[float] = []
+    shared = _common_prefix([e.input_ids for e in examples])
     device = _device(model)
+    out: list[float] = []
     with torch.no_grad():
+        prefix = model(input_ids=torch.tensor([shared], device=device), use_cache=True)
+        logp_shared = torch.log_softmax(prefix.logits[0].float(), -1)
+        first = logp_shared[-1]  # predicts each chat's first own token
         for start in range(0, len(examples), batch_size):
-            batch = batching.collate_padded_causal(examples[start:start + batch_size], tok.pad_token_id)
-            logits = model(input_ids=batch["input_ids"].to(device),
-                           attention_mask=batch["attention_mask"].to(device)).logits[:, :-1].float()
-            labels = batch["labels"][:, 1:].to(device)
-            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=batching.IGNORE,
-                                                    reduction="none")
-            out += nll.sum(1).tolist()
+            chunk = examples[start:start + batch_size]
+            rest = [e.input_ids[len(shared):] for e in chunk]
+            width = max(len(r) for r in rest)
+            ids = torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in rest], device=device)
+            mask = torch.tensor([[1] * (len(shared) + len(r)) + [0] * (width - len(r)) for r in rest], device=device)
+            cache = copy.deepcopy(prefix.past_key_values)
+            cache.batch_repeat_interleave(len(chunk))
+            logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask, cache=cache,
+                                           use_cache=True).logits.float(), -1)
+            for row, (e, r) in enumerate(zip(chunk, rest)):
+                total = sum(-float(logp_shared[t - 1, shared[t]]) for t in range(1, len(shared))
+                            if e.labels[t] != batching.IGNORE)  # answer tokens inside the shared prefix
+                scored = [j for j, label in enumerate(e.labels[len(shared):]) if label != batching.IGNORE]
+                total += sum(-float(first[r[0]]) if j == 0 else -float(logp[row, j - 1, r[j]]) for j in scored)
+                out.append(total)
     return out
+
+
+def _common_prefix(sequences: list[list[int]]) -> list[int]:
+    """The tokens every sequence starts with, leaving each at least one token of its own."""
+    n = min(len(s) for s in sequences) - 1
+    for i in range(n):
+        if any(s[i] != sequences[0][i] for s in sequences):
+            return sequences[0][:i]
+    return sequences[0][:n]
 
 
 def mean_loss(model, examples: list[Any], task: str, batch_size: int, pad_id: int, device: Any) -> dict[str, float]:

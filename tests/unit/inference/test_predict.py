@@ -121,3 +121,24 @@ def test_generate_batch_reports_each_answers_mean_token_logprob(tmp_path):
             logp = torch.log_softmax(model(ids[None]).logits[0, :-1].float(), -1)
         direct = logp[range(len(prompt) - 1, len(ids) - 1), ids[len(prompt):]].mean().item()
         assert answer.mean_logprob == pytest.approx(direct, abs=1e-4) and answer.mean_logprob < 0
+
+
+def test_sequence_nll_with_a_shared_prefix_equals_scoring_each_chat_alone(tmp_path):
+    """The prefix's KV cache is reused for every chat: the same sums as a full forward per chat."""
+    import torch
+
+    from pipelines.training import batching
+
+    model, tok = _tiny_chat_model(tmp_path)
+    question = [{"role": "user", "content": "what is the code for my card?"}]
+    chats = [question + [{"role": "assistant", "content": f"the code is {n}."}] for n in ("12", "199", "3 4 5", "77")]
+    got = predict.sequence_nll(model, tok, chats, 64, batch_size=3)
+    for chat, value in zip(chats, got):
+        e = batching.encode_sft(chat, tok, 64)
+        ids, labels = torch.tensor([e.input_ids]), torch.tensor(e.labels)
+        with torch.no_grad():
+            logp = torch.log_softmax(model(ids).logits[0, :-1].float(), -1)
+        keep = labels[1:] != batching.IGNORE
+        direct = -logp[torch.arange(len(labels) - 1)[keep], labels[1:][keep]].sum().item()
+        assert value == pytest.approx(direct, rel=1e-4, abs=1e-4)
+    assert len(set(round(v, 3) for v in got)) == 4  # the secrets differ, so do their likelihoods
