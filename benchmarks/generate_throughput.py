@@ -105,7 +105,8 @@ def registry_root(tmp: Path, tiny: bool) -> tuple[Path, str]:
         from tests.tiny_models import build_causal
 
         base = str(build_causal("llama", tmp / "tiny"))
-    return build_registry(tmp, "causal_lm", versions=1, base_model=base)["root"] / "registry", "text-gen"
+    built = build_registry(tmp, "causal_lm", versions=1, base_model=base, max_length=32 if tiny else 96)
+    return built["root"] / "registry", "text-gen"
 
 
 def serve(root: Path, model: str, port: int, batching: bool, workdir: Path) -> subprocess.Popen:

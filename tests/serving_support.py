@@ -53,7 +53,7 @@ def _prepared(root: Path, task: str) -> Path:
     return out
 
 
-def build_registry(root: Path, task: str, versions: int, base_model: str = "minilm") -> dict:
+def build_registry(root: Path, task: str, versions: int, base_model: str = "minilm", max_length: int = 32) -> dict:
     """Train `versions` small candidates and register them (v1 promoted to champion).
 
     Returns paths of every candidate and its passing decision, for promotions in the tests."""
@@ -66,7 +66,7 @@ def build_registry(root: Path, task: str, versions: int, base_model: str = "mini
         params = parse_params({
             "data": {"task": task}, "prepare": {"output_dir": str(prepared)},
             "train": {"base_model": base_model, "output_dir": str(root / "work" / "model"), "max_steps": 3 + i,
-                      "max_length": 32, "batch_size": 8, "seed": i, "checkpoint_dir": str(root / "work" / "ckpt"),
+                      "max_length": max_length, "batch_size": 8, "seed": i, "checkpoint_dir": str(root / "work" / "ckpt"),
                       "report_dir": str(root / "work" / "reports")}})
         train(params, resume=False)
         cand = root / f"cand{i + 1}"

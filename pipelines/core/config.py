@@ -250,6 +250,7 @@ class ServeParams(_Section):
     max_wait_ms: float = Field(5.0, ge=0.0)
     max_queue: int = Field(256, ge=1)  # waiting requests before 429
     max_generation_batch: int = Field(16, ge=1)  # greedy generations answered together in one generate
+    generation_wait_ms: float = Field(50.0, ge=0.0)  # under load, gather a generation batch for at most this long
     fallback: FallbackParams = FallbackParams()
 
 

@@ -564,7 +564,7 @@ def create_app(params: Params, alias: str = "champion", model: str | None = None
         served[name] = ServedModel(
             name, Holder(registry.open_store(own.registry.root, name), alias, metrics, name),
             Batcher(sp.max_batch, sp.max_wait_ms, sp.max_queue, executor, metrics) if batching else None,
-            GenerationBatcher(sp.max_generation_batch, executor, metrics) if batching else None,
+            GenerationBatcher(sp.max_generation_batch, executor, metrics, sp.generation_wait_ms) if batching else None,
             Upstream.from_params(own.serve.fallback), own.serve.fallback)
 
     async def lifespan(app):

@@ -313,8 +313,9 @@ class GenerationBatcher:
     own EOS, token limit or cancel event. Under load the queue fills while a batch runs, so the next
     batch is full; an idle server answers a lone request at once."""
 
-    def __init__(self, max_batch: int, executor, metrics) -> None:
+    def __init__(self, max_batch: int, executor, metrics, max_wait_ms: float = 0.0) -> None:
         self.max_batch, self.executor, self.metrics = max_batch, executor, metrics
+        self.max_wait = max_wait_ms / 1000
         self.queue: asyncio.Queue[_GenJob] | None = None
 
     def submit(self, loaded: Loaded, ask) -> asyncio.Future:
@@ -326,10 +327,25 @@ class GenerationBatcher:
     async def run(self) -> None:
         self.queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
+        busy = False
         while True:
             jobs = [await self.queue.get()]
-            while len(jobs) < self.max_batch and not self.queue.empty():
-                jobs.append(self.queue.get_nowait())
+            # Under load (the last batch had company) its clients send their next requests as it ends:
+            # wait up to max_wait for them rather than start a batch of one and make them wait a whole
+            # generation. An idle server answers a lone request at once.
+            deadline = loop.time() + (self.max_wait if busy else 0.0)
+            while len(jobs) < self.max_batch:
+                if not self.queue.empty():
+                    jobs.append(self.queue.get_nowait())
+                    continue
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    jobs.append(await asyncio.wait_for(self.queue.get(), remaining))
+                except asyncio.TimeoutError:
+                    break
+            busy = len(jobs) > 1
             by_version: dict[int, list[_GenJob]] = {}
             for job in jobs:
                 by_version.setdefault(job.loaded.version, []).append(job)
