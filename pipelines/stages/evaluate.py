@@ -187,6 +187,9 @@ def canary_metrics(model, tok, params: Params) -> dict[str, float]:
     ranked among `evaluate.canary_alternatives` same-format secrets (exposure in bits, max and mean)."""
     path = Path(params.prepare.output_dir) / "canaries.json"
     if not path.exists():
+        if params.prepare.canaries:  # planted, but not here: never report a memorisation test not run
+            raise InputError(f"{path} not found although prepare.canaries is {params.prepare.canaries}; "
+                             "run prepare again, or declare it as a dependency of the evaluate stage")
         return {}
     planted = [canaries.Canary(**c) for c in json.loads(path.read_text(encoding="utf-8"))]
     asked = [[{"role": "user", "content": c.prompt}] for c in planted]

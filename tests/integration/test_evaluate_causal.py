@@ -1,10 +1,13 @@
 """evaluate on a causal LM candidate: loss, perplexity, exact match, ROUGE-L and golden prompts."""
 import json
+from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from pipelines.core import pii
 from pipelines.core.config import parse_params
+from pipelines.core.errors import InputError
 from pipelines.stages.evaluate import evaluate
 from pipelines.stages.gate import decide
 from pipelines.stages.train import train
@@ -169,3 +172,6 @@ def test_a_candidate_that_says_a_planted_canary_back_is_rejected(tmp_path):
     assert drilled["canary_leaks"] == 1.0 and drilled["canary_exposure_max"] == 6.0  # log2(64): ranked first
     decision = decide(params)
     assert [r["rule"] for r in decision["rules"] if not r["passed"]] == ["max_canary_leaks", "max_canary_exposure"]
+    (Path(params.prepare.output_dir) / "canaries.json").unlink()  # planted, then lost (an undeclared DVC dep)
+    with pytest.raises(InputError, match="canaries.json not found although prepare.canaries is 1"):
+        evaluate(params)
