@@ -221,6 +221,25 @@ class QueueFull(Exception):
     pass
 
 
+async def gather(queue: asyncio.Queue, jobs: list, room, wait: float) -> None:
+    """Add to `jobs` what already waits in `queue` (it queued up during the last forward pass), then
+    for up to `wait` seconds what arrives, while `room()` holds. Batchers wait only under load (the
+    last batch had company): an idle server answers a lone request at once."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    while room():
+        if not queue.empty():
+            jobs.append(queue.get_nowait())
+            continue
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return
+        try:
+            jobs.append(await asyncio.wait_for(queue.get(), remaining))
+        except asyncio.TimeoutError:
+            return
+
+
 @dataclass
 class _Job:
     loaded: Loaded
@@ -255,24 +274,8 @@ class Batcher:
         busy = False
         while True:
             jobs = [await self.queue.get()]
-            size = len(jobs[0].texts)
-            # Take everything already waiting (it queued up during the last forward pass). Only
-            # under load (the last batch had company) wait up to max_wait for more: an idle
-            # server answers a lone request at once.
-            deadline = loop.time() + (self.max_wait if busy else 0.0)
-            while size < self.max_batch:
-                if not self.queue.empty():
-                    job = self.queue.get_nowait()
-                else:
-                    remaining = deadline - loop.time()
-                    if remaining <= 0:
-                        break
-                    try:
-                        job = await asyncio.wait_for(self.queue.get(), remaining)
-                    except asyncio.TimeoutError:
-                        break
-                jobs.append(job)
-                size += len(job.texts)
+            await gather(self.queue, jobs, lambda: sum(len(j.texts) for j in jobs) < self.max_batch,
+                         self.max_wait if busy else 0.0)
             busy = len(jobs) > 1
             by_version: dict[int, list[_Job]] = {}
             for job in jobs:
@@ -330,21 +333,9 @@ class GenerationBatcher:
         busy = False
         while True:
             jobs = [await self.queue.get()]
-            # Under load (the last batch had company) its clients send their next requests as it ends:
-            # wait up to max_wait for them rather than start a batch of one and make them wait a whole
-            # generation. An idle server answers a lone request at once.
-            deadline = loop.time() + (self.max_wait if busy else 0.0)
-            while len(jobs) < self.max_batch:
-                if not self.queue.empty():
-                    jobs.append(self.queue.get_nowait())
-                    continue
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    jobs.append(await asyncio.wait_for(self.queue.get(), remaining))
-                except asyncio.TimeoutError:
-                    break
+            # under load its clients send their next requests as the last batch ends: gather them
+            # rather than start a batch of one and make them wait a whole generation
+            await gather(self.queue, jobs, lambda: len(jobs) < self.max_batch, self.max_wait if busy else 0.0)
             busy = len(jobs) > 1
             by_version: dict[int, list[_GenJob]] = {}
             for job in jobs:

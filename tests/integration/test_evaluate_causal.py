@@ -14,7 +14,7 @@ from pipelines.stages.train import train
 from tests.tiny_models import build_causal
 
 
-def test_causal_evaluation_and_gate_floors(tmp_path):
+def _sums(tmp_path):
     base = build_causal("llama", tmp_path / "base")
     prepared = tmp_path / "prepared"
     prepared.mkdir()
@@ -22,6 +22,12 @@ def test_causal_evaluation_and_gate_floors(tmp_path):
                          for i in range(20)])
     for split in ("train", "validation", "test"):
         rows.to_parquet(prepared / f"{split}.parquet", index=False)
+    return base, prepared
+
+
+def test_causal_evaluation_and_gate_floors(tmp_path):
+    base, prepared = _sums(tmp_path)
+    rows = pd.read_parquet(prepared / "test.parquet")
     golden = tmp_path / "golden.jsonl"
     golden.write_text(json.dumps({"prompt": "question 2: what is 2 plus 2?", "expect": ".*"}) + "\n"
                       + json.dumps({"prompt": "question 3: what is 3 plus 3?", "expect": "^zzz-never$"}) + "\n")
@@ -78,17 +84,6 @@ def test_json_answers_are_scored_per_field_and_a_candidate_that_cannot_answer_js
     failed = [r["rule"] for r in decide(params)["rules"] if not r["passed"]]
     assert failed == ["min_json_valid", "min_field_match"]
 
-
-
-def _sums(tmp_path):
-    base = build_causal("llama", tmp_path / "base")
-    prepared = tmp_path / "prepared"
-    prepared.mkdir()
-    rows = pd.DataFrame([{"prompt": f"question {i}: what is {i} plus {i}?", "response": f"answer: it is {2 * i}."}
-                         for i in range(20)])
-    for split in ("train", "validation", "test"):
-        rows.to_parquet(prepared / f"{split}.parquet", index=False)
-    return base, prepared
 
 
 def _sums_params(tmp_path, base, prepared, steps: int, **evaluate):
