@@ -304,7 +304,8 @@ class _GenJob:
     future: asyncio.Future
 
 
-def generate_batch(loaded: Loaded, asks: list) -> list[tuple[str, int, int]]:
+def generate_batch(loaded: Loaded, asks: list) -> list:
+    """`predict.generate_batch` on a loaded version: one `predict.Answer` per ask."""
     from pipelines.inference import predict
 
     return predict.generate_batch(loaded.model, loaded.tok, asks)
@@ -313,8 +314,8 @@ def generate_batch(loaded: Loaded, asks: list) -> list[tuple[str, int, int]]:
 class GenerationBatcher:
     """Static batching of greedy generations: whatever waits when the model's worker is free (up to
     `max_batch` requests of one version) runs as one left-padded `generate`; each answer ends at its
-    own EOS, token limit or cancel event. Under load the queue fills while a batch runs, so the next
-    batch is full; an idle server answers a lone request at once."""
+    own EOS, token limit or cancel event. Under load the queue fills while a batch runs and the next
+    batch also gathers for up to `max_wait_ms`; an idle server answers a lone request at once."""
 
     def __init__(self, max_batch: int, executor, metrics, max_wait_ms: float = 0.0) -> None:
         self.max_batch, self.executor, self.metrics = max_batch, executor, metrics
@@ -322,7 +323,8 @@ class GenerationBatcher:
         self.queue: asyncio.Queue[_GenJob] | None = None
 
     def submit(self, loaded: Loaded, ask) -> asyncio.Future:
-        """Queue one request; the future resolves to (text, prompt_tokens, completion_tokens)."""
+        """Queue one request; the future resolves to its `predict.Answer` (text, prompt and completion
+        tokens, mean token log-probability)."""
         job = _GenJob(loaded, ask, asyncio.get_running_loop().create_future())
         self.queue.put_nowait(job)
         return job.future
