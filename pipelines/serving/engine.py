@@ -248,13 +248,53 @@ class _Job:
     t: float = field(default_factory=time.perf_counter)
 
 
-class Batcher:
+class _GroupBatcher:
+    """The loop both batchers share: take a job, gather what else waits (and, under load, what arrives
+    within `max_wait`), then one `_answer` per registry version on the model's worker thread, each
+    job's future resolved with its own result (or the batch's error)."""
+
+    max_batch: int
+    max_wait: float
+    executor: Any
+    queue: asyncio.Queue | None = None
+
+    def _room(self, jobs: list) -> bool:
+        raise NotImplementedError
+
+    def _answer(self, group: list) -> list:
+        """One result per job of `group` (all of one version); runs on the executor."""
+        raise NotImplementedError
+
+    async def run(self) -> None:
+        self.queue = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        busy = False
+        while True:
+            jobs = [await self.queue.get()]
+            await gather(self.queue, jobs, lambda: self._room(jobs), self.max_wait if busy else 0.0)
+            busy = len(jobs) > 1
+            by_version: dict[int, list] = {}
+            for job in jobs:
+                by_version.setdefault(job.loaded.version, []).append(job)
+            for group in by_version.values():
+                try:
+                    results = await loop.run_in_executor(self.executor, self._answer, group)
+                except Exception as err:
+                    for job in group:
+                        if not job.future.done():
+                            job.future.set_exception(err)
+                    continue
+                for job, result in zip(group, results):
+                    if not job.future.done():
+                        job.future.set_result(result)
+
+
+class Batcher(_GroupBatcher):
     """Gathers classification requests for up to max_wait_ms / max_batch texts, one forward per version."""
 
     def __init__(self, max_batch: int, max_wait_ms: float, max_queue: int, executor, metrics) -> None:
         self.max_batch, self.max_wait, self.max_queue = max_batch, max_wait_ms / 1000, max_queue
         self.executor, self.metrics = executor, metrics
-        self.queue: asyncio.Queue[_Job] | None = None
         self.pending = 0
 
     async def submit(self, loaded: Loaded, texts: list[str]):
@@ -268,33 +308,18 @@ class Batcher:
         finally:
             self.pending -= 1
 
-    async def run(self) -> None:
-        self.queue = asyncio.Queue()
-        loop = asyncio.get_running_loop()
-        busy = False
-        while True:
-            jobs = [await self.queue.get()]
-            await gather(self.queue, jobs, lambda: sum(len(j.texts) for j in jobs) < self.max_batch,
-                         self.max_wait if busy else 0.0)
-            busy = len(jobs) > 1
-            by_version: dict[int, list[_Job]] = {}
-            for job in jobs:
-                by_version.setdefault(job.loaded.version, []).append(job)
-            for group in by_version.values():
-                texts = [t for job in group for t in job.texts]
-                self.metrics.batch.observe(len(texts))
-                try:
-                    probs = await loop.run_in_executor(self.executor, classify, group[0].loaded, texts)
-                except Exception as err:
-                    for job in group:
-                        if not job.future.done():
-                            job.future.set_exception(err)
-                    continue
-                at = 0
-                for job in group:
-                    if not job.future.done():
-                        job.future.set_result(probs[at:at + len(job.texts)])
-                    at += len(job.texts)
+    def _room(self, jobs: list) -> bool:
+        return sum(len(j.texts) for j in jobs) < self.max_batch
+
+    def _answer(self, group: list) -> list:
+        texts = [t for job in group for t in job.texts]
+        self.metrics.batch.observe(len(texts))
+        probs = classify(group[0].loaded, texts)
+        out, at = [], 0
+        for job in group:
+            out.append(probs[at:at + len(job.texts)])
+            at += len(job.texts)
+        return out
 
 
 @dataclass
@@ -311,16 +336,17 @@ def generate_batch(loaded: Loaded, asks: list) -> list:
     return predict.generate_batch(loaded.model, loaded.tok, asks)
 
 
-class GenerationBatcher:
+class GenerationBatcher(_GroupBatcher):
     """Static batching of greedy generations: whatever waits when the model's worker is free (up to
     `max_batch` requests of one version) runs as one left-padded `generate`; each answer ends at its
     own EOS, token limit or cancel event. Under load the queue fills while a batch runs and the next
-    batch also gathers for up to `max_wait_ms`; an idle server answers a lone request at once."""
+    batch also gathers for up to `max_wait_ms` (its clients send their next requests as the last batch
+    ends: better than a batch of one that makes them wait a whole generation); an idle server answers
+    a lone request at once."""
 
     def __init__(self, max_batch: int, executor, metrics, max_wait_ms: float = 0.0) -> None:
         self.max_batch, self.executor, self.metrics = max_batch, executor, metrics
         self.max_wait = max_wait_ms / 1000
-        self.queue: asyncio.Queue[_GenJob] | None = None
 
     def submit(self, loaded: Loaded, ask) -> asyncio.Future:
         """Queue one request; the future resolves to its `predict.Answer` (text, prompt and completion
@@ -329,32 +355,12 @@ class GenerationBatcher:
         self.queue.put_nowait(job)
         return job.future
 
-    async def run(self) -> None:
-        self.queue = asyncio.Queue()
-        loop = asyncio.get_running_loop()
-        busy = False
-        while True:
-            jobs = [await self.queue.get()]
-            # under load its clients send their next requests as the last batch ends: gather them
-            # rather than start a batch of one and make them wait a whole generation
-            await gather(self.queue, jobs, lambda: len(jobs) < self.max_batch, self.max_wait if busy else 0.0)
-            busy = len(jobs) > 1
-            by_version: dict[int, list[_GenJob]] = {}
-            for job in jobs:
-                by_version.setdefault(job.loaded.version, []).append(job)
-            for group in by_version.values():
-                self.metrics.generation_batch.observe(len(group))
-                try:
-                    answers = await loop.run_in_executor(self.executor, generate_batch, group[0].loaded,
-                                                         [job.ask for job in group])
-                except Exception as err:
-                    for job in group:
-                        if not job.future.done():
-                            job.future.set_exception(err)
-                    continue
-                for job, answer in zip(group, answers):
-                    if not job.future.done():
-                        job.future.set_result(answer)
+    def _room(self, jobs: list) -> bool:
+        return len(jobs) < self.max_batch
+
+    def _answer(self, group: list) -> list:
+        self.metrics.generation_batch.observe(len(group))
+        return generate_batch(group[0].loaded, [job.ask for job in group])
 
 
 def api_keys(env_var: str, keys_file: str | None) -> list[str]:
