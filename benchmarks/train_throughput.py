@@ -8,10 +8,16 @@ function on the same validation examples.
 - classification: MiniLM + LoRA on a stratified banking77 subset (../shared/data/banking77);
 - causal LM: a tiny Llama built from a config, on a generated instruction set whose lengths
   spread log-uniformly from a few tokens to max_length.
+`--smollm2` adds a real LLM against the strongest configuration a user would pick instead: TRL's
+`SFTTrainer` (packing with best-fit decreasing, padding-free rows, completion-only loss, its fused
+LM head) on SmolLM2-135M-Instruct with the same LoRA model, support-assistant data, learning-rate
+schedule and packed rows per step. TRL is a benchmark-only dependency:
+`pip install --no-deps -r benchmarks/requirements-trl.txt`.
 Last line: one JSON object with both rates, both eval losses and `classification_speedup`,
-`causal_lm_speedup`. Targets: >= 3x and >= 2x at an equal eval loss within noise.
+`causal_lm_speedup` (and `smollm2_vs_trl_speedup`). Targets: >= 3x, >= 2x and >= 1.2x at an equal
+eval loss within noise.
 
-    python benchmarks/train_throughput.py [--examples 2000] [--epochs 2]
+    python benchmarks/train_throughput.py [--examples 2000] [--epochs 2] [--smollm2 256] [--only-smollm2]
 """
 from __future__ import annotations
 
@@ -169,18 +175,96 @@ def causal_lm(n: int, epochs: int) -> dict:
             "rows_per_step": rows_per_batch, "examples_per_step_naive": batch}
 
 
+def require_trl() -> None:
+    """Fail before any training when the baseline cannot run."""
+    import importlib.util
+
+    if importlib.util.find_spec("trl") is None or importlib.util.find_spec("datasets") is None:
+        sys.exit("error: TRL is not installed (a benchmark-only dependency): "
+                 "pip install --no-deps -r benchmarks/requirements-trl.txt")
+
+
+def trl_run(params, model_dir: Path, train_rows: pd.DataFrame, val_examples) -> dict:
+    """TRL's SFTTrainer on the same LoRA model and schedule: conversational prompt/completion rows,
+    BFD packing into rows of max_length (padding-free), loss on the completions only."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from pipelines.inference.predict import mean_loss
+    from pipelines.stages.train import seed_everything
+    from pipelines.training.modeling import attach_lora, load_base, load_tokenizer, select_hardware
+
+    tp, hw = params.train, select_hardware()
+    tok = load_tokenizer(model_dir)
+    seed_everything(tp.seed)
+    model = attach_lora(load_base(model_dir, "causal_lm", hw), "causal_lm", tp.lora)
+    rows = Dataset.from_list([{"prompt": [{"role": "user", "content": r.prompt}],
+                               "completion": [{"role": "assistant", "content": r.response}]}
+                              for r in train_rows.itertuples()])
+    args = SFTConfig(
+        output_dir=str(Path(tempfile.mkdtemp())), max_length=tp.max_length, packing=True, packing_strategy="bfd",
+        padding_free=True, completion_only_loss=True, per_device_train_batch_size=tp.batch_size,
+        num_train_epochs=tp.epochs, learning_rate=tp.learning_rate, weight_decay=tp.weight_decay,
+        warmup_steps=tp.warmup_ratio, lr_scheduler_type="linear", max_grad_norm=tp.max_grad_norm, use_cpu=True,
+        report_to=[], save_strategy="no", eval_strategy="no", logging_strategy="no", seed=tp.seed,
+        disable_tqdm=True, dataset_num_proc=None)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=rows, processing_class=tok)
+    tokens = sum(len(ids) for ids in trainer.train_dataset["input_ids"]) * tp.epochs
+    t = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - t
+    evals = mean_loss(model, val_examples, "causal_lm", tp.eval_batch_size, tok.pad_token_id, hw.device)
+    return {"tokens_per_s": tokens / seconds, "seconds": seconds, "eval_loss": evals["eval_loss"],
+            "optimizer_steps": trainer.state.global_step}
+
+
+def smollm2(n: int) -> dict:
+    """Ours vs TRL's SFTTrainer on SmolLM2-135M-Instruct, support-assistant data, one epoch."""
+    from pipelines.devtools.sample_data import generate_assistant
+    from pipelines.training import batching
+    from pipelines.training.modeling import load_tokenizer, resolve_base
+
+    max_length, rows_per_step = 512, 2  # ~4 answers of ~120 tokens per packed row: ~8 examples per step
+    trn, val = generate_assistant(n, seed=1), generate_assistant(max(16, n // 8), seed=2)
+    base = resolve_base("smollm2")
+    tok = load_tokenizer(base)
+    val_examples = batching.encode_sft_rows(val.to_dict("records"), tok, max_length)[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        write_prepared(tmp, trn, val)
+        params = params_for(tmp, "causal_lm", base_model="smollm2", max_length=max_length, epochs=1,
+                            batch_size=rows_per_step, eval_batch_size=16, learning_rate=0.002, warmup_ratio=0.06)
+        ours = ours_run(params)
+        trl = trl_run(params, base, trn, val_examples)
+    return {"ours": ours, "trl": trl, "examples": n, "packed_row_tokens": max_length, "rows_per_step": rows_per_step}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=2000)
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--smollm2", type=int, default=0, metavar="N",
+                        help="also train SmolLM2 on N support-assistant answers against TRL's SFTTrainer")
+    parser.add_argument("--only-smollm2", action="store_true", help="skip the classification and tiny-Llama runs")
     args = parser.parse_args()
+    r = lambda x: round(x, 4)  # noqa: E731
+    out = {}
+    if args.smollm2 or args.only_smollm2:
+        require_trl()
+        sm = smollm2(args.smollm2 or 256)
+        print(f"smollm2: {json.dumps(sm)}", file=sys.stderr)
+        out = {"smollm2_tokens_per_s": r(sm["ours"]["tokens_per_s"]), "smollm2_trl_tokens_per_s": r(sm["trl"]["tokens_per_s"]),
+               "smollm2_eval_loss": r(sm["ours"]["eval_loss"]), "smollm2_trl_eval_loss": r(sm["trl"]["eval_loss"]),
+               "smollm2_vs_trl_speedup": r(sm["ours"]["tokens_per_s"] / sm["trl"]["tokens_per_s"])}
+    if args.only_smollm2:
+        print(json.dumps(out))
+        return
     if not BANKING77.exists():
         sys.exit(f"error: {BANKING77} not found (the benchmark reads banking77 from ../shared/data)")
     cls = classification(args.examples, args.epochs)
     print(f"classification: {json.dumps(cls)}", file=sys.stderr)
     clm = causal_lm(args.examples, args.epochs)
     print(f"causal_lm: {json.dumps(clm)}", file=sys.stderr)
-    r = lambda x: round(x, 4)  # noqa: E731
     print(json.dumps({
         "classification_tokens_per_s": r(cls["ours"]["tokens_per_s"]),
         "classification_naive_tokens_per_s": r(cls["naive"]["tokens_per_s"]),
@@ -192,6 +276,7 @@ def main() -> None:
         "causal_lm_eval_loss": r(clm["ours"]["eval_loss"]),
         "causal_lm_naive_eval_loss": r(clm["naive"]["eval_loss"]),
         "causal_lm_speedup": r(clm["ours"]["tokens_per_s"] / clm["naive"]["tokens_per_s"]),
+        **out,
     }))
 
 
