@@ -358,7 +358,7 @@ def _sample(args: argparse.Namespace) -> int:
     from pipelines.devtools.sample_data import write_sample
 
     path = write_sample(args.out, rows=args.rows, seed=args.seed, faulty=args.faulty, fmt=args.format,
-                        domain=args.domain)
+                        domain=args.domain, mislabelled=args.mislabelled, label_noise=args.label_noise)
     print(f"wrote {path}", file=sys.stderr)
     return 0
 
@@ -395,7 +395,11 @@ def _step(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from pipelines.devtools.demo import run_demo
 
-    run_demo(faulty_drop=args.faulty_drop, second_run=not args.single_run)
+    summary = run_demo(faulty_drop=args.faulty_drop, second_run=not args.single_run, verbose=args.verbose)
+    if args.json:
+        import json
+
+        print(json.dumps(summary, indent=2))
     return 0
 
 
@@ -503,7 +507,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rows", type=int, default=2000)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--format", choices=["csv", "jsonl", "parquet"], default="csv")
-    s.add_argument("--faulty", action="store_true", help="plant contract violations (for gate demos)")
+    s.add_argument("--faulty", action="store_true", help="plant contract violations (validation stops the run)")
+    s.add_argument("--mislabelled", action="store_true", help="a labelling accident that passes validation: one "
+                   "intent's surge tagged as its neighbour (the gate rejects a model trained on it)")
+    s.add_argument("--label-noise", type=float, default=None, metavar="SHARE",
+                   help="share of rows with a wrong label at random (default 0.03; 0 for a reviewed holdout)")
     s.add_argument("--domain", choices=get_args(LifecycleParams.model_fields["sample_domain"].annotation),
                    default="banking", help="which generated data (each model of the platform has its own; "
                    "support_assistant: prompt/response rows for a generative model)")
@@ -515,10 +523,12 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--xcom-file", help="also write the result here (KubernetesPodOperator: /airflow/xcom/return.json)")
     st.set_defaults(handler=_step)
 
-    d = sub.add_parser("demo", help="the main job on the embedded default: each model's lifecycle DAG, "
-                                    "twice, then serve and verify lineage")
+    d = sub.add_parser("demo", help="the main job on the embedded default: each model's lifecycle DAG "
+                                    "(a promotion and a rejection per classifier), then serve and verify lineage")
     d.add_argument("--faulty-drop", action="store_true", help="also add a faulty drop and show validate stop the run")
-    d.add_argument("--single-run", action="store_true", help="skip the second run on a new weekly drop")
+    d.add_argument("--single-run", action="store_true", help="only each model's first run")
+    d.add_argument("--verbose", action="store_true", help="show Airflow's log lines as they come (else: in a file)")
+    d.add_argument("--json", action="store_true", help="also print the summary as JSON on stdout")
     d.set_defaults(handler=_demo)
     return parser
 

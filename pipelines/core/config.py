@@ -179,6 +179,10 @@ class EvaluateParams(_Section):
     generation_batch_size: int = Field(8, ge=1)  # causal_lm: prompts per forward pass when answering
     generation_latency_samples: int = Field(3, ge=0)  # causal_lm: answers timed one at a time (TTFT, per token)
     golden_prompts: str | None = "golden/prompts.jsonl"  # causal_lm regression prompts
+    # classification: a reviewed, labelled file of the model folder (data.text_column/label_column) that
+    # every version is scored on instead of the test split: labels a person checked, the same rows for
+    # every version (comparable across versions, and a drop with wrong labels cannot grade itself).
+    holdout: str | None = None
     compare_base: bool = True  # causal_lm: also answer the test rows with the adapter off (the base model)
     base_examples: int | None = Field(None, ge=1)  # ... on the first this many of them (None: all)
     canary_alternatives: int = Field(99, ge=1, le=9999)  # same-format secrets each canary is ranked against
@@ -320,6 +324,9 @@ class Params(_Section):
         if self.prepare.canaries and task_spec(self.data.task).labelled:
             raise ValueError(f"prepare.canaries needs a generative data.task, not {self.data.task!r}: "
                              "a classifier cannot say a secret back")
+        if self.evaluate.holdout and not task_spec(self.data.task).labelled:
+            raise ValueError(f"evaluate.holdout is a labelled file for classifiers, not for {self.data.task!r} "
+                             "(generative models keep reviewed cases in evaluate.golden_prompts)")
         return self
 
 

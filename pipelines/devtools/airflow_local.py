@@ -7,8 +7,10 @@ Airflow is only ever run as a command here; this package does not import it.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -31,19 +33,30 @@ def env(root: Path | str, home: Path | str | None = None) -> dict[str, str]:
 
 
 def airflow(root: Path | str, *args: str, check: bool = True, home: Path | str | None = None,
-            stream: bool = False, extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+            stream: bool = False, extra: dict[str, str] | None = None, log: Path | None = None,
+            verbose: bool = True) -> subprocess.CompletedProcess:
     """An `airflow` command on this checkout's embedded Airflow (`extra`: environment overrides, such
-    as another metadata DB)."""
+    as another metadata DB). `stream`: show progress as it happens (every line when `verbose`, else
+    which task runs and training's progress), keeping the text for the caller and in `log`."""
     cmd = [str(Path(sys.executable).parent / "airflow"), *args]
     environ = {**env(root, home), **(extra or {})}
-    if stream:  # show progress as it happens, keep the text for the caller
+    if stream:
         proc = subprocess.Popen(cmd, cwd=root, env=environ, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
         lines = []
-        for line in proc.stdout:
-            lines.append(line)
-            if _worth_showing(line):
-                print(line.rstrip()[:300], file=sys.stderr, flush=True)
+        with contextlib.ExitStack() as stack:
+            sink = stack.enter_context(open(log, "w", encoding="utf-8")) if log else None
+            status = _Status(sys.stderr)
+            for line in proc.stdout:
+                lines.append(line)
+                if sink:
+                    sink.write(line)
+                    sink.flush()
+                if verbose and _worth_showing(line):
+                    print(line.rstrip()[:300], file=sys.stderr, flush=True)
+                elif not verbose:
+                    status.update(line)
+            status.close()
         done = subprocess.CompletedProcess(cmd, proc.wait(), "".join(lines), "")
     else:
         done = subprocess.run(cmd, cwd=root, env=environ, text=True, capture_output=True)
@@ -59,6 +72,38 @@ def _worth_showing(line: str) -> bool:
     return any(k in line for k in keys)
 
 
+class _Status:
+    """One status line: the task running and training's latest progress. Rewritten in place on a
+    terminal; elsewhere (a CI log) one line per task."""
+
+    TASK = re.compile(r"starting task_id=(\w+)")
+    STEP = re.compile(r"(train step \d+/\d+.*?)(?: tok/s.*)?$")
+
+    def __init__(self, stream) -> None:
+        self.stream, self.tty, self.task, self.shown = stream, stream.isatty(), None, False
+
+    def update(self, line: str) -> None:
+        task, step = self.TASK.search(line), self.STEP.search(line.rstrip())
+        if task and task.group(1) != self.task:
+            self.task = task.group(1)
+            self._show(f"  ... {self.task}", final=not self.tty)
+        elif step and self.tty:
+            self._show(f"  ... {self.task}: {step.group(1)[:100]}")
+
+    def _show(self, text: str, final: bool = False) -> None:
+        if self.tty:
+            self.stream.write("\r\x1b[K" + text)
+            self.shown = True
+        elif final:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty and self.shown:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+
+
 def setup(root: Path | str, home: Path | str | None = None, extra: dict[str, str] | None = None) -> None:
     """Migrate the metadata DB (idempotent) and create the `gpu` pool the train task runs in."""
     airflow(root, "db", "migrate", home=home, extra=extra)
@@ -66,6 +111,6 @@ def setup(root: Path | str, home: Path | str | None = None, extra: dict[str, str
 
 
 def dags_test(root: Path | str, dag_id: str, conf: dict | None = None, home: Path | str | None = None,
-              stream: bool = True) -> subprocess.CompletedProcess:
+              stream: bool = True, log: Path | None = None, verbose: bool = True) -> subprocess.CompletedProcess:
     return airflow(root, "dags", "test", dag_id, "-c", json.dumps(conf or {}), check=False, home=home,
-                   stream=stream)
+                   stream=stream, log=log, verbose=verbose)

@@ -1,58 +1,91 @@
 """The main job on the embedded default, orchestrated by Airflow: each model's `lifecycle__<model>`
-DAG run with `airflow dags test` on a SQLite metadata DB (the text classifier twice: a first model,
-then a challenger on a new weekly drop; every other model folder once), then each champion served
-and its lineage verified.
+DAG run with `airflow dags test` on a SQLite metadata DB, then each champion served and its lineage
+verified. Each classifier shows both of the gate's outcomes: a first model, a challenger on a good
+new weekly drop (promoted) and one on a drop with a labelling accident that passes validation (the
+gate rejects it; the champion keeps serving). The generative model runs once (training an LLM on
+two CPU cores is the slow part; its gate's rejections are tested in tests/).
 
 Inputs: the project checkout (projects/<model>/ with params.yaml and dvc.yaml, dags/, .dvc/ with the
 local default remote). Outputs, all git-ignored: the generated drops in `projects/<model>/data/raw/`,
-`.airflow/` (metadata DB, logs, this machine's worker DVC cache and task workspaces), `registry/`
-and the DVC remote `.dvc-storage/`; in git, refs only: `refs/runs/<model>/<run>` (each run's
-commits) and the branch `lineage`. The checkout's files are never written by a run.
+`.airflow/` (metadata DB, logs, this machine's worker DVC cache and task workspaces, the demo's run
+logs in `.airflow/demo-logs/`), `registry/` and the DVC remote `.dvc-storage/`; in git, refs only:
+`refs/runs/<model>/<run>` (each run's commits) and the branch `lineage`. The checkout's files are
+never written by a run. The terminal shows each run's story (`story.render`) and a final table.
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.core.config import Params, load_params
 from pipelines.core.errors import CheckFailed, ConfigError
-from pipelines.devtools import airflow_local
+from pipelines.devtools import airflow_local, story
 from pipelines.devtools.sample_data import write_sample
 from pipelines.orchestration import records
 from pipelines.registry import audit as lineage
 from pipelines.tasks import task_spec
 
-DEMO_ROWS = 2000
-NEW_DROP_ROWS = 600
 FIRST = "text-classifier"
 # What the demo asks each served champion, by the model's sample domain.
 QUESTIONS = {"banking": "my new card still has not arrived", "it_helpdesk": "I cannot connect to the VPN from home",
              "support_assistant": "Urgent: I lost my card last night and someone paid £240.00 at Tesco with it."}
 
 
-def lifecycle_run(root: Path, model: str, conf: dict | None = None, label: str = "") -> dict:
-    """One `airflow dags test lifecycle__<model>` run; returns its run record (what it decided and why)."""
+@dataclass(frozen=True)
+class Round:
+    """One lifecycle run of the demo: the drop it adds and what the gate must decide on it."""
+
+    title: str
+    rows: int
+    seed: int
+    expect: str  # promoted | rejected | stopped
+    mislabelled: bool = False
+    faulty: bool = False
+    keep_drop: bool = True  # False: the drop is removed after the run (it must not feed later runs)
+
+
+FIRST_MODEL = Round("run 1, the first model", 2000, 0, "promoted")
+ROUNDS = (
+    FIRST_MODEL,
+    Round("run 2, a challenger on a good new weekly drop", 600, 1, "promoted"),
+    Round("run 3, a drop with a labelling accident (passes validation)", 800, 2, "rejected",
+          mislabelled=True, keep_drop=False),
+)
+FAULTY = Round("a drop that breaks the data contract", 300, 7, "stopped", faulty=True, keep_drop=False)
+
+
+def lifecycle_run(root: Path, model: str, title: str, verbose: bool) -> tuple[dict, str]:
+    """One `airflow dags test lifecycle__<model>` run; returns its run record and the log's path."""
     before = time.time()
     dag_id = f"lifecycle__{model}"
-    _say(f"--- airflow dags test {dag_id} {label}".rstrip())
-    done = airflow_local.dags_test(root, dag_id, conf or {})
+    logs = root / ".airflow" / "demo-logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log = logs / f"{dag_id}-{time.strftime('%Y%m%dT%H%M%S')}.log"
+    _say(f"\n--- {model}: {title} (airflow dags test {dag_id}; full log: {log.relative_to(root)})")
+    done = airflow_local.dags_test(root, dag_id, {}, log=log, verbose=verbose)
     runs = records.list_runs(str(root), model, limit=1)
     record = dict(runs[0]) if runs and runs[0].get("started_at", 0) >= before else {}
     record["exit_code"] = done.returncode
     record["seconds"] = round(time.time() - before, 1)
-    _say(f"run {record.get('run_id')}: exit {done.returncode} in {record['seconds']} s: {record.get('note')}")
-    return record
+    return record, str(log.relative_to(root))
 
 
 def _models(root: Path) -> dict[str, Params]:
     return {p.parent.name: load_params(p, must_exist=True) for p in sorted((root / "projects").glob("*/params.yaml"))}
 
 
-def run_demo(faulty_drop: bool = False, second_run: bool = True) -> dict:
+def _rounds(params: Params, faulty_drop: bool, second_run: bool) -> list[Round]:
+    if not task_spec(params.data.task).labelled:
+        return [FIRST_MODEL]
+    rounds = list(ROUNDS if second_run else ROUNDS[:1])
+    return rounds + [FAULTY] if faulty_drop else rounds
+
+
+def run_demo(faulty_drop: bool = False, second_run: bool = True, verbose: bool = False) -> dict:
     """Run every model's lifecycle DAG in the current checkout, serve each champion, verify its lineage."""
     root = Path.cwd()
     if not (root / "projects").is_dir() or not (root / ".dvc").is_dir() or not (root / "dags").is_dir():
@@ -64,56 +97,50 @@ def run_demo(faulty_drop: bool = False, second_run: bool = True) -> dict:
     summary: dict = {"runs": [], "models": {}}
     for model, params in models.items():
         raw = root / "projects" / model / params.data.raw
-        drop = write_sample(raw, rows=DEMO_ROWS, seed=0, domain=params.lifecycle.sample_domain)
-        _say(f"sample drop for {model}: {drop.relative_to(root)} ({DEMO_ROWS} rows, deterministic)")
-        first = lifecycle_run(root, model, label="(first model)")
-        summary["runs"].append(_brief(model, first))
-        if first["exit_code"] != 0 or not first.get("promotion"):
-            raise CheckFailed(f"the first lifecycle run of {model} did not promote a model: {first.get('note')}")
-        if second_run and model == FIRST:
-            new = write_sample(raw, rows=NEW_DROP_ROWS, seed=1, domain=params.lifecycle.sample_domain)
-            _say(f"new weekly drop: {new.relative_to(root)} ({NEW_DROP_ROWS} rows)")
-            second = lifecycle_run(root, model, label="(challenger on the new drop)")
-            summary["runs"].append(_brief(model, second))
-            if second["exit_code"] != 0:
-                raise CheckFailed(f"the second lifecycle run failed: {second.get('note')}")
-        if faulty_drop and model == FIRST:
-            summary["faulty_drop"] = _faulty_round(root, model, raw, params)
-        summary["models"][model] = _verify_and_serve(root, model, params)
-    _say(json.dumps(summary, indent=2))
+        for n, rnd in enumerate(_rounds(params, faulty_drop, second_run)):
+            summary["runs"].append(_play(root, model, params, raw, rnd, verbose, first=n == 0))
+        summary["models"][model] = _verify_and_serve(root, model, params, verbose)
+    _say("\n" + story.table(summary["runs"]))
     return summary
 
 
-def _verify_and_serve(root: Path, model: str, params: Params) -> dict:
+def _play(root: Path, model: str, params: Params, raw: Path, rnd: Round, verbose: bool, first: bool) -> dict:
+    """Add the round's drop, run the lifecycle, tell its story, check it decided as the round expects."""
+    drop = write_sample(raw, rows=rnd.rows, seed=rnd.seed, faulty=rnd.faulty, mislabelled=rnd.mislabelled,
+                        domain=params.lifecycle.sample_domain)
+    try:
+        record, log = lifecycle_run(root, model, f"{rnd.title}: +{drop.name}, {rnd.rows} rows", verbose)
+    finally:
+        if not rnd.keep_drop:
+            drop.unlink(missing_ok=True)
+    reports = story.evidence(root, model, record)
+    _say(story.render(model, rnd.title, record, reports, log))
+    if not rnd.keep_drop:
+        _say(f"  cleanup   {drop.name} removed from the checkout (its run's commits keep it in DVC)")
+    row = {"model": model, "run": record.get("run_id"), **story.outcome(record, reports),
+           "exit_code": record.get("exit_code"), "seconds": record.get("seconds"), "log": log,
+           "gate": record.get("gate"), "promotion": record.get("promotion"),
+           "lineage_commit": record.get("lineage_commit"), "note": record.get("note")}
+    got = ("stopped" if record.get("failed") or record.get("exit_code") else
+           "promoted" if (record.get("promotion") or {}).get("changed") else "rejected")
+    if got != rnd.expect and (first or rnd.expect != "promoted" or got == "stopped"):
+        raise CheckFailed(f"{model} {rnd.title}: expected {rnd.expect}, the run {got}: {record.get('note')} "
+                          f"(log: {log})")
+    return row
+
+
+def _verify_and_serve(root: Path, model: str, params: Params, verbose: bool = False) -> dict:
     folder = root / "projects" / model
     chain = lineage.trace(params, model, alias="champion", root=folder)
-    for link in chain["links"]:
+    for link in chain["links"] if verbose or not chain["verified"] else []:
         _say(f"  lineage {link['status']:>8}  {link['step']:<15} {link['detail']}")
     if not chain["verified"]:
         raise CheckFailed(f"the lineage of {model}'s champion did not verify: {chain['links']}")
+    _say(f"\n== {model}: champion v{chain['version']} lineage verified ({len(chain['links'])} links, served "
+         "model back to the raw rows; `pipelines lineage` shows each)")
     return {"lineage": {"version": chain["version"], "verified": True, "branch": params.lineage.branch,
                         "runs": f"refs/runs/{model}/", "remote": _remote_url(root)},
             "served": _serve_once(folder, params)}
-
-
-def _brief(model: str, record: dict) -> dict:
-    snap = record.get("snapshot") or {}
-    return {"model": model, "run_id": record.get("run_id"), "exit_code": record.get("exit_code"),
-            "seconds": record.get("seconds"), "data": {"files": len(snap.get("files", [])), "md5": snap.get("md5")},
-            "stages": {k: ("ran" if v.get("ran") else "cached") for k, v in (record.get("stages") or {}).items()},
-            "gate": {k: (record.get("gate") or {}).get(k) for k in ("passed", "summary", "reasons")},
-            "promotion": record.get("promotion"), "lineage_commit": record.get("lineage_commit"),
-            "note": record.get("note")}
-
-
-def _faulty_round(root: Path, model: str, raw: Path, params: Params) -> dict:
-    """Add a faulty drop, show the DAG stopping at validate (nothing promoted), then remove it."""
-    bad = write_sample(raw, rows=300, seed=7, faulty=True, domain=params.lifecycle.sample_domain)
-    try:
-        record = lifecycle_run(root, model, label="(faulty drop)")
-        return {"path": str(bad.relative_to(root)), "exit_code": record["exit_code"], "note": record.get("note")}
-    finally:
-        bad.unlink(missing_ok=True)
 
 
 def _serve_once(folder: Path, params: Params) -> dict:
@@ -146,7 +173,8 @@ def _serve_once(folder: Path, params: Params) -> dict:
                            json={"messages": [{"role": "user", "content": text}], "max_tokens": 96})
             answers["chat"] = r.json()["choices"][0]["message"] | {"asked": text,
                                                                    "model_version": r.json()["model_version"]}
-        _say(f"served {params.registry.model_name} v{r.json()['model_version']} on {url}: {answers}")
+        answer = answers.get("classify", {}).get("label") or answers.get("chat", {}).get("content")
+        _say(f"  served    v{r.json()['model_version']} on {url}\n    asked:   {text}\n    answer:  {answer}")
         return answers
     finally:
         proc.terminate()

@@ -2,8 +2,11 @@
 
 Inputs: a row count, a seed, a domain and whether to plant contract violations. Outputs: a DataFrame
 and `write_sample`, which writes it as one weekly drop file (CSV, JSONL or Parquet).
-- `banking`, `it_helpdesk`: columns `text,label` (intents, skewed class sizes, varied lengths, typos,
-  a few planted PII strings) for the classifiers;
+- `banking`, `it_helpdesk`: columns `text,label` for the classifiers, realistically hard: skewed class
+  sizes, varied lengths, typos, a few planted PII strings, messages that fit two neighbouring intents
+  (`CONFUSABLE`: the same words, a label either way) and a few percent of plain labelling errors, so
+  a good model lands near 90% rather than at 100%. `mislabelled` makes the drop a labelling accident
+  that passes every row check: a burst of one intent's messages tagged as its neighbour (`BURSTS`);
 - `support_assistant`: columns `prompt,response` for a generative model: the customer's message, and
   the answer the house wants: one JSON object with the intent, the entities the message names (amount,
   currency, order reference), the urgency and a one-sentence reply in the house style. PII is planted
@@ -80,6 +83,40 @@ IT_INTENTS: dict[str, list[str]] = {
 }
 IT_WEIGHTS = np.array([12, 9, 5, 8, 7, 6, 4, 3], dtype=float)
 DOMAINS = {"banking": (INTENTS, WEIGHTS), "it_helpdesk": (IT_INTENTS, IT_WEIGHTS)}
+
+# Messages a reader could file under either of two intents: (template, (likelier, other), P(likelier)).
+CONFUSABLE: dict[str, list[tuple[str, tuple[str, str], float]]] = {
+    "banking": [
+        ("I still have not got my card and I am worried someone took it", ("card_arrival", "card_lost_or_stolen"), .6),
+        ("my card payment at {merchant} did not go through {when}", ("declined_payment", "contactless_not_working"), .6),
+        ("the {amount} I sent {when} is not showing up", ("transfer_not_received", "top_up_failed"), .6),
+        ("there is a charge of {amount} on my account I do not understand",
+         ("wrong_amount_charged", "direct_debit"), .55),
+        ("I paid {amount} in {currency} and was charged more than I expected",
+         ("exchange_rate", "wrong_amount_charged"), .55),
+        ("paying with my phone does not work at {merchant}", ("apple_pay", "contactless_not_working"), .6),
+        ("I want my {amount} back from {merchant}", ("refund_request", "wrong_amount_charged"), .6),
+        ("you charged me {amount} at the cash machine {when}", ("cash_withdrawal_charge", "wrong_amount_charged"), .6),
+        ("the app wants my passport before I can close my account", ("verify_identity", "account_closure"), .55),
+        ("my card stopped working {when}", ("declined_payment", "card_lost_or_stolen"), .55),
+    ],
+    "it_helpdesk": [
+        ("I cannot log in to the VPN, it says my password is wrong", ("vpn_issue", "password_reset"), .6),
+        ("I cannot open the shared drive from {city}", ("access_request", "vpn_issue"), .55),
+        ("Outlook will not install on {device}", ("software_install", "email_problem"), .55),
+        ("my laptop will not print anything", ("printer_issue", "laptop_hardware"), .6),
+        ("I got an email {when} telling me to reset my password", ("phishing_report", "password_reset"), .6),
+        ("my laptop freezes every time I open {merchant}", ("laptop_hardware", "software_install"), .55),
+    ],
+}
+CONFUSABLE_SHARE = 0.12  # of rows drawn from CONFUSABLE (intents then follow their templates' mix)
+LABEL_NOISE = 0.03       # of rows whose label is another intent at random: honest annotators err
+# A labelling accident for `mislabelled` drops: (intent, tagged as, share of the drop's rows). A week in
+# which one intent surges (a postal strike: late cards) and a new labelling vendor files it under its
+# neighbour. Every row is well formed, so validation's row checks pass; only a model trained on it and
+# scored on reviewed labels (the model folder's golden/holdout.csv) shows the damage.
+BURSTS = {"banking": ("card_arrival", "card_lost_or_stolen", 0.75),
+          "it_helpdesk": ("vpn_issue", "password_reset", 0.75)}
 GENERATIVE_DOMAINS = ("support_assistant",)
 
 # The house style of the support assistant: one sentence per intent (a real team would write these).
@@ -170,16 +207,22 @@ def _fill(template: str, rng: np.random.Generator, seen: dict[str, str] | None =
     return template.format(**values)
 
 
-def generate(rows: int, seed: int = 0, faulty: bool = False, domain: str = "banking") -> pd.DataFrame:
-    """Generate `rows` labelled support requests of a domain (`DOMAINS`); `faulty` plants contract violations."""
+def generate(rows: int, seed: int = 0, faulty: bool = False, domain: str = "banking",
+             mislabelled: bool = False, label_noise: float = LABEL_NOISE) -> pd.DataFrame:
+    """Generate `rows` labelled support requests of a domain (`DOMAINS`); `faulty` plants contract
+    violations, `mislabelled` the domain's labelling accident (`BURSTS`); `label_noise` is the share
+    of honest labelling errors (0 for a reviewed set)."""
     rng = np.random.default_rng(seed)
     intents, weights = DOMAINS[domain]
     labels = list(intents)
     picks = rng.choice(len(labels), size=rows, p=weights / weights.sum())
-    texts = []
+    burst = BURSTS[domain] if mislabelled else None
+    if burst is not None:  # the surge: most of the drop is one intent
+        surge = rng.random(rows) < burst[2]
+        picks[surge] = labels.index(burst[0])
+    texts, tags = [], []
     for k in picks:
-        templates = intents[labels[k]]
-        body = _fill(templates[int(rng.integers(0, len(templates)))], rng)
+        body, label = _body(labels[k], intents, domain, rng)
         text = (OPENERS[int(rng.integers(0, len(OPENERS)))] + body
                 + _fill(DETAILS[int(rng.integers(0, len(DETAILS)))], rng)
                 + CLOSERS[int(rng.integers(0, len(CLOSERS)))])
@@ -192,9 +235,25 @@ def generate(rows: int, seed: int = 0, faulty: bool = False, domain: str = "bank
             text += PII_TEMPLATES[int(rng.integers(0, len(PII_TEMPLATES)))].format(
                 first="alex", last=f"morgan{int(rng.integers(1, 99))}", n3=f"{int(rng.integers(0, 1000)):03d}",
                 card=_luhn_card(rng))
+        if rng.random() < label_noise:
+            label = labels[int(rng.integers(0, len(labels)))]
+        if burst is not None and label == burst[0]:
+            label = burst[1]
         texts.append(text)
-    frame = pd.DataFrame({"text": texts, "label": [labels[k] for k in picks]})
+        tags.append(label)
+    frame = pd.DataFrame({"text": texts, "label": tags})
     return _plant_faults(frame, rng, labels[:2]) if faulty else frame
+
+
+def _body(intent: str, intents: dict[str, list[str]], domain: str, rng: np.random.Generator) -> tuple[str, str]:
+    """The message's core and its label: the intent's own wording, or (CONFUSABLE_SHARE of the time,
+    when the intent has one) a message that reads as this intent or its neighbour."""
+    ambiguous = [c for c in CONFUSABLE.get(domain, []) if intent in c[1]]
+    if ambiguous and rng.random() < CONFUSABLE_SHARE:
+        template, pair, likelier = ambiguous[int(rng.integers(0, len(ambiguous)))]
+        return _fill(template, rng), pair[0] if rng.random() < likelier else pair[1]
+    templates = intents[intent]
+    return _fill(templates[int(rng.integers(0, len(templates)))], rng), intent
 
 
 def assistant_answer(intent: str, seen: dict[str, str], urgent: bool) -> str:
@@ -281,12 +340,22 @@ def _plant_faults(frame: pd.DataFrame, rng: np.random.Generator, swap: list[str]
 
 
 def write_sample(out: str | Path, rows: int = 2000, seed: int = 0, faulty: bool = False, fmt: str = "csv",
-                 domain: str = "banking") -> Path:
+                 domain: str = "banking", mislabelled: bool = False, label_noise: float | None = None) -> Path:
     """Write one drop; `out` is a directory (file named after seed) or a file path."""
     out = Path(out)
-    path = out if out.suffix else out / f"drop-{seed:04d}{'-faulty' if faulty else ''}.{fmt}"
+    kind = "-faulty" if faulty else "-mislabelled" if mislabelled else ""
+    path = out if out.suffix else out / f"drop-{seed:04d}{kind}.{fmt}"
+    if domain in GENERATIVE_DOMAINS and (mislabelled or label_noise is not None):
+        from pipelines.core.errors import InputError
+
+        raise InputError(f"--mislabelled and --label-noise are for the classifier domains, not {domain}")
+    if label_noise is not None and not 0 <= label_noise <= 1:
+        from pipelines.core.errors import InputError
+
+        raise InputError(f"--label-noise must be a share between 0 and 1, got {label_noise}")
     frame = (generate_assistant(rows, seed=seed, faulty=faulty) if domain in GENERATIVE_DOMAINS
-             else generate(rows, seed=seed, faulty=faulty, domain=domain))
+             else generate(rows, seed=seed, faulty=faulty, domain=domain, mislabelled=mislabelled,
+                           label_noise=LABEL_NOISE if label_noise is None else label_noise))
     if path.suffix == ".parquet":
         import io
         buf = io.BytesIO()

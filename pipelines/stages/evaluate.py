@@ -28,24 +28,55 @@ import pandas as pd
 
 from pipelines.core import canaries, pii
 from pipelines.core.config import Params
-from pipelines.core.dataio import atomic_dir, write_json
+from pipelines.core.dataio import atomic_dir, read_file, write_json
 from pipelines.core.errors import InputError
-from pipelines.core.hashing import content_hash
+from pipelines.core.hashing import content_hash, sha256_file
 from pipelines.inference import predict
 from pipelines.tasks import task_spec
 from pipelines.training import batching
 from pipelines.training.modeling import candidate_hash, load_trained, select_hardware
 
 
-def _load_test(params: Params) -> pd.DataFrame:
-    path = Path(params.prepare.output_dir) / "test.parquet"
-    if not path.exists():
-        raise InputError(f"{path} not found; run the prepare stage first")
-    frame = pd.read_parquet(path)
-    if frame.empty:
-        raise InputError(f"{path}: the test split is empty")
+def _load_test(params: Params) -> tuple[pd.DataFrame, dict[str, str]]:
+    """The rows both models are scored on, and what they are: `evaluate.holdout` when set, else the
+    prepared test split."""
+    if params.evaluate.holdout:
+        frame, source = _load_holdout(params), {"kind": "holdout", "path": params.evaluate.holdout}
+    else:
+        path = Path(params.prepare.output_dir) / "test.parquet"
+        if not path.exists():
+            raise InputError(f"{path} not found; run the prepare stage first")
+        frame, source = pd.read_parquet(path), {"kind": "test_split", "path": str(path)}
+        if frame.empty:
+            raise InputError(f"{path}: the test split is empty")
+    source["sha256"] = sha256_file(source["path"])
     limit = params.evaluate.max_examples
-    return frame.head(limit).reset_index(drop=True) if limit else frame
+    return (frame.head(limit).reset_index(drop=True) if limit else frame), source
+
+
+def _load_holdout(params: Params) -> pd.DataFrame:
+    """The reviewed holdout file, normalised as `prepare` normalises training text."""
+    from pipelines.stages.prepare import normalise_text
+
+    path, data = Path(params.evaluate.holdout), params.data
+    if not path.is_file():
+        raise InputError(f"evaluate.holdout: {path} not found (a reviewed, labelled file in the model folder)")
+    frame = read_file(path)
+    missing = [c for c in (data.text_column, data.label_column) if c not in frame.columns]
+    if missing:
+        raise InputError(f"evaluate.holdout: {path} has no column {missing[0]!r} (data.text_column/label_column)")
+    out = pd.DataFrame({"text": normalise_text(frame[data.text_column], params.prepare.unicode_form,
+                                               params.prepare.lowercase),
+                        "label": frame[data.label_column].astype("string").str.strip()})
+    empty = out.isna().any(axis=1) | (out == "").any(axis=1)
+    if empty.any():
+        raise InputError(f"evaluate.holdout: {path} row {int(empty.to_numpy().argmax()) + 1} has an empty text or label")
+    for kind in params.data.pii_detectors:  # a file kept in git: redacted when it was reviewed, never raw
+        hits = pii.detect(out["text"], kind)
+        if hits.any():
+            raise InputError(f"evaluate.holdout: {path} row {int(hits.to_numpy().argmax()) + 1} contains PII "
+                             f"({kind}); redact the reviewed file")
+    return out
 
 
 def _latency_ms(model, tok, texts: list[str], max_length: int, n: int) -> dict[str, float]:
@@ -224,7 +255,7 @@ def score(model_dir: Path, frame: pd.DataFrame, params: Params,
     labels = sorted(label_map, key=label_map.get)
     unknown = sorted(set(frame["label"]) - set(label_map))
     if unknown:
-        raise InputError(f"test label {unknown[0]!r} is unknown to the model in {model_dir}")
+        raise InputError(f"label {unknown[0]!r} of the evaluation rows is unknown to the model in {model_dir}")
     y = frame["label"].map(label_map).to_numpy()
     texts = frame["text"].astype(str).tolist()
     probs = predict.classify(model, tok, texts, params.train.max_length, 64)
@@ -240,7 +271,7 @@ def evaluate(params: Params, champion_dir: Path | None = None, champion_version:
     ep = params.evaluate
     cand_dir = Path(params.train.output_dir)
     cand_hash = candidate_hash(cand_dir)
-    frame = _load_test(params)
+    frame, scored_on = _load_test(params)
     cand_metrics, cand_per, _, base = score(cand_dir, frame, params, candidate=True)
     asked = [c for c in SHARED_COLUMNS if c in cand_per.columns]  # the same for all models: kept once
     per = pd.concat([cand_per[asked], cand_per.drop(columns=asked).add_prefix("candidate_")], axis=1)
@@ -254,7 +285,7 @@ def evaluate(params: Params, champion_dir: Path | None = None, champion_version:
         champ_metrics, champ_per = (cand_metrics, cand_per) if champ_hash == cand_hash else score(
             champion_dir, frame, params)[:2]
         per = pd.concat([per, champ_per.drop(columns=asked).add_prefix("champion_")], axis=1)
-    doc = {"task": params.data.task, "test_rows": len(frame), "candidate_hash": cand_hash,
+    doc = {"task": params.data.task, "test_rows": len(frame), "scored_on": scored_on, "candidate_hash": cand_hash,
            "candidate": cand_metrics, "base": base[0] if base else None,
            "base_rows": len(base[1]) if base else 0, "champion": champ_metrics, "champion_version": champion_version,
            "champion_hash": champ_hash}
@@ -266,7 +297,7 @@ def evaluate(params: Params, champion_dir: Path | None = None, champion_version:
         else:  # keep the declared DVC plot present for every task
             (tmp / "confusion.csv").write_text("actual,predicted\n", encoding="utf-8")
     summary = {k: round(v, 4) for k, v in cand_metrics.items() if isinstance(v, float)}
-    print(f"evaluated candidate {cand_hash[:12]} on {len(frame)} test rows: {summary}"
+    print(f"evaluated candidate {cand_hash[:12]} on {len(frame)} {scored_on['kind']} rows: {summary}"
           + (f"; champion v{champion_version}: accuracy {champ_metrics.get('accuracy', float('nan')):.4f}"
              if champ_metrics and "accuracy" in champ_metrics else ""), file=sys.stderr)
     return doc
@@ -291,7 +322,7 @@ def _confusion(out: Path, model_dir: Path, per: pd.DataFrame) -> None:
     ax.set_yticks(range(len(labels)), labels, fontsize=6)
     ax.set_xlabel("predicted")
     ax.set_ylabel("actual")
-    ax.set_title("candidate confusion matrix (test split)")
+    ax.set_title("candidate confusion matrix")
     fig.tight_layout()
     fig.savefig(out / "confusion.png", dpi=120)
     plt.close(fig)
