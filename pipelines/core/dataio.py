@@ -173,6 +173,12 @@ def _read_parquet(path: Path) -> pd.DataFrame:
     return frame
 
 
+def normalise_text(series: pd.Series, form: str, lowercase: bool) -> pd.Series:
+    """Unicode normal form, whitespace runs collapsed to one space, stripped."""
+    out = series.astype("string").str.normalize(form).str.replace(r"\s+", " ", regex=True).str.strip()
+    return out.str.lower() if lowercase else out
+
+
 def dataset_fingerprint(path: str | Path) -> dict[str, dict[str, str]]:
     """Digests of every file of a dataset, keyed by its path relative to the dataset root."""
     root = Path(path)

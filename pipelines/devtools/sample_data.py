@@ -235,8 +235,9 @@ def generate(rows: int, seed: int = 0, faulty: bool = False, domain: str = "bank
             text += PII_TEMPLATES[int(rng.integers(0, len(PII_TEMPLATES)))].format(
                 first="alex", last=f"morgan{int(rng.integers(1, 99))}", n3=f"{int(rng.integers(0, 1000)):03d}",
                 card=_luhn_card(rng))
+        other = labels[int(rng.integers(0, len(labels)))]  # drawn every row: the noise never moves the texts
         if rng.random() < label_noise:
-            label = labels[int(rng.integers(0, len(labels)))]
+            label = other
         if burst is not None and label == burst[0]:
             label = burst[1]
         texts.append(text)

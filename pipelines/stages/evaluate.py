@@ -28,7 +28,7 @@ import pandas as pd
 
 from pipelines.core import canaries, pii
 from pipelines.core.config import Params
-from pipelines.core.dataio import atomic_dir, read_file, write_json
+from pipelines.core.dataio import atomic_dir, normalise_text, read_file, write_json
 from pipelines.core.errors import InputError
 from pipelines.core.hashing import content_hash, sha256_file
 from pipelines.inference import predict
@@ -37,7 +37,7 @@ from pipelines.training import batching
 from pipelines.training.modeling import candidate_hash, load_trained, select_hardware
 
 
-def _load_test(params: Params) -> tuple[pd.DataFrame, dict[str, str]]:
+def eval_rows(params: Params) -> tuple[pd.DataFrame, dict[str, str]]:
     """The rows both models are scored on, and what they are: `evaluate.holdout` when set, else the
     prepared test split."""
     if params.evaluate.holdout:
@@ -56,8 +56,6 @@ def _load_test(params: Params) -> tuple[pd.DataFrame, dict[str, str]]:
 
 def _load_holdout(params: Params) -> pd.DataFrame:
     """The reviewed holdout file, normalised as `prepare` normalises training text."""
-    from pipelines.stages.prepare import normalise_text
-
     path, data = Path(params.evaluate.holdout), params.data
     if not path.is_file():
         raise InputError(f"evaluate.holdout: {path} not found (a reviewed, labelled file in the model folder)")
@@ -271,7 +269,7 @@ def evaluate(params: Params, champion_dir: Path | None = None, champion_version:
     ep = params.evaluate
     cand_dir = Path(params.train.output_dir)
     cand_hash = candidate_hash(cand_dir)
-    frame, scored_on = _load_test(params)
+    frame, scored_on = eval_rows(params)
     cand_metrics, cand_per, _, base = score(cand_dir, frame, params, candidate=True)
     asked = [c for c in SHARED_COLUMNS if c in cand_per.columns]  # the same for all models: kept once
     per = pd.concat([cand_per[asked], cand_per.drop(columns=asked).add_prefix("candidate_")], axis=1)

@@ -22,7 +22,7 @@ import pandas as pd
 from pipelines.core import canaries, pii
 from pipelines.core.config import DataParams, PrepareParams, ValidateParams
 from pipelines.core.contract import parse_messages
-from pipelines.core.dataio import atomic_dir, dataset_fingerprint, read_dataset, write_json
+from pipelines.core.dataio import atomic_dir, dataset_fingerprint, normalise_text, read_dataset, write_json
 from pipelines.core.errors import CheckFailed
 from pipelines.tasks import task_spec
 
@@ -103,12 +103,6 @@ def _canonical(frame: pd.DataFrame, data: DataParams) -> pd.DataFrame:
             out[col] = out[col].astype("string")
     out["_source"] = out["_source"].astype(str)
     return out
-
-
-def normalise_text(series: pd.Series, form: str, lowercase: bool) -> pd.Series:
-    """Unicode normal form, whitespace runs collapsed to one space, stripped."""
-    out = series.astype("string").str.normalize(form).str.replace(r"\s+", " ", regex=True).str.strip()
-    return out.str.lower() if lowercase else out
 
 
 def _normalise(frame: pd.DataFrame, data: DataParams, rules: PrepareParams, dropped: dict[str, int]) -> pd.DataFrame:

@@ -77,3 +77,43 @@ def test_a_faulty_support_assistant_drop_breaks_the_generative_ways():
     assert (~frame["response"].dropna().map(parses)).sum() >= 8  # cut short or far too long
     assert frame["response"].dropna().map(lambda r: pii.contains(r, "email")).sum() >= 5
     assert frame["prompt"].duplicated().sum() >= 5
+
+
+def test_classifier_data_is_realistically_hard_and_a_reviewed_set_has_no_plain_errors():
+    from pipelines.devtools.sample_data import CONFUSABLE, LABEL_NOISE
+
+    for domain in ("banking", "it_helpdesk"):
+        frame = generate(4000, seed=0, domain=domain)
+        lowered = frame["text"].str.lower()
+        for template, pair, _ in CONFUSABLE[domain]:
+            literal = template.split("{")[0].lower()
+            if len(literal) >= 15:  # the same wording is filed under both intents of its pair
+                assert set(frame.loc[lowered.str.contains(literal, regex=False), "label"]) >= set(pair), template
+        assert len(CONFUSABLE[domain]) >= 5
+    clean, noisy = generate(4000, seed=0, label_noise=0.0), generate(4000, seed=0)
+    assert clean["text"].equals(noisy["text"])  # the noise only touches labels
+    assert 0.5 * LABEL_NOISE < (clean["label"] != noisy["label"]).mean() < 2 * LABEL_NOISE
+
+
+def test_a_mislabelled_drop_is_a_surge_tagged_as_the_neighbour_and_passes_row_checks(tmp_path):
+    import pytest
+
+    from pipelines.core.errors import InputError
+    from pipelines.devtools.sample_data import BURSTS
+
+    for domain in ("banking", "it_helpdesk"):
+        intent, tagged, share = BURSTS[domain]
+        frame = generate(800, seed=2, domain=domain, mislabelled=True)
+        assert intent not in set(frame["label"])
+        assert (frame["label"] == tagged).mean() > share - 0.05
+        path = write_sample(tmp_path, rows=800, seed=2, domain=domain, mislabelled=True)
+        assert path.name == "drop-0002-mislabelled.csv"
+        path.unlink()
+        # drops accumulate: with the earlier (clean) drop, every check passes
+        both = pd.concat([generate(2000, seed=0, domain=domain), frame], ignore_index=True)
+        both["_source"], both["_row"] = "s.csv", range(1, len(both) + 1)
+        assert run_suite(both, DataParams(), ValidateParams()).success, domain
+    with pytest.raises(InputError, match="for the classifier domains"):
+        write_sample(tmp_path, rows=10, domain="support_assistant", mislabelled=True)
+    with pytest.raises(InputError, match="--label-noise must be a share between 0 and 1"):
+        write_sample(tmp_path, rows=10, label_noise=1.5)

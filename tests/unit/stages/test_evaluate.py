@@ -10,3 +10,53 @@ def test_json_scores_table():
              ('{"intent": "card_arrival"', 0.0, 0.0), ("[1, 2]", 0.0, 0.0), ('{"other": 1}', 1.0, 0.0)]
     for answer, valid, fields in cases:
         assert json_scores(answer, ref) == {"json_valid": valid, "field_match": fields}, answer
+
+
+def _params(tmp_path, holdout, **data):
+    from pipelines.core.config import parse_params
+
+    return parse_params({"data": {"task": "classification", **data},
+                         "prepare": {"output_dir": str(tmp_path / "prepared")},
+                         "evaluate": {"holdout": str(holdout)}})
+
+
+def test_the_reviewed_holdout_is_scored_normalised_and_identified(tmp_path):
+    from pipelines.core.hashing import sha256_file
+    from pipelines.stages.evaluate import eval_rows
+
+    holdout = tmp_path / "holdout.csv"
+    holdout.write_text("msg,intent\n\"  my  card\u00a0is late \",card_arrival\nreset my pin, change_pin\n")
+    frame, scored_on = eval_rows(_params(tmp_path, holdout, text_column="msg", label_column="intent"))
+    assert frame.to_dict("records") == [{"text": "my card is late", "label": "card_arrival"},
+                                        {"text": "reset my pin", "label": "change_pin"}]
+    assert scored_on == {"kind": "holdout", "path": str(holdout), "sha256": sha256_file(holdout)}
+
+
+def test_a_bad_holdout_is_one_clear_line(tmp_path):
+    import pytest
+
+    from pipelines.core.errors import InputError
+    from pipelines.stages.evaluate import eval_rows
+
+    cases = [("missing.csv", None, "not found"),
+             ("h.csv", "label\ncard_arrival\n", "no column 'text'"),
+             ("h.csv", "text,label\nmy card is late,\n", "row 1 has an empty text or label"),
+             ("h.csv", "text,label\nok,a\nmail me at sam.lee@example.com,b\n", "row 2 contains PII (email)"),
+             ("h.csv", "", "file is empty")]
+    for name, content, message in cases:
+        path = tmp_path / name
+        if content is not None:
+            path.write_text(content)
+        with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            eval_rows(_params(tmp_path, path))
+        path.unlink(missing_ok=True)
+
+
+def test_a_holdout_on_a_generative_task_is_a_config_error(tmp_path):
+    import pytest
+
+    from pipelines.core.config import parse_params
+    from pipelines.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="evaluate.holdout is a labelled file for classifiers"):
+        parse_params({"data": {"task": "causal_lm"}, "evaluate": {"holdout": "golden/holdout.csv"}})

@@ -4,9 +4,10 @@ import pandas as pd
 import pytest
 
 from pipelines.core.config import DataParams, PrepareParams, ValidateParams
+from pipelines.core.dataio import normalise_text
 from pipelines.core.errors import CheckFailed
 from pipelines.devtools.sample_data import write_sample
-from pipelines.stages.prepare import normalise_text, prepare
+from pipelines.stages.prepare import prepare
 from pipelines.stages.validate import validate
 
 

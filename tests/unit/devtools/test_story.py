@@ -1,0 +1,48 @@
+"""The story a person reads after a run, from a record and its evidence (no Airflow needed)."""
+from pipelines.devtools import story
+
+GATE_REJECTED = {"passed": False, "rules": [
+    {"rule": "min_accuracy", "passed": True, "measured": 0.8125, "threshold": 0.7, "detail": ""},
+    {"rule": "min_class_recall", "passed": False, "measured": 0.0189, "threshold": 0.3, "detail": "card_arrival"},
+    {"rule": "no_regression", "passed": False, "measured": {"candidate_only_correct": 3, "champion_only_correct": 51,
+                                                           "p_value": 1e-12}, "threshold": 0.05, "detail": "worse"}]}
+REPORTS = {"validate": {"status": "passed_with_quarantine", "rows": 3400, "checks": [{}] * 14, "quarantined_rows": 4},
+           "train": {"steps": 609, "train_examples": 2718, "duration_seconds": 201.3, "eval_loss": 0.71},
+           "evaluate": {"test_rows": 400, "scored_on": {"kind": "holdout"},
+                        "candidate": {"accuracy": 0.8125, "macro_f1": 0.79}, "champion_version": 2,
+                        "champion": {"accuracy": 0.9, "macro_f1": 0.88}},
+           "gate": GATE_REJECTED}
+RECORD = {"run_id": "r3", "snapshot": {"files": ["a", "b", "c"], "md5": "0123456789abcdef"},
+          "stages": {"train": {"ran": True}}, "gate": {"passed": False}, "lineage_commit": "f" * 40,
+          "lineage_branch": "lineage"}
+
+
+def test_a_rejected_run_reads_as_a_checklist_and_says_the_champion_keeps_serving():
+    text = story.render("text-classifier", "run 3", RECORD, REPORTS, log=".airflow/demo-logs/x.log")
+    lines = text.splitlines()
+    assert lines[0] == "== text-classifier: run 3"
+    assert "validate  passed_with_quarantine: 3400 rows, 14 checks, 4 rows quarantined" in text
+    assert "400 holdout rows: accuracy 0.812, macro_f1 0.790" in text
+    assert "champion v2 on the same rows: accuracy 0.900" in text
+    checks = [line for line in lines if line.startswith("    [")]
+    assert [c.split()[0] for c in checks] == ["[PASS]", "[FAIL]", "[FAIL]"]
+    assert "min_class_recall" in checks[1] and "measured 0.0189" in checks[1] and "threshold 0.3" in checks[1]
+    assert "champion_only_correct 51" in checks[2]
+    assert "REJECTED" in text and "nothing: the champion keeps serving" in text and "x.log" in text
+    assert len(lines) <= 16  # a screen, not a log
+
+
+def test_outcomes_and_the_table():
+    promoted = {**RECORD, "promotion": {"model": "m", "version": 2, "changed": True}}
+    stopped = {"failed": {"task": "validate", "error": "validation failed: 4 check(s) failed"}}
+    cases = [(RECORD, REPORTS, "rejected", "failed min_class_recall, no_regression"),
+             (promoted, {**REPORTS, "gate": {"passed": True, "rules": []}}, "promoted v2", "every gate rule passed"),
+             (stopped, {}, "stopped at validate", "validation failed: 4 check(s) failed")]
+    rows = []
+    for record, reports, outcome, why in cases:
+        cells = story.outcome(record, reports)
+        assert (cells["outcome"], cells["why"]) == (outcome, why)
+        rows.append({"model": "m", "run": "r", **cells})
+    table = story.table(rows).splitlines()
+    assert table[0].split() == ["model", "run", "outcome", "score", "why"] and set(table[1]) <= {"-", " "}
+    assert len(table) == 2 + len(cases) and "accuracy 0.812" in table[2]
