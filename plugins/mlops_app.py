@@ -119,9 +119,49 @@ def _version_row(store, number: int, reg: dict, current: dict[str, int]) -> dict
         return {**row, "created_at": None, "error": str(err)}
     decision = m.get("gate_decision") if isinstance(m.get("gate_decision"), dict) else {}
     run = m.get("run") if isinstance(m.get("run"), dict) else {}
+    metrics = m.get("metrics") if isinstance(m.get("metrics"), dict) else {}
     return {**row, "created_at": m.get("created_at"), "gate_passed": decision.get("passed"),
             "rules": len(decision.get("rules") or []), "run_id": run.get("run_id"),
-            "triggered_by": m.get("triggered_by")}
+            "triggered_by": m.get("triggered_by"),
+            "metrics": {k: float(metrics[k]) for k in CHARTED if isinstance(metrics.get(k), (int, float))}}
+
+
+# The metrics a model's page charts across its versions (those the version's evaluation measured).
+CHARTED = ("accuracy", "macro_f1", "min_class_recall", "json_valid", "field_match", "rouge_l", "golden_pass_rate")
+CHART = {"width": 640, "height": 220, "pad": 36}
+
+
+def chart(versions: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each charted metric as a line over the versions (oldest left, 0..1 bottom to top), in SVG
+    coordinates, for the template to draw; no series when fewer than one version has metrics."""
+    rows = sorted((v for v in versions if v.get("metrics")), key=lambda v: v["version"])
+    w, h, pad = CHART["width"], CHART["height"], CHART["pad"]
+    step = (w - 2 * pad) / max(1, len(rows) - 1)
+    series = []
+    for metric in CHARTED:
+        points = [{"x": round(pad + i * step, 1), "y": round(h - pad - v["metrics"][metric] * (h - 2 * pad), 1),
+                   "version": v["version"], "value": v["metrics"][metric]}
+                  for i, v in enumerate(rows) if metric in v["metrics"]]
+        if points:
+            series.append({"metric": metric, "points": points,
+                           "path": " ".join(f"{'M' if i == 0 else 'L'}{p['x']},{p['y']}" for i, p in enumerate(points))})
+    return {**CHART, "series": series, "versions": [(round(pad + i * step, 1), v["version"]) for i, v in enumerate(rows)]}
+
+
+def _outcome(record: dict[str, Any]) -> tuple[str, str]:
+    """A run's outcome in a word (for the mark and its colour) and why."""
+    gate = record.get("gate") if isinstance(record.get("gate"), dict) else {}
+    promo = record.get("promotion") if isinstance(record.get("promotion"), dict) else {}
+    if record.get("failed"):
+        failed = record["failed"] if isinstance(record["failed"], dict) else {}
+        return f"stopped at {failed.get('task', '?')}", str(failed.get("error", ""))
+    if gate and not gate.get("passed"):
+        return "rejected", str(gate.get("reasons", ""))
+    if promo:
+        return f"promoted v{promo.get('version')}", f"gate passed ({gate.get('summary', '')})"
+    if record.get("approval") == "rejected":
+        return "rejected by a reviewer", ""
+    return ("running", "") if not record.get("finished") else ("no promotion", str(record.get("note", "")))
 
 
 @app.get("/models/{model}")
@@ -136,17 +176,17 @@ def model_page(model: str, request: Request) -> Response:
         if _wants_json(request):
             return JSONResponse({"model": model, "error": str(err)}, 409)
         return _page("model.html", 409, title=model, model=model, problems=[str(err)], versions=[],
-                     decisions=[], ledger=[])
+                     decisions=[], ledger=[], chart=chart([]))
     current = registry.aliases(entries)
     versions = [_version_row(store, n, reg, current) for n, reg in sorted(registry.registered(entries).items(), reverse=True)]
-    decisions = [{"run_id": r.get("run_id"), "note": r.get("note"),
+    decisions = [{"run_id": r.get("run_id"), "note": r.get("note"), "outcome": _outcome(r)[0], "why": _outcome(r)[1],
                   "gate": r.get("gate") if isinstance(r.get("gate"), dict) else None} for r in _records(model)]
     if _wants_json(request):
         return JSONResponse({"model": model, "aliases": current, "versions": versions, "ledger": entries,
                              "gate_decisions": decisions})
     problems = [f"v{v['version']}: {v['error']}" for v in versions if v.get("error")]
     return _page("model.html", title=model, model=model, problems=problems, versions=versions,
-                 decisions=decisions, ledger=entries)
+                 decisions=decisions, ledger=entries, chart=chart(versions))
 
 
 @app.get("/models/{model}/versions/{version}")

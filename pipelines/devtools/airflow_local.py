@@ -86,21 +86,18 @@ class _Status:
         task, step = self.TASK.search(line), self.STEP.search(line.rstrip())
         if task and task.group(1) != self.task:
             self.task = task.group(1)
-            self._show(f"  ... {self.task}", final=not self.tty)
-        elif step and self.tty:
-            self._show(f"  ... {self.task}: {step.group(1)[:100]}")
-
-    def _show(self, text: str, final: bool = False) -> None:
-        if self.tty:
-            self.stream.write("\r\x1b[K" + text)
+            if self.tty:
+                self.stream.write(f"\r\x1b[K  ... {self.task}")
+            else:  # the tasks on one line, as they start
+                self.stream.write(("  tasks:" if not self.shown else "") + f" {self.task}")
             self.shown = True
-        elif final:
-            self.stream.write(text + "\n")
+        elif step and self.tty:
+            self.stream.write(f"\r\x1b[K  ... {self.task}: {step.group(1)[:100]}")
         self.stream.flush()
 
     def close(self) -> None:
-        if self.tty and self.shown:
-            self.stream.write("\r\x1b[K")
+        if self.shown:
+            self.stream.write("\r\x1b[K" if self.tty else "\n")
             self.stream.flush()
 
 

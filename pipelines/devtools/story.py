@@ -39,7 +39,8 @@ def _num(value: Any) -> str:
         return f"{value:.4g}"
     if isinstance(value, dict):
         return ", ".join(f"{k} {_num(v)}" for k, v in value.items())
-    return str(value)
+    text = str(value)
+    return text[:12] if len(text) >= 40 and all(c in "0123456789abcdef" for c in text) else text  # a hash
 
 
 def _headline(metrics: dict[str, Any] | None) -> str:

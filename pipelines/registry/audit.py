@@ -367,12 +367,42 @@ def _orchestration(manifest: dict, entries: list, number: int) -> Link:
 
 # ---------------------------------------------------------------- output
 
+# The version page draws the chain in the order data flowed (trace() walks it backwards).
+FLOW = ("raw", "validation", "prepared", "training", "evaluation", "gate", "registry", "orchestration",
+        "evidence_branch")
+HASH_KEYS = ("md5", "sha256", "hash", "commit")
+
+
+def _hashes(link: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(k, str(v)) for k, v in link.items() if isinstance(v, str) and any(h in k for h in HASH_KEYS) and v]
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_show(v)}" for k, v in value.items())
+    text = "" if value is None else str(value)
+    return text[:12] if len(text) >= 40 and all(c in "0123456789abcdef" for c in text) else text
+
+
 def render_html(chain: dict[str, Any], said: list[dict] | None = None) -> str:
-    """A self-contained page: the verdict, one row per link, then (when given) what the version said on
-    its test rows (Jinja2, every value escaped)."""
+    """A self-contained page: the verdict as a banner, the chain as linked steps (short hashes, each
+    step's evidence one click away), the gate's checklist, the headline metrics, then (when given)
+    what the version said on its test rows (Jinja2, every value escaped)."""
     import jinja2
 
     env = jinja2.Environment(loader=jinja2.PackageLoader("pipelines.registry", "templates"), autoescape=True)
     extras = lambda link: json.dumps({k: v for k, v in link.items() if k not in ("step", "status", "detail")},  # noqa: E731
                                      indent=1, default=str)
-    return env.get_template("lineage.html").render(chain=chain, extras=extras, said=said or [])
+    links = {link["step"]: link for link in chain["links"]}
+    flow = [links[s] for s in FLOW if s in links] + [link for link in chain["links"] if link["step"] not in FLOW]
+    gate = links.get("gate") or {}
+    rules = gate.get("rules") if isinstance(gate.get("rules"), list) else []
+    metrics = (links.get("evaluation") or {}).get("metrics")
+    metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)} \
+        if isinstance(metrics, dict) else {}
+    broken = [f"{link['step']}: {link['detail']}" for link in chain["links"] if link["status"] != "ok"]
+    return env.get_template("lineage.html").render(chain=chain, extras=extras, said=said or [], flow=flow,
+                                                   hashes=_hashes, rules=rules, metrics=metrics, show=_show,
+                                                   broken=broken)

@@ -174,12 +174,22 @@ def test_models_page_in_a_real_browser(airflow, tmp_path):
             frame.wait_for_selector("#models")
             assert "text-classifier" in frame.inner_text("#models") and "champion=v" in frame.inner_text("#models")
             page.screenshot(path=str(shot), full_page=True)
+            page.goto(f"{af['url']}/mlops/models/text-classifier")
+            points = page.locator("#chart circle.point[data-metric=accuracy]")  # metrics over versions
+            assert points.count() >= 1 and 0 < float(points.first.get_attribute("data-value")) <= 1
+            assert "promoted v1" in page.inner_text("#decisions")  # each run's outcome
+            page.screenshot(path=str(tmp_path / "mlops-model.png"), full_page=True)
             page.goto(f"{af['url']}/mlops/models/text-classifier/versions/1")
             assert page.inner_text("#verdict") == "verified"
+            assert page.locator("#checklist tr.pass").count() >= 3 and page.locator("#checklist tr.fail").count() == 0
+            assert page.locator("#chain .step.ok").count() == page.locator("#chain .step").count() >= 8
+            assert page.locator("#chain .step").first.get_attribute("data-step") == "raw"  # drawn as data flowed
+            page.screenshot(path=str(tmp_path / "mlops-version.png"), full_page=True)
         finally:
             browser.close()
-    image = Image.open(shot)
-    assert image.size[0] == 1280 and len(set(image.convert("L").getdata())) > 20  # a rendered page, not blank
+    for name in ("mlops-models.png", "mlops-model.png", "mlops-version.png"):
+        image = Image.open(tmp_path / name)
+        assert image.size[0] == 1280 and len(set(image.convert("L").getdata())) > 20, name  # rendered, not blank
 
 
 def _frame(page, path: str, seconds: float = 30):

@@ -46,3 +46,28 @@ def test_outcomes_and_the_table():
     table = story.table(rows).splitlines()
     assert table[0].split() == ["model", "run", "outcome", "score", "why"] and set(table[1]) <= {"-", " "}
     assert len(table) == 2 + len(cases) and "accuracy 0.812" in table[2]
+
+
+def test_the_status_line_names_the_tasks_and_training_progress():
+    import io
+
+    from pipelines.devtools.airflow_local import _Status
+
+    lines = ["[info] [DAG TEST] starting task_id=validate map_index=-1\n", "GX noise\n",
+             "[info] [DAG TEST] starting task_id=train map_index=-1\n",
+             "train step 12/40 epoch 1 loss 1.2345 tok/s 900 eta 00:01:10\n"]
+    plain, tty = io.StringIO(), io.StringIO()
+    tty.isatty = lambda: True
+    for stream in (plain, tty):
+        status = _Status(stream)
+        for line in lines:
+            status.update(line)
+        status.close()
+    assert plain.getvalue() == "  tasks: validate train\n"  # a CI log: one line, no escape codes
+    assert "\r\x1b[K  ... train: train step 12/40 epoch 1 loss 1.2345" in tty.getvalue()
+    assert tty.getvalue().endswith("\r\x1b[K")
+
+
+def test_hashes_are_shown_short():
+    decision = {"rules": [{"rule": "candidate_identity", "passed": True, "measured": "ab" * 32, "threshold": "ab" * 32}]}
+    assert story.checklist(decision) == [f"    [PASS] candidate_identity     measured {'ab' * 6}   threshold {'ab' * 6}"]

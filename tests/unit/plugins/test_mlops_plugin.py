@@ -3,6 +3,7 @@ without an Airflow login (the full auth path runs against a real api-server in t
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -74,7 +75,8 @@ def test_models_and_model_pages(client):
                                                    "versions": [1, 2]}]
     assert "champion=v2" in client.get("/").text
     page = client.get("/models/text-classifier")
-    assert page.status_code == 200 and "gate rejected candidate abc123abc123" in page.text
+    assert page.status_code == 200 and "<td class=\"bad\">rejected</td>" in page.text
+    assert "min_accuracy: 0.41 &lt; 0.7" in page.text  # the failing rule, escaped
     data = client.get("/models/text-classifier?format=json").json()
     assert [v["version"] for v in data["versions"]] == [2, 1] and data["versions"][0]["aliases"] == ["champion"]
     assert data["gate_decisions"][0]["gate"]["passed"] is False and len(data["ledger"]) == 3
@@ -170,3 +172,31 @@ def test_a_versions_page_shows_what_it_said_on_its_test_rows(client, tmp_path):
     stored.write_bytes(stored.read_bytes() + b"x")
     said = client.get(f"/models/text-classifier/versions/{version}?format=json").json()["answers"]
     assert said == [{"error": "v3: evidence evaluate_predictions.parquet altered (sha256 differs from the manifest's)"}]
+
+
+def test_the_model_page_charts_each_versions_metrics_and_a_version_page_is_a_checklist(client, tmp_path):
+    store = registry.open_store(str(tmp_path / "registry"), "text-classifier")
+    for i, acc in ((3, 0.81), (4, 0.9)):
+        cand, decision = _candidate(tmp_path / f"c{i}", bytes([i]))
+        decision.write_text(json.dumps({**json.loads(decision.read_text()), "rules": [
+            {"rule": "min_accuracy", "passed": True, "measured": acc, "threshold": 0.7, "detail": ""},
+            {"rule": "no_regression", "passed": True, "measured": {"candidate_only_correct": 9,
+                                                                   "champion_only_correct": 4}, "threshold": 0.05}]}))
+        evaluation = tmp_path / f"c{i}.metrics.json"
+        evaluation.write_text(json.dumps({"candidate": {"accuracy": acc, "macro_f1": acc - 0.05, "per_class": {}}}))
+        registry.promote(store, "text-classifier", cand, decision, evaluation, by="tester", reason=f"run {i}",
+                         evidence={"gate_decision.json": decision.read_bytes()})
+    page = client.get("/models/text-classifier").text
+    points = re.findall(r'data-metric="(\w+)" data-version="(\d+)" data-value="([\d.]+)"', page)
+    assert points == [("accuracy", "3", "0.8100"), ("accuracy", "4", "0.9000"),
+                      ("macro_f1", "3", "0.7600"), ("macro_f1", "4", "0.8500")]  # v1, v2 measured nothing
+    assert mlops_app.chart([])["series"] == []
+    one = mlops_app.chart([{"version": 7, "metrics": {"accuracy": 1.0}}])["series"][0]["points"][0]
+    assert (one["y"], one["version"]) == (mlops_app.CHART["pad"], 7)  # 1.0 at the top of the plot
+    version = client.get("/models/text-classifier/versions/4")
+    assert version.status_code == 200
+    rows = re.findall(r'<tr class="(pass|fail)">.*?<td>(\w+)</td><td>([^<]*)</td><td>([^<]*)</td>', version.text, re.S)
+    assert rows == [("pass", "min_accuracy", "0.9", "0.7"),
+                    ("pass", "no_regression", "candidate_only_correct 9, champion_only_correct 4", "0.05")]
+    assert re.search(r'<span id="verdict">NOT verified</span>', version.text)  # no data or training behind it
+    assert 'data-step="raw"' in version.text and 'data-step="registry"' in version.text
