@@ -202,9 +202,13 @@ def version_page(model: str, version: int, request: Request) -> Response:
         said = lineage.answers(_params(model), model, version, root=_folder(model))
     except PipelineError as err:  # answers altered: the chain above already says so; show none
         said = [{"error": str(err)}]
+    try:
+        drawn = lineage.pictures(_params(model), model, version, root=_folder(model))
+    except PipelineError as err:
+        drawn = {"errors": [str(err)]}
     if _wants_json(request):
-        return JSONResponse({**chain, "answers": said})
-    return HTMLResponse(lineage.render_html(chain, said))
+        return JSONResponse({**chain, "answers": said, "pictures": drawn})
+    return HTMLResponse(lineage.render_html(chain, said, drawn))
 
 
 @app.get("/dags/{dag_id}/runs/{run_id}")

@@ -156,6 +156,64 @@ ANSWERS = "evaluate_predictions.parquet"  # the evaluation's per-example results
 ANSWER_COLUMNS = ("prompt", "reference", "candidate_answer", "base_answer")
 
 
+def stored_evidence(params: Params, model: str, version: int, name: str, root: Path = Path(".")) -> bytes | None:
+    """One evidence file stored beside a registered version, only if its sha256 is the (ledger-checked)
+    manifest's; None when the version kept no such file."""
+    store = _open(params, model, root)
+    entries = registry.read_ledger(store)
+    if version not in registry.registered(entries):
+        raise InputError(f"no registered version {version}")
+    manifest = registry.read_manifest(store, version, registry.registered(entries)[version])
+    want = (manifest.get("evidence") or {}).get(name)
+    path = store.path("versions", f"v{version:04d}", "evidence", name)
+    if want is None or not store.fs.exists(path):
+        return None
+    raw = store.fs.cat_file(path)
+    if sha256_bytes(raw) != want:
+        raise CheckFailed(f"v{version}: evidence {name} altered (sha256 differs from the manifest's)")
+    return raw
+
+
+def pictures(params: Params, model: str, version: int, root: Path = Path(".")) -> dict[str, Any]:
+    """What the version page draws: the training loss curve (`train_loss.csv`) as SVG coordinates and
+    the confusion matrix (`evaluate_confusion.csv`) as counts, from sha-checked evidence; a picture
+    whose evidence was not kept is absent, an altered one is named in `errors`."""
+    import io
+
+    import pandas as pd
+
+    out: dict[str, Any] = {"errors": []}
+    for name, key in (("train_loss.csv", "loss"), ("evaluate_confusion.csv", "confusion")):
+        try:
+            raw = stored_evidence(params, model, version, name, root)
+            frame = pd.read_csv(io.BytesIO(raw)) if raw else None
+        except (CheckFailed, ValueError) as err:
+            out["errors"].append(str(err))
+            continue
+        if frame is None or frame.empty:
+            continue
+        out[key] = _loss_svg(frame) if key == "loss" else _matrix(frame)
+    return out
+
+
+def _loss_svg(frame, width: int = 560, height: int = 200, pad: int = 36) -> dict[str, Any]:
+    steps, loss = frame["step"].astype(float).tolist(), frame["loss"].astype(float).tolist()
+    lo, hi, last = min(loss), max(loss), max(steps) or 1.0
+    span = (hi - lo) or 1.0
+    pts = [(pad + s / last * (width - 2 * pad), height - pad - (v - lo) / span * (height - 2 * pad))
+           for s, v in zip(steps, loss)]
+    return {"width": width, "height": height, "pad": pad, "lo": lo, "hi": hi, "steps": int(last),
+            "points": " ".join(f"{x:.1f},{y:.1f}" for x, y in pts), "n": len(pts)}
+
+
+def _matrix(frame) -> dict[str, Any]:
+    labels = sorted(set(frame["actual"]) | set(frame["predicted"]))
+    counts = frame.groupby(["actual", "predicted"]).size().to_dict()
+    rows = [[int(counts.get((a, p), 0)) for p in labels] for a in labels]
+    top = max((max(r) for r in rows), default=1) or 1
+    return {"labels": labels, "rows": rows, "top": top}
+
+
 def answers(params: Params, model: str, version: int, root: Path = Path("."), limit: int = 100) -> list[dict] | None:
     """What a registered version said on its evaluation's test rows, for a reviewer to read: prompt,
     reference, its answer and per-example scores (and the base model's answer), from the evidence
@@ -165,18 +223,9 @@ def answers(params: Params, model: str, version: int, root: Path = Path("."), li
 
     import pandas as pd
 
-    store = _open(params, model, root)
-    entries = registry.read_ledger(store)
-    if version not in registry.registered(entries):
-        raise InputError(f"no registered version {version}")
-    manifest = registry.read_manifest(store, version, registry.registered(entries)[version])
-    want = (manifest.get("evidence") or {}).get(ANSWERS)
-    path = store.path("versions", f"v{version:04d}", "evidence", ANSWERS)
-    if want is None or not store.fs.exists(path):
+    raw = stored_evidence(params, model, version, ANSWERS, root)
+    if raw is None:
         return None
-    raw = store.fs.cat_file(path)
-    if sha256_bytes(raw) != want:
-        raise CheckFailed(f"v{version}: evidence {ANSWERS} altered (sha256 differs from the manifest's)")
     frame = pd.read_parquet(io.BytesIO(raw))
     if "candidate_answer" not in frame.columns:
         return None
@@ -386,7 +435,7 @@ def _show(value: Any) -> str:
     return text[:12] if len(text) >= 40 and all(c in "0123456789abcdef" for c in text) else text
 
 
-def render_html(chain: dict[str, Any], said: list[dict] | None = None) -> str:
+def render_html(chain: dict[str, Any], said: list[dict] | None = None, drawn: dict[str, Any] | None = None) -> str:
     """A self-contained page: the verdict as a banner, the chain as linked steps (short hashes, each
     step's evidence one click away), the gate's checklist, the headline metrics, then (when given)
     what the version said on its test rows (Jinja2, every value escaped)."""
@@ -405,4 +454,4 @@ def render_html(chain: dict[str, Any], said: list[dict] | None = None) -> str:
     broken = [f"{link['step']}: {link['detail']}" for link in chain["links"] if link["status"] != "ok"]
     return env.get_template("lineage.html").render(chain=chain, extras=extras, said=said or [], flow=flow,
                                                    hashes=_hashes, rules=rules, metrics=metrics, show=_show,
-                                                   broken=broken)
+                                                   broken=broken, drawn=drawn or {})

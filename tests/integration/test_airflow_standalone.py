@@ -184,6 +184,9 @@ def test_models_page_in_a_real_browser(airflow, tmp_path):
             assert page.locator("#checklist tr.pass").count() >= 3 and page.locator("#checklist tr.fail").count() == 0
             assert page.locator("#chain .step.ok").count() == page.locator("#chain .step").count() >= 8
             assert page.locator("#chain .step").first.get_attribute("data-step") == "raw"  # drawn as data flowed
+            assert int(page.locator("#loss polyline").get_attribute("data-points")) >= 2  # the loss curve
+            cells = page.locator("#confusion rect.cell").count()  # the confusion matrix: a square of labels
+            assert cells >= 4 and round(cells ** 0.5) ** 2 == cells
             page.screenshot(path=str(tmp_path / "mlops-version.png"), full_page=True)
         finally:
             browser.close()

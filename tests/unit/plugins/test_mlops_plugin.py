@@ -185,7 +185,9 @@ def test_the_model_page_charts_each_versions_metrics_and_a_version_page_is_a_che
         evaluation = tmp_path / f"c{i}.metrics.json"
         evaluation.write_text(json.dumps({"candidate": {"accuracy": acc, "macro_f1": acc - 0.05, "per_class": {}}}))
         registry.promote(store, "text-classifier", cand, decision, evaluation, by="tester", reason=f"run {i}",
-                         evidence={"gate_decision.json": decision.read_bytes()})
+                         evidence={"gate_decision.json": decision.read_bytes(),
+                                   "train_loss.csv": b"step,loss,lr\n1,2.0,0.1\n2,1.0,0.1\n4,0.5,0.1\n",
+                                   "evaluate_confusion.csv": b"actual,predicted\na,a\na,b\nb,b\nb,b\n<i>,a\n"})
     page = client.get("/models/text-classifier").text
     points = re.findall(r'data-metric="(\w+)" data-version="(\d+)" data-value="([\d.]+)"', page)
     assert points == [("accuracy", "3", "0.8100"), ("accuracy", "4", "0.9000"),
@@ -200,3 +202,12 @@ def test_the_model_page_charts_each_versions_metrics_and_a_version_page_is_a_che
                     ("pass", "no_regression", "candidate_only_correct 9, champion_only_correct 4", "0.05")]
     assert re.search(r'<span id="verdict">NOT verified</span>', version.text)  # no data or training behind it
     assert 'data-step="raw"' in version.text and 'data-step="registry"' in version.text
+    assert '<polyline points="158.0,36.0 ' in version.text and 'data-points="3"' in version.text  # the loss curve
+    cells = re.findall(r'<rect class="cell"[^>]*data-count="(\d+)"', version.text)
+    assert cells == ["0", "1", "0", "0", "1", "1", "0", "0", "2"]  # labels <i>, a, b: rows actual, columns predicted
+    assert "&lt;i&gt;" in version.text and "<i>" not in version.text  # labels are escaped
+    stored = tmp_path / "registry" / "text-classifier" / "versions" / "v0004" / "evidence" / "train_loss.csv"
+    stored.write_bytes(b"step,loss,lr\n1,0.0,0.1\n")
+    drawn = client.get("/models/text-classifier/versions/4?format=json").json()["pictures"]
+    assert drawn["errors"] == ["v4: evidence train_loss.csv altered (sha256 differs from the manifest's)"]
+    assert "loss" not in drawn and drawn["confusion"]["rows"] == [[0, 1, 0], [0, 1, 1], [0, 0, 2]]
