@@ -211,3 +211,15 @@ def test_the_model_page_charts_each_versions_metrics_and_a_version_page_is_a_che
     drawn = client.get("/models/text-classifier/versions/4?format=json").json()["pictures"]
     assert drawn["errors"] == ["v4: evidence train_loss.csv altered (sha256 differs from the manifest's)"]
     assert "loss" not in drawn and drawn["confusion"]["rows"] == [[0, 1, 0], [0, 1, 1], [0, 0, 2]]
+
+
+def test_a_version_page_in_trouble_says_so_in_words(client, tmp_path):
+    missing = client.get("/models/text-classifier/versions/9")
+    assert missing.status_code == 404 and "version" in missing.json()["detail"] and "Traceback" not in missing.text
+    evidence = tmp_path / "registry" / "text-classifier" / "versions" / "v0002" / "evidence"
+    for f in evidence.glob("*") if evidence.exists() else []:
+        f.unlink()
+    page = client.get("/models/text-classifier/versions/2")
+    assert page.status_code == 200 and '<span id="verdict">NOT verified</span>' in page.text
+    assert "gate: no gate decision stored with this version" in page.text  # each broken link named
+    assert client.get("/models/text-classifier").status_code == 200  # the other pages keep working
