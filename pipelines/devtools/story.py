@@ -70,7 +70,8 @@ def render(model: str, title: str, record: dict[str, Any], reports: dict[str, An
         failed = val.get("failed_checks") or []
         lines.append(f"  validate  {val.get('status')}: {val.get('rows')} rows, {len(val.get('checks', []))} checks"
                      + (f", {val.get('quarantined_rows')} rows quarantined" if val.get("quarantined_rows") else "")
-                     + (f"; failed: {', '.join(failed)}" if failed else ""))
+                     + (f" ({', '.join(failed)})" if failed and val.get("success") else
+                        f"; failed: {', '.join(failed)}" if failed else ""))
     trn = reports.get("train") or {}
     stages = record.get("stages") or {}
     if trn:
