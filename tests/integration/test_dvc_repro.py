@@ -28,6 +28,7 @@ def project(tmp_path):
     folder.mkdir(parents=True)
     shutil.copy(ROOT / ".dvcignore", repo / ".dvcignore")
     shutil.copy(ROOT / "projects" / "text-classifier" / "dvc.yaml", folder / "dvc.yaml")
+    shutil.copytree(ROOT / "projects" / "text-classifier" / "golden", folder / "golden")  # the reviewed holdout
     params = yaml.safe_load((ROOT / "projects" / "text-classifier" / "params.yaml").read_text())
     params["train"].update(max_steps=3, max_length=32, checkpoint_every=2)  # CI-sized training
     params["evaluate"].update(latency_samples=5)
