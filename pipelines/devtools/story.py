@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.orchestration import gitops
+from pipelines.registry.audit import show_value
 
 # Evidence the story reads from the run's lineage commit: its name -> path in the model folder.
 EVIDENCE = {"validate": "reports/validate/result.json", "train": "reports/train/metrics.json",
@@ -32,17 +33,6 @@ def evidence(root: Path, model: str, record: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _num(value: Any) -> str:
-    if isinstance(value, bool) or value is None:
-        return str(value)
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, dict):
-        return ", ".join(f"{k} {_num(v)}" for k, v in value.items())
-    text = str(value)
-    return text[:12] if len(text) >= 40 and all(c in "0123456789abcdef" for c in text) else text  # a hash
-
-
 def _headline(metrics: dict[str, Any] | None) -> str:
     metrics = metrics or {}
     return ", ".join(f"{k} {metrics[k]:.3f}" for k in HEADLINE if isinstance(metrics.get(k), (int, float)))
@@ -54,8 +44,8 @@ def checklist(decision: dict[str, Any]) -> list[str]:
     for rule in decision.get("rules", []):
         mark = "PASS" if rule.get("passed") else "FAIL"
         threshold = rule.get("threshold")
-        lines.append(f"    [{mark}] {rule.get('rule', '?'):<22} measured {_num(rule.get('measured'))}"
-                     + (f"   threshold {_num(threshold)}" if threshold is not None else ""))
+        lines.append(f"    [{mark}] {rule.get('rule', '?'):<22} measured {show_value(rule.get('measured'))}"
+                     + (f"   threshold {show_value(threshold)}" if threshold is not None else ""))
     return lines
 
 
@@ -77,7 +67,7 @@ def render(model: str, title: str, record: dict[str, Any], reports: dict[str, An
     if trn:
         ran = "trained" if (stages.get("train") or {}).get("ran", True) else "restored from the run-cache"
         lines.append(f"  train     {ran}: {trn.get('steps')} steps on {trn.get('train_examples')} examples in "
-                     f"{trn.get('duration_seconds')} s, eval loss {_num(trn.get('eval_loss'))}")
+                     f"{trn.get('duration_seconds')} s, eval loss {show_value(trn.get('eval_loss'))}")
     ev = reports.get("evaluate") or {}
     if ev:
         on = ev.get("scored_on") or {"kind": "test_split"}

@@ -426,11 +426,12 @@ def _hashes(link: dict[str, Any]) -> list[tuple[str, str]]:
     return [(k, str(v)) for k, v in link.items() if isinstance(v, str) and any(h in k for h in HASH_KEYS) and v]
 
 
-def _show(value: Any) -> str:
+def show_value(value: Any) -> str:
+    """A measured value or threshold for a person: floats to 4 digits, dicts as 'key value' pairs, hashes short."""
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, dict):
-        return ", ".join(f"{k} {_show(v)}" for k, v in value.items())
+        return ", ".join(f"{k} {show_value(v)}" for k, v in value.items())
     text = "" if value is None else str(value)
     return text[:12] if len(text) >= 40 and all(c in "0123456789abcdef" for c in text) else text
 
@@ -453,5 +454,5 @@ def render_html(chain: dict[str, Any], said: list[dict] | None = None, drawn: di
         if isinstance(metrics, dict) else {}
     broken = [f"{link['step']}: {link['detail']}" for link in chain["links"] if link["status"] != "ok"]
     return env.get_template("lineage.html").render(chain=chain, extras=extras, said=said or [], flow=flow,
-                                                   hashes=_hashes, rules=rules, metrics=metrics, show=_show,
+                                                   hashes=_hashes, rules=rules, metrics=metrics, show=show_value,
                                                    broken=broken, drawn=drawn or {})
