@@ -50,6 +50,27 @@ def form(lc: LifecycleParams) -> dict[str, Param]:
     }
 
 
+class Approval(ApprovalOperator):
+    """Airflow's approval step that keeps the answer, whichever it is, as XCom `answer` (who, what,
+    when): on "Reject" the operator skips `promote` by raising, so its return value is never stored."""
+
+    def execute_complete(self, context, event):
+        if "error" not in event:
+            at = event.get("responded_at")
+            context["ti"].xcom_push(key="answer", value={
+                "chosen_options": event["chosen_options"], "responded_by_user": event.get("responded_by_user"),
+                "responded_at": at.isoformat() if hasattr(at, "isoformat") else at})
+        return super().execute_complete(context=context, event=event)
+
+
+# The approval request (Markdown, rendered by Airflow at run time): what passed, and where the evidence is.
+APPROVAL_BODY = """Run `{{ run_id }}`: the candidate passed the gate ({{ ti.xcom_pull(task_ids='gate')['summary'] }}).
+
+Its evaluation beside the champion's and the gate's checklist:
+[the run on the MLOps page](/mlops/models/MODEL/runs/{{ run_id | urlencode }}).
+Approve to make it champion; Reject to keep the champion serving (recorded with your name)."""
+
+
 def _stage(model: Model, name: str, upstream, **kwargs):
     @task(task_id=name, **kwargs)
     def run_stage(run: dict) -> dict:
@@ -122,20 +143,21 @@ def build(model: Model):
             print(f"gate passed ({outcome['summary']})", flush=True)
             return ["approve" if snap["require_approval"] else "promote", "lineage"]
 
-        approve = ApprovalOperator(
+        approve = Approval(
             task_id="approve", subject=f"Promote the new {model.name} candidate to champion?",
-            body="Run {{ run_id }}: the candidate passed the gate. See the gate task's log and the MLOps page.",
-            response_timeout=timedelta(days=3), retries=0)
+            body=APPROVAL_BODY.replace("MODEL", model.name), retries=0,
+            assigned_users=[{"id": user, "name": user} for user in lc.approvers] or None,
+            response_timeout=timedelta(hours=lc.approval_timeout_h))
 
         @task(trigger_rule="none_failed_min_one_success", outlets=[champion(model)], retries=1)
         def promote(ti=None) -> dict:
             from pipelines.orchestration import steps
+            from pipelines.orchestration.records import review
             from pipelines.orchestration.runspace import RunRef
 
-            review = ti.xcom_pull(task_ids="approve") or {}
-            reviewer = (review.get("responded_by_user") or {}).get("name") if review else None
+            said = review(ti.xcom_pull(task_ids="approve", key="answer"))  # skipped on "Reject": here it said "Approve"
             return guarded("promote", model, steps.promote, RunRef.of(ti.xcom_pull(task_ids="gate")), run_info(),
-                           reviewer)
+                           said and said["by"])
 
         @task
         def notify_serving(promotion: dict) -> list[str]:
@@ -147,12 +169,12 @@ def build(model: Model):
         @task(trigger_rule="none_failed_min_one_success")
         def lineage(ti=None) -> dict:
             from pipelines.orchestration import steps
+            from pipelines.orchestration.records import review
             from pipelines.orchestration.runspace import RunRef
 
-            review = ti.xcom_pull(task_ids="approve")
-            rejected = "rejected" if review and review.get("chosen_options") == ["Reject"] else None
             latest = ti.xcom_pull(task_ids="promote") or ti.xcom_pull(task_ids="gate")
-            return guarded("lineage", model, steps.record, RunRef.of(latest), run_info(), rejected)
+            return guarded("lineage", model, steps.record, RunRef.of(latest), run_info(),
+                           review(ti.xcom_pull(task_ids="approve", key="answer")))
 
         @teardown
         def finish() -> bool:

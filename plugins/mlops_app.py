@@ -89,15 +89,18 @@ def _wants_json(request: Request) -> bool:
 def _summary(model: str) -> dict[str, Any]:
     """One model's row; a damaged registry says what is wrong instead of failing the whole page."""
     from pipelines.core.errors import PipelineError
+    from pipelines.orchestration.records import awaiting_approval
     from pipelines.registry import store as registry
 
+    waiting = [r.get("run_id") for r in _records(model) if awaiting_approval(r)]
     try:
         entries = registry.read_ledger(_store(model))
     except HTTPException:
         raise
     except (PipelineError, OSError) as err:
-        return {"model": model, "aliases": {}, "versions": [], "error": str(err)}
-    return {"model": model, "aliases": registry.aliases(entries), "versions": sorted(registry.registered(entries))}
+        return {"model": model, "aliases": {}, "versions": [], "awaiting_approval": waiting, "error": str(err)}
+    return {"model": model, "aliases": registry.aliases(entries), "versions": sorted(registry.registered(entries)),
+            "awaiting_approval": waiting}
 
 
 @app.get("/")
@@ -150,18 +153,41 @@ def chart(versions: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _outcome(record: dict[str, Any]) -> tuple[str, str]:
     """A run's outcome in a word (for the mark and its colour) and why."""
+    from pipelines.orchestration.records import awaiting_approval
+
     gate = record.get("gate") if isinstance(record.get("gate"), dict) else {}
     promo = record.get("promotion") if isinstance(record.get("promotion"), dict) else {}
+    said = record.get("review") if isinstance(record.get("review"), dict) else {}
     if record.get("failed"):
         failed = record["failed"] if isinstance(record["failed"], dict) else {}
         return f"stopped at {failed.get('task', '?')}", str(failed.get("error", ""))
     if gate and not gate.get("passed"):
         return "rejected", str(gate.get("reasons", ""))
     if promo:
-        return f"promoted v{promo.get('version')}", f"gate passed ({gate.get('summary', '')})"
-    if record.get("approval") == "rejected":
-        return "rejected by a reviewer", ""
+        approved = f"; approved by {promo['approved_by']}" if promo.get("approved_by") else ""
+        return f"promoted v{promo.get('version')}", f"gate passed ({gate.get('summary', '')}){approved}"
+    if said.get("decision") == "rejected":
+        return f"rejected by {said.get('by')}", f"gate passed ({gate.get('summary', '')}); {said.get('by')} " \
+                                                f"rejected the promotion at {said.get('at')}; the champion keeps serving"
+    if awaiting_approval(record):
+        return "awaiting approval", f"gate passed ({gate.get('summary', '')}); a person must approve the promotion"
     return ("running", "") if not record.get("finished") else ("no promotion", str(record.get("note", "")))
+
+
+def approval_link(model: str, run_id: str) -> str:
+    """Where Airflow's UI asks for the answer (its Required Actions tab of the run's `approve` task)."""
+    from urllib.parse import quote
+
+    return f"/dags/{quote(f'lifecycle__{model}', safe='')}/runs/{quote(run_id, safe='')}/tasks/approve/required_actions"
+
+
+def _decision(model: str, record: dict[str, Any]) -> dict[str, Any]:
+    outcome, why = _outcome(record)
+    run_id = record.get("run_id")
+    return {"run_id": run_id, "note": record.get("note"), "outcome": outcome, "why": why,
+            "gate": record.get("gate") if isinstance(record.get("gate"), dict) else None,
+            "review": record.get("review") if isinstance(record.get("review"), dict) else None,
+            "answer_at": approval_link(model, run_id) if outcome == "awaiting approval" and run_id else None}
 
 
 @app.get("/models/{model}")
@@ -179,8 +205,7 @@ def model_page(model: str, request: Request) -> Response:
                      decisions=[], ledger=[], chart=chart([]))
     current = registry.aliases(entries)
     versions = [_version_row(store, n, reg, current) for n, reg in sorted(registry.registered(entries).items(), reverse=True)]
-    decisions = [{"run_id": r.get("run_id"), "note": r.get("note"), "outcome": _outcome(r)[0], "why": _outcome(r)[1],
-                  "gate": r.get("gate") if isinstance(r.get("gate"), dict) else None} for r in _records(model)]
+    decisions = [_decision(model, r) for r in _records(model)]
     if _wants_json(request):
         return JSONResponse({"model": model, "aliases": current, "versions": versions, "ledger": entries,
                              "gate_decisions": decisions})
@@ -233,5 +258,6 @@ def run_page(model: str, run_id: str, request: Request) -> Response:
     if _wants_json(request):
         return JSONResponse(record)
     promo = record.get("promotion") if isinstance(record, dict) and isinstance(record.get("promotion"), dict) else None
-    return _page("run.html", title=f"Run {run_id}", model=model, record=record, promo=promo,
+    decision = _decision(model, {"run_id": run_id, **record}) if isinstance(record, dict) else None
+    return _page("run.html", title=f"Run {run_id}", model=model, record=record, promo=promo, decision=decision,
                  pretty=json.dumps(record, indent=2, sort_keys=True, default=str))

@@ -37,6 +37,25 @@ def update(root: Path, **fields: Any) -> dict[str, Any]:
     return record
 
 
+def review(response: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A person's answer to the approval step (the `approve` task's return value: Airflow's HITL
+    payload) as the record keeps it: decision, who, when. None when no one was asked."""
+    if not isinstance(response, dict) or not response.get("chosen_options"):
+        return None
+    user = response.get("responded_by_user") or {}
+    at = response.get("responded_at")
+    return {"decision": "approved" if response["chosen_options"] == ["Approve"] else "rejected",
+            "by": user.get("name") or user.get("id") or "unknown", "at": at.isoformat() if hasattr(at, "isoformat") else at}
+
+
+def awaiting_approval(record: dict[str, Any]) -> bool:
+    """The gate passed, the run asked for a person's approval and no one has answered yet."""
+    gate = record.get("gate") or {}
+    snapshot = record.get("snapshot") or {}
+    return bool(gate.get("passed") and snapshot.get("require_approval") and not record.get("review")
+                and not record.get("promotion") and not record.get("finished") and not record.get("failed"))
+
+
 def run_note(record: dict[str, Any]) -> str:
     """One line for the DAG run's note: what the run decided, or where and why it stopped."""
     if record.get("failed"):
@@ -47,9 +66,14 @@ def run_note(record: dict[str, Any]) -> str:
     promoted = record.get("promotion")
     if promoted:
         verb = "promoted" if promoted.get("changed") else "already champion:"
-        return f"{verb} {promoted['model']} v{promoted['version']} (gate passed: {gate and gate['summary']})"
-    if record.get("approval") == "rejected":
-        return "a reviewer rejected the promotion"
+        by = f", approved by {promoted['approved_by']}" if promoted.get("approved_by") else ""
+        return f"{verb} {promoted['model']} v{promoted['version']} (gate passed: {gate and gate['summary']}{by})"
+    said = record.get("review") or {}
+    if said.get("decision") == "rejected":
+        return (f"{said['by']} rejected the promotion (gate passed: {gate and gate['summary']}); "
+                "the champion keeps serving")
+    if awaiting_approval(record):
+        return f"gate passed ({gate['summary']}); waiting for a person to approve the promotion"
     return "running" if not record.get("finished") else "finished without promotion"
 
 

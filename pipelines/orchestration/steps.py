@@ -270,14 +270,15 @@ def notify_serving(shared: Shared, run: RunRef, version: int) -> list[str]:
     return confirmed
 
 
-def record(shared: Shared, run: RunRef, info: dict[str, Any], approval: str | None = None) -> dict[str, Any]:
-    """Commit the run's evidence to the lineage branch (compare-and-swap: other runs may push too)."""
+def record(shared: Shared, run: RunRef, info: dict[str, Any], review: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Commit the run's evidence to the lineage branch (compare-and-swap: other runs may push too), with
+    the person's answer to the approval step when there was one (`records.review`)."""
     from pipelines.registry.evidence_branch import commit_run
 
     with task_space(shared, run) as ws:
         params = _params(ws)
         files = [f"{run.project}/{p}" for p in _evidence(ws, params)]
-        rec = records.update(ws.root, **({"approval": approval} if approval else {}))
+        rec = records.update(ws.root, **({"review": review} if review else {}))
         branch = params.lineage.branch
         message = f"lineage: {run.model} {info.get('dag_id')} {run.run_id}\n\n{records.run_note(rec)}"
         for _ in range(8):

@@ -135,13 +135,18 @@ def test_adding_a_model_is_adding_a_folder_and_a_broken_one_breaks_only_itself(t
         shutil.copytree(ROOT / "projects" / model, tmp_path / "projects" / model, symlinks=True)
     shutil.copytree(ROOT / "projects" / "text-classifier", tmp_path / "projects" / "fraud-flags")
     params = tmp_path / "projects" / "fraud-flags" / "params.yaml"
-    params.write_text(params.read_text().replace("model_name: text-classifier", "model_name: fraud-flags"))
+    values = yaml.safe_load(params.read_text())
+    values["registry"]["model_name"] = "fraud-flags"
+    values.setdefault("lifecycle", {}).update(approvers=["ana", "bo"], approval_timeout_h=8)
+    params.write_text(yaml.safe_dump(values))
     (tmp_path / "projects" / "broken").mkdir()
     (tmp_path / "projects" / "broken" / "params.yaml").write_text("train: {epochs: -1}\n")
     probe = ("import json, sys; sys.path.insert(0, sys.argv[1]); from airflow.dag_processing.dagbag import DagBag; "
              "b = DagBag(dag_folder=sys.argv[1]); "
              "d = b.dags.get('lifecycle__broken'); print(json.dumps({'errors': list(b.import_errors), "
-             "'dags': sorted(b.dags), 'broken': d and d.description}))")
+             "'dags': sorted(b.dags), 'broken': d and d.description, "
+             "'approvers': b.dags['lifecycle__fraud-flags'].get_task('approve').assigned_users, "
+             "'timeout': b.dags['lifecycle__fraud-flags'].get_task('approve').response_timeout.total_seconds()}))")
     env = {**os.environ, "PIPELINES_REPO": str(tmp_path), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
            "AIRFLOW__CORE__DAGS_FOLDER": str(tmp_path / "dags")}
     out = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "dags")], env=env, capture_output=True,
@@ -149,3 +154,41 @@ def test_adding_a_model_is_adding_a_folder_and_a_broken_one_breaks_only_itself(t
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["errors"] == [] and {"lifecycle__fraud-flags", "lifecycle__broken", *LIFECYCLES} <= set(result["dags"])
     assert "train.epochs" in result["broken"]
+    assert result["approvers"] == [{"id": "ana", "name": "ana"}, {"id": "bo", "name": "bo"}]  # lifecycle.approvers
+    assert result["timeout"] == 8 * 3600
+
+
+class _Ti:
+    """What the approval step's resume needs of its task instance: somewhere to push XCom, and skip."""
+
+    map_index = -1
+
+    def __init__(self):
+        self.pushed = {}
+
+    def xcom_push(self, key, value):
+        self.pushed[key] = value
+
+
+@pytest.mark.parametrize("answer, skips", [("Approve", False), ("Reject", True)])
+def test_the_approval_step_keeps_the_answer_either_way(bag, answer, skips):
+    """On Reject, Airflow's ApprovalOperator skips `promote` by raising, so its return value is lost:
+    the DAG's step keeps who answered what, and when, as XCom `answer` for `lineage` and `promote`."""
+    from datetime import datetime, timezone
+
+    from airflow.sdk.exceptions import DownstreamTasksSkipped
+
+    from pipelines.orchestration.records import review
+
+    task = bag.dags["lifecycle__text-classifier"].get_task("approve")
+    ti = _Ti()
+    event = {"chosen_options": [answer], "params_input": {}, "responded_by_user": {"id": "ana", "name": "ana"},
+             "responded_at": datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)}
+    try:
+        task.execute_complete({"ti": ti, "task": task}, event)
+        skipped = False
+    except DownstreamTasksSkipped as raised:
+        skipped = [t if isinstance(t, str) else t[0] for t in raised.tasks] == ["promote"]
+    assert skipped is skips
+    decision = {"Approve": "approved", "Reject": "rejected"}[answer]
+    assert review(ti.pushed["answer"]) == {"decision": decision, "by": "ana", "at": "2026-11-26T12:00:00+00:00"}

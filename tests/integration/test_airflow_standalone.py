@@ -2,8 +2,9 @@
 of the project: lifecycle__text-classifier triggered through the REST API v2 with params as the UI form
 sends them, the registry and the lineage checked, the run's note written by the plugin's listener, a
 new drop starting the lifecycle through the `raw_drops__text-classifier` Asset (the arrival state in an
-Airflow Variable), and the plugin page protected and shown
-in a real headless Chromium (screenshot kept as a test artefact)."""
+Airflow Variable), the plugin page protected and shown in a real headless Chromium (screenshots kept as
+test artefacts), and the human approval step answered twice: Approve clicked in Airflow's UI, Reject
+sent through the REST API."""
 from __future__ import annotations
 
 import json
@@ -193,6 +194,97 @@ def test_models_page_in_a_real_browser(airflow, tmp_path):
     for name in ("mlops-models.png", "mlops-model.png", "mlops-version.png"):
         image = Image.open(tmp_path / name)
         assert image.size[0] == 1280 and len(set(image.convert("L").getdata())) > 20, name  # rendered, not blank
+
+
+def _awaiting(af, run_id: str) -> bool:
+    """The run's `approve` task waits for a person (or the run ended without asking: then fail loudly)."""
+    run = _api(af, "GET", f"/dags/{DAG}/dagRuns/{run_id}").json()
+    if run.get("state") in ("success", "failed"):
+        raise AssertionError(f"{run_id} ended ({run['state']}) without asking for approval: {run.get('note')}")
+    details = _api(af, "GET", f"/dags/{DAG}/dagRuns/{run_id}/hitlDetails").json().get("hitl_details") or []
+    return any(not d["response_received"] and d["task_instance"]["task_id"] == "approve" for d in details)
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (./dev.sh test installs it)")
+def test_a_person_approves_in_the_airflow_ui_and_rejects_through_the_api(airflow, tmp_path):
+    """require_approval: two runs wait at `approve` and the plugin's pages say so; a person approves one in
+    Airflow's own UI (a real browser) and rejects the other through the REST API. The approver's name lands
+    in the registry ledger, the run records and the lineage branch; the rejection leaves the champion serving."""
+    from playwright.sync_api import sync_playwright
+
+    af = airflow
+    _wait_for(lambda: _api(af, "GET", f"/dags/{DAG}").status_code == 200, 180, "the DAG to be parsed")
+    assert _api(af, "PATCH", f"/dags/{DAG}", json={"is_paused": False}).status_code == 200
+    form = {"dataset": "default", "base_model": "minilm", "epochs": 2, "lora_rank": 8, "min_accuracy": None,
+            "min_macro_f1": None, "require_approval": True}
+    runs = {}  # different learning rates: new candidates, not the champion again
+    for answer, rate in (("Approve", 0.004), ("Reject", 0.0035)):
+        created = _api(af, "POST", f"/dags/{DAG}/dagRuns",
+                       json={"logical_date": None, "conf": {**form, "learning_rate": rate}})
+        assert created.status_code == 200, created.text
+        runs[answer] = created.json()["dag_run_id"]
+    for run_id in runs.values():
+        _wait_for(lambda run_id=run_id: _awaiting(af, run_id), 900, f"{run_id} to ask for approval", every=5)
+    page = f"{af['url']}/mlops/models/text-classifier"
+    before = httpx.get(f"{page}?format=json", headers=af["headers"], timeout=30).json()
+    waiting = {d["run_id"]: d for d in before["gate_decisions"] if d["outcome"] == "awaiting approval"}
+    assert set(runs.values()) <= set(waiting)
+    listed = httpx.get(f"{af['url']}/mlops/?format=json", headers=af["headers"], timeout=30).json()
+    assert set(runs.values()) <= set(next(m for m in listed if m["model"] == "text-classifier")["awaiting_approval"])
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        try:
+            context = browser.new_context(viewport={"width": 1280, "height": 900})
+            context.add_cookies([{"name": "_token", "value": af["token"], "url": af["url"]}])
+            ui = context.new_page()
+            ui.goto(page, wait_until="networkidle")  # the model page: both runs wait, each with its link
+            assert ui.locator("#decisions tr.awaiting").count() >= 2
+            ui.screenshot(path=str(tmp_path / "mlops-awaiting.png"), full_page=True)
+            row = ui.locator("#decisions tr.awaiting", has_text=runs["Approve"])
+            row.get_by_role("link", name="answer in Airflow").click()  # to Airflow's Required Actions tab
+            ui.wait_for_url("**/tasks/approve/required_actions", timeout=30_000)
+            approve = ui.get_by_role("button", name="Approve", exact=True)
+            approve.wait_for(timeout=60_000)
+            assert "passed the gate" in ui.inner_text("body")  # the request says what it is about
+            ui.screenshot(path=str(tmp_path / "airflow-approve.png"), full_page=True)
+            approve.click()
+            _wait_for(lambda: not _awaiting(af, runs["Approve"]), 60, "the approval to be recorded", every=2)
+        finally:
+            browser.close()
+
+    path = f"/dags/{DAG}/dagRuns/{runs['Reject']}/taskInstances/approve/-1/hitlDetails"
+    rejected = _api(af, "PATCH", path, json={"chosen_options": ["Reject"]})
+    assert rejected.status_code == 200 and rejected.json()["responded_by"]["name"] == "admin", rejected.text
+    assert _api(af, "PATCH", path, json={"chosen_options": ["Approve"]}).status_code == 409  # an answer stands
+    for run_id in runs.values():
+        _wait_run(af, DAG, run_id)
+
+    def final(run_id):  # the record the teardown marked finished
+        got = records.read(str(af["repo"]), "text-classifier", run_id)
+        return got if got and got.get("finished") else None
+    yes, no = (_wait_for(lambda r=runs[a]: final(r), 60, f"{a}: the finished record") for a in ("Approve", "Reject"))
+    assert yes["promotion"]["approved_by"] == "admin" and yes["promotion"]["changed"], yes
+    assert yes.get("review", {}).get("decision") == "approved" and "approved by admin" in yes["note"], yes
+    assert no.get("review", {}).get("decision") == "rejected" and no["review"]["by"] == "admin", no
+    assert "promotion" not in no
+    assert no["note"].startswith("admin rejected the promotion")
+    after = httpx.get(f"{page}?format=json", headers=af["headers"], timeout=30).json()
+    version = yes["promotion"]["version"]
+    assert after["aliases"]["champion"] == version  # the rejected candidate never moved it
+    promoted = [e for e in after["ledger"] if e.get("version") == version and e.get("approved_by")]
+    assert promoted and promoted[0]["approved_by"] == "admin"
+    assert "approved by admin" in httpx.get(page, headers=af["headers"], timeout=30).text  # the ledger's row
+    assert len([e for e in after["ledger"] if e["seq"] > max(e["seq"] for e in before["ledger"])]) >= 1
+    assert not any(d["outcome"] == "awaiting approval" for d in after["gate_decisions"] if d["run_id"] in runs.values())
+    chain = json.loads(pipelines(af["repo"], "--model", "text-classifier", "lineage", "--json").stdout)
+    assert chain["verified"] and chain["links"][-1]["run_id"] == runs["Approve"]
+    assert chain["links"][-1]["approved_by"] == "admin"
+    for record, decision in ((yes, "approved"), (no, "rejected")):  # both answers are on the lineage branch
+        kept = subprocess.run(["git", "-C", str(af["repo"]), "show", f"{record['lineage_commit']}:lineage/run.json"],
+                              capture_output=True, text=True, check=True).stdout
+        assert json.loads(kept)["review"] == {**record["review"], "decision": decision}
 
 
 def _frame(page, path: str, seconds: float = 30):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import subprocess
+from datetime import datetime, timezone
 
 import pytest
 
@@ -15,11 +16,31 @@ from pipelines.orchestration.runspace import run_ref_name
      "gate rejected candidate abcdef012345: min_accuracy: 0.41 < 0.7"),
     ({"gate": {"passed": True, "summary": "5/5 rules"}, "promotion": {"model": "m", "version": 3, "changed": True}},
      "promoted m v3 (gate passed: 5/5 rules)"),
-    ({"gate": {"passed": True, "summary": "5/5 rules"}, "approval": "rejected"}, "a reviewer rejected the promotion"),
+    ({"gate": {"passed": True, "summary": "5/5 rules"}, "promotion": {"model": "m", "version": 4, "changed": True,
+                                                                      "approved_by": "ana"}},
+     "promoted m v4 (gate passed: 5/5 rules, approved by ana)"),
+    ({"gate": {"passed": True, "summary": "5/5 rules"}, "review": {"decision": "rejected", "by": "bo", "at": "t"}},
+     "bo rejected the promotion (gate passed: 5/5 rules); the champion keeps serving"),
+    ({"gate": {"passed": True, "summary": "5/5 rules"}, "snapshot": {"require_approval": True}},
+     "gate passed (5/5 rules); waiting for a person to approve the promotion"),
+    ({"gate": {"passed": True, "summary": "5/5 rules"}, "snapshot": {"require_approval": True}, "finished": True},
+     "finished without promotion"),  # e.g. no one answered before the approval timed out
     ({}, "running"), ({"finished": True}, "finished without promotion"),
 ])
 def test_run_note(record, note):
     assert records.run_note(record) == note
+
+
+@pytest.mark.parametrize("response, said", [
+    (None, None), ({}, None), ({"chosen_options": []}, None),  # not asked, or not answered
+    ({"chosen_options": ["Approve"], "responded_by_user": {"id": "7", "name": "ana"},
+      "responded_at": datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)},
+     {"decision": "approved", "by": "ana", "at": "2026-11-26T12:00:00+00:00"}),
+    ({"chosen_options": ["Reject"], "responded_by_user": {"id": "bo"}, "responded_at": "2026-11-26T13:00:00Z"},
+     {"decision": "rejected", "by": "bo", "at": "2026-11-26T13:00:00Z"}),
+])
+def test_a_persons_answer_to_the_approval_step(response, said):
+    assert records.review(response) == said
 
 
 def test_records_are_read_back_from_the_run_refs(tmp_path):

@@ -72,7 +72,7 @@ def client(tmp_path, monkeypatch):
 
 def test_models_and_model_pages(client):
     assert client.get("/?format=json").json() == [{"model": "text-classifier", "aliases": {"champion": 2, "previous": 1},
-                                                   "versions": [1, 2]}]
+                                                   "versions": [1, 2], "awaiting_approval": []}]
     assert "champion=v2" in client.get("/").text
     page = client.get("/models/text-classifier")
     assert page.status_code == 200 and "<td class=\"bad\">rejected</td>" in page.text
@@ -90,6 +90,29 @@ def test_run_pages(client):
     assert client.get("/models/text-classifier/runs/other?format=json").status_code == 404
     assert "left no lifecycle record" in client.get("/models/text-classifier/runs/other").text
     assert client.get("/dags/rollback/runs/manual__1").status_code == 404
+
+
+def test_a_run_waiting_for_approval_and_one_a_person_rejected(client, tmp_path):
+    passed = {"passed": True, "candidate": "cafe01cafe01ff", "summary": "6/6 rules", "reasons": ""}
+    record(tmp_path, "text-classifier", "manual__wait", gate=passed, snapshot={"require_approval": True})
+    record(tmp_path, "text-classifier", "manual__no", gate=passed, snapshot={"require_approval": True},
+           review={"decision": "rejected", "by": "bo", "at": "2026-11-26T13:00:00+00:00"})
+    assert client.get("/?format=json").json()[0]["awaiting_approval"] == ["manual__wait"]
+    assert "1 run(s)" in client.get("/").text
+    decisions = {d["run_id"]: d for d in client.get("/models/text-classifier?format=json").json()["gate_decisions"]}
+    link = "/dags/lifecycle__text-classifier/runs/manual__wait/tasks/approve/required_actions"
+    assert decisions["manual__wait"]["outcome"] == "awaiting approval" and decisions["manual__wait"]["answer_at"] == link
+    assert decisions["manual__no"]["outcome"] == "rejected by bo" and decisions["manual__no"]["answer_at"] is None
+    assert "champion keeps serving" in decisions["manual__no"]["why"]
+    page = client.get("/models/text-classifier").text
+    assert f'<a href="{link}" target="_top">answer in Airflow</a>' in page and "rejected by bo" in page
+    run = client.get("/models/text-classifier/runs/manual__wait").text
+    assert 'id="approval"' in run and link in run
+    rejected = client.get("/models/text-classifier/runs/manual__no").text
+    assert 'id="approval"' not in rejected and "bo rejected the promotion at 2026-11-26T13:00:00+00:00" in rejected
+    # a run id that needs quoting stays one path segment of the link
+    assert mlops_app.approval_link("m", "manual__2026-11-26T10:00:00+00:00").endswith(
+        "/runs/manual__2026-11-26T10%3A00%3A00%2B00%3A00/tasks/approve/required_actions")
 
 
 def test_html_is_escaped(client, tmp_path):
