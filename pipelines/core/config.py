@@ -6,11 +6,12 @@ and inconsistent values raise `ConfigError` with a one-line message naming the k
 """
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from pipelines.core.errors import ConfigError
 
@@ -303,6 +304,82 @@ class LineageParams(_Section):
                                  "reports/gate/decision.json", "data/prepared/data_card.json")
 
 
+class HardwarePrice(_Section):
+    """What one machine of a kind costs to keep up, per hour, and where that figure comes from."""
+
+    usd_per_hour: float = Field(gt=0.0)
+    as_of: date                                        # when the price was read from its source
+    source: str = Field(min_length=1)                  # where (a price page); the user checks it before relying on it
+    note: str = ""
+
+
+class ApiPrice(_Section):
+    """A hosted model's list price per 1M tokens, and where that figure comes from."""
+
+    usd_per_1m_input: float = Field(ge=0.0)
+    usd_per_1m_output: float = Field(ge=0.0)
+    as_of: date
+    source: str = Field(min_length=1)
+
+
+# The defaults a `cost` section starts from; a params file adds kinds and models or overrides one by name.
+# Read from copies of the providers' price pages found offline (the dates are those pages'); verify them.
+HARDWARE_PRICES: dict[str, dict[str, Any]] = {
+    "cpu-2vcpu": {"usd_per_hour": 0.0816, "as_of": "2026-06-17", "source": "https://aws.amazon.com/ec2/pricing/on-demand/",
+                  "note": "AWS m7g.large on demand, us-east-1: 2 vCPU, 8 GiB (the development machine's size)"},
+    "gpu-a10g": {"usd_per_hour": 1.006, "as_of": "2026-06-17", "source": "https://aws.amazon.com/ec2/pricing/on-demand/",
+                 "note": "AWS g5.xlarge on demand, us-east-1: 1x A10G 24 GB, 4 vCPU"},
+    "gpu-h100": {"usd_per_hour": 4.916, "as_of": "2025-01-01", "source": "https://aws.amazon.com/ec2/capacityblocks/pricing/",
+                 "note": "AWS p5.48xlarge Capacity Block, us-east-1: effective price per H100-hour"},
+    "gpu-h200": {"usd_per_hour": 5.408, "as_of": "2025-01-01", "source": "https://aws.amazon.com/ec2/capacityblocks/pricing/",
+                 "note": "AWS p5e.48xlarge Capacity Block, us-east-2: effective price per H200-hour"},
+}
+API_PRICES: dict[str, dict[str, Any]] = {
+    "gpt-4o-mini": {"usd_per_1m_input": 0.15, "usd_per_1m_output": 0.60, "as_of": "2026-05-01",
+                    "source": "https://platform.openai.com/docs/pricing"},
+    "gpt-4o": {"usd_per_1m_input": 2.50, "usd_per_1m_output": 10.00, "as_of": "2026-05-01",
+               "source": "https://platform.openai.com/docs/pricing"},
+    "claude-sonnet-4-5": {"usd_per_1m_input": 3.00, "usd_per_1m_output": 15.00, "as_of": "2025-11-25",
+                          "source": "https://platform.claude.com/docs/en/about-claude/pricing"},
+}
+
+
+def _over_defaults(defaults: dict[str, dict[str, Any]]):
+    def merge(value: Any) -> Any:
+        return {**defaults, **value} if isinstance(value, dict) else value
+    return merge
+
+
+class CostParams(_Section):
+    """Prices for `pipelines cost`: what the hardware costs per hour and what the APIs compared with
+    charge per token. Never hidden constants: each default names its date and source, and a params
+    file overrides any of them by name (or adds its own)."""
+
+    hardware: Annotated[dict[str, HardwarePrice], BeforeValidator(_over_defaults(HARDWARE_PRICES))] = \
+        Field(default_factory=lambda: {k: HardwarePrice(**v) for k, v in HARDWARE_PRICES.items()})
+    api: Annotated[dict[str, ApiPrice], BeforeValidator(_over_defaults(API_PRICES))] = \
+        Field(default_factory=lambda: {k: ApiPrice(**v) for k, v in API_PRICES.items()})
+    serve_on: str = "cpu-2vcpu"                         # the hardware kind this model's server runs on
+    train_on: str = "cpu-2vcpu"                         # the kind of the `gpu` pool's workers (train's compute)
+    compare_with: tuple[str, ...] = ("gpt-4o-mini", "gpt-4o")  # API models priced beside the self-hosted one
+    latency_slo_p99_ms: float = Field(500.0, gt=0.0)    # the throughput that counts keeps p99 under this
+    hours_per_month: float = Field(730.0, gt=0.0)       # a machine kept up all month
+    monthly_requests: int = Field(1_000_000, ge=1)      # the volume the monthly figures are given for
+    api_prompt_tokens: int = Field(150, ge=0)           # a classifier's request to an LLM API: instructions and
+    api_answer_tokens: int = Field(5, ge=0)             # the label list on top of the text; the label back
+
+    @model_validator(mode="after")
+    def _known_names(self) -> "CostParams":
+        for field, name in (("serve_on", self.serve_on), ("train_on", self.train_on)):
+            if name not in self.hardware:
+                raise ValueError(f"{field}: unknown hardware kind {name!r} (known: {', '.join(sorted(self.hardware))})")
+        unknown = [m for m in self.compare_with if m not in self.api]
+        if unknown:
+            raise ValueError(f"compare_with: no price for {', '.join(map(repr, unknown))} "
+                             f"(priced: {', '.join(sorted(self.api))})")
+        return self
+
+
 class Params(_Section):
     """All sections of params.yaml that the stages read."""
 
@@ -316,6 +393,7 @@ class Params(_Section):
     serve: ServeParams = ServeParams()
     lifecycle: LifecycleParams = LifecycleParams()
     lineage: LineageParams = LineageParams()
+    cost: CostParams = CostParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -61,6 +61,7 @@ LAYERS = {
     "registry": {"core", "tasks", "training"},
     "serving": {"core", "tasks", "training", "inference", "registry"},
     "orchestration": {"core", "tasks", "registry"},
+    "economics": {"core"},
     "devtools": {"core", "tasks", "training", "inference", "stages", "registry", "serving", "orchestration"},
 }
 

@@ -30,6 +30,17 @@ def test_missing_file_means_defaults(tmp_path):
     ({"train": {"quantization": "8bit"}}, "invalid value for 'train.quantization'"),
     ({"train": {"epochs": 0}}, "invalid value for 'train.epochs'"),
     (["not", "a", "mapping"], "expected a mapping"),
+    ({"cost": {"serve_on": "tpu-v9"}}, "unknown hardware kind 'tpu-v9' (known: cpu-2vcpu"),
+    ({"cost": {"compare_with": ["gpt-9"]}}, "compare_with: no price for 'gpt-9'"),
+    ({"cost": {"hardware": {"gpu-h100": {"usd_per_hour": -2, "as_of": "2026-01-01", "source": "x"}}}},
+     "invalid value for 'cost.hardware.gpu-h100.usd_per_hour'"),
+    ({"cost": {"hardware": {"rack": {"as_of": "2026-01-01", "source": "invoice"}}}},
+     "invalid value for 'cost.hardware.rack.usd_per_hour': Field required"),
+    ({"cost": {"api": {"gpt-4o": {"usd_per_1m_input": 2.5, "usd_per_1m_output": 10, "source": "x"}}}},
+     "invalid value for 'cost.api.gpt-4o.as_of': Field required"),  # a price without its date
+    ({"cost": {"api": {"gpt-4o": {"usd_per_1m_input": 2.5, "usd_per_1m_output": 10, "as_of": "2026-01-01",
+                                  "source": ""}}}}, "invalid value for 'cost.api.gpt-4o.source'"),
+    ({"cost": {"latency_slo_p99_ms": 0}}, "invalid value for 'cost.latency_slo_p99_ms'"),
 ])
 def test_bad_params_are_rejected_with_the_key_named(raw, fragment):
     with pytest.raises(ConfigError) as err:
@@ -45,6 +56,20 @@ def test_lifecycle_and_lineage_sections_are_validated_too():
         parse_params({"lineage": {"anything": 3}})
     with pytest.raises(ConfigError, match="lifecycle"):
         parse_params({"lifecycle": {"datasets": {"../etc": "x"}}})
+
+
+def test_prices_start_from_dated_sourced_defaults_and_a_params_file_adds_or_overrides_by_name():
+    from pipelines.core.config import API_PRICES, HARDWARE_PRICES
+
+    default = Params().cost
+    assert set(default.hardware) == set(HARDWARE_PRICES) and set(default.api) == set(API_PRICES)
+    assert all(p.source.startswith("https://") and p.as_of.year >= 2025 for p in [*default.hardware.values(),
+                                                                                   *default.api.values()])
+    own = parse_params({"cost": {"hardware": {"rack": {"usd_per_hour": 0.9, "as_of": "2026-11-01", "source": "invoice"},
+                                              "gpu-h100": {"usd_per_hour": 2.1, "as_of": "2026-11-01", "source": "quote"}},
+                                 "serve_on": "rack"}}).cost
+    assert own.hardware["rack"].usd_per_hour == 0.9 and own.hardware["gpu-h100"].usd_per_hour == 2.1
+    assert own.hardware["gpu-a10g"] == default.hardware["gpu-a10g"] and own.serve_on == "rack"
 
 
 def test_params_are_frozen():
