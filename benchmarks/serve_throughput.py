@@ -13,16 +13,12 @@ Target at concurrency 32: >= 4x the naive throughput with p99 below the naive p9
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import re
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,55 +26,6 @@ sys.path.insert(0, str(ROOT))
 TEXTS = ["my card has not arrived yet", "I was charged twice at the shop", "how do I change my pin",
          "the transfer to my friend never arrived", "why was my payment declined", "close my account please",
          "what exchange rate do you use for euros", "apple pay stopped working this morning"]
-
-
-async def _post(reader, writer, request: bytes) -> int:
-    """One keep-alive HTTP/1.1 exchange; returns the status code (body read and dropped)."""
-    writer.write(request)
-    head = await reader.readuntil(b"\r\n\r\n")
-    status = int(head[9:12])
-    length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
-    await reader.readexactly(length)
-    return status
-
-
-async def drive(url: str, concurrency: int, seconds: float) -> dict:
-    """N clients, each on one keep-alive connection, send requests back to back for `seconds`.
-
-    A minimal raw-socket client rather than httpx: on 2 cores the load generator shares the CPU
-    with the server, and httpx spent more CPU per request than the batched server did, so it
-    measured the client. The requests are pre-encoded; each response's status and length are parsed.
-    """
-    host, port = url.removeprefix("http://").split(":")
-    bodies = [json.dumps({"texts": [t]}).encode() for t in TEXTS]
-    requests = [(f"POST /v1/classify HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-                 f"Content-Length: {len(b)}\r\n\r\n").encode() + b for b in bodies]
-    latencies: list[float] = []
-    errors = 0
-    stop = time.perf_counter() + seconds
-
-    async def client(i: int) -> None:
-        nonlocal errors
-        reader, writer = await asyncio.open_connection(host, int(port))
-        n = 0
-        try:
-            while time.perf_counter() < stop:
-                t = time.perf_counter()
-                status = await _post(reader, writer, requests[(i + n) % len(requests)])
-                n += 1
-                if status == 200:
-                    latencies.append(time.perf_counter() - t)
-                else:
-                    errors += 1
-        finally:
-            writer.close()
-
-    t0 = time.perf_counter()
-    await asyncio.gather(*(client(i) for i in range(concurrency)))
-    elapsed = time.perf_counter() - t0
-    lat = np.array(latencies) * 1000
-    return {"rps": round(len(latencies) / elapsed, 1), "p50_ms": round(float(np.percentile(lat, 50)), 1),
-            "p99_ms": round(float(np.percentile(lat, 99)), 1), "errors": errors, "requests": len(latencies)}
 
 
 def registry_root(tmp: Path) -> Path:
@@ -103,6 +50,7 @@ def serve(root: Path, port: int, batching: bool, workdir: Path) -> subprocess.Po
 
 def main() -> None:
     from pipelines.serving.engine import wait_ready
+    from pipelines.serving.loadtest import drive, http_requests
     from tests.serving_support import free_port
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -118,15 +66,16 @@ def main() -> None:
             url = f"http://127.0.0.1:{port}"
             try:
                 wait_ready(url, timeout=180, proc=proc)
-                asyncio.run(drive(url, 4, 2.0))  # warm-up
+                requests = http_requests(url, "/v1/classify", [{"texts": [t]} for t in TEXTS])
+                drive(url, requests, 4, 2.0)  # warm-up
                 for c in (1, 8, 32):
-                    results[f"{mode}_c{c}"] = asyncio.run(drive(url, c, args.seconds))
+                    results[f"{mode}_c{c}"] = drive(url, requests, c, args.seconds)
                     print(f"{mode} c={c}: {results[f'{mode}_c{c}']}", file=sys.stderr)
             finally:
                 proc.terminate()
                 proc.wait(timeout=30)
     out = {k: v for k, v in results.items()}
-    out["speedup_c32"] = round(results["batched_c32"]["rps"] / results["naive_c32"]["rps"], 2)
+    out["speedup_c32"] = round(results["batched_c32"]["requests_per_s"] / results["naive_c32"]["requests_per_s"], 2)
     out["p99_ms_c32"] = results["batched_c32"]["p99_ms"]
     out["naive_p99_ms_c32"] = results["naive_c32"]["p99_ms"]
     out["target_met"] = out["speedup_c32"] >= 4 and out["p99_ms_c32"] < out["naive_p99_ms_c32"]

@@ -327,6 +327,99 @@ def _vllm_promote(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number > 0, not {text!r}")
+    return int(text)
+
+
+def _cost_folders(args: argparse.Namespace) -> list:
+    """(name, folder, params) of the model this command runs in, or of every model of the checkout."""
+    from pathlib import Path
+
+    from pipelines.core.config import load_params
+
+    if args.params or Path("params.yaml").exists():
+        params = _params(args)
+        return [(params.registry.model_name, Path.cwd(), params)]
+    projects = find_projects(Path.cwd())
+    if projects is None:
+        raise ConfigError("cost: no params.yaml here and no projects/ folder with a model here or above")
+    return [(p.parent.name, p.parent, load_params(p, must_exist=True)) for p in sorted(projects.glob("*/params.yaml"))]
+
+
+def _cost(args: argparse.Namespace) -> int:
+    """Self-hosted against API, per served champion, from its measured capacity on this machine."""
+    import json
+    from pathlib import Path
+
+    from pipelines.economics import cost
+    from pipelines.economics.measure import CAPACITY_FILE, measure
+    from pipelines.registry import store as registry
+
+    reports = []
+    for name, folder, params in _cost_folders(args):
+        cp = params.cost
+        kind = args.hardware or cp.serve_on
+        if kind not in cp.hardware:
+            raise ConfigError(f"--hardware: unknown hardware kind {kind!r} (priced: {', '.join(sorted(cp.hardware))})")
+        root = params.registry.root
+        root = root if "://" in root or Path(root).is_absolute() else str((folder / root).resolve())
+        champion = registry.aliases(registry.read_ledger(registry.open_store(root, name))).get(params.serve.alias)
+        if args.measure and champion is not None:
+            print(f"{name}: measuring v{champion} on loopback ({args.seconds:g} s per load level) ...",
+                  file=sys.stderr, flush=True)
+            record = measure(params, folder, champion, seconds=args.seconds)
+        else:
+            try:
+                record = json.loads((folder / CAPACITY_FILE).read_text(encoding="utf-8"))
+            except FileNotFoundError:
+                record = None
+            except (OSError, ValueError) as err:
+                raise ConfigError(f"{folder / CAPACITY_FILE}: unreadable ({err}); run pipelines cost --measure") from None
+        api = {m: (cp.api[m].usd_per_1m_input, cp.api[m].usd_per_1m_output) for m in cp.compare_with}
+        reports.append(cost.report(name, champion, record, kind, cp.hardware[kind].usd_per_hour,
+                                   cp.hours_per_month, api, args.volume or cp.monthly_requests))
+    if args.json:
+        print(json.dumps(reports, indent=2, default=str))
+    else:
+        print("\n\n".join(cost_table(r) for r in reports))
+    return 0
+
+
+def cost_table(r: dict) -> str:
+    """One model's comparison for people."""
+    head = f"{r['model']} on {r['hardware']} (${r['usd_per_hour']:g}/h)"
+    if "unknown" in r:
+        return f"{head}: unknown: {r['unknown']}"
+    m, c = r["measured"], r["capacity"]
+    host = m["host"]
+    lines = [f"{head}, champion v{r['champion']}: {c['requests_per_s']:g} requests/s at p99 {c['p99_ms']:g} ms "
+             f"(objective {m['slo_p99_ms']:g} ms, {c['concurrency']} clients); measured {m['measured_at']} on "
+             f"{host['cpu']} x{host['cores']}{' + ' + ', '.join(host['gpus']) if host['gpus'] else ''}",
+             f"  a request: {m['input_tokens_per_request']:g} tokens in, {m['output_tokens_per_request']:g} out "
+             f"({m['tokens_counted']})",
+             f"  {'API':<20}{'self $/1k req':>15}{'API $/1k req':>15}{'API/self':>10}{'break-even req/month':>22}"
+             f"   at {r['monthly_requests']:,.0f} req/month: self-hosted vs API"]
+    for row in r["rows"]:
+        even = row["break_even_requests_per_month"]
+        month = row["at_volume"]
+        lines.append(f"  {row['api']:<20}{row['self_hosted_usd_per_1k']:>15.4f}{row['api_usd_per_1k']:>15.4f}"
+                     f"{row['ratio']:>9.1f}x{(f'{even:,.0f}' if even is not None else 'never'):>22}"
+                     f"   ${month['self_hosted_usd']:,.2f} ({month['machines']} machine(s)) vs ${month['api_usd']:,.2f}")
+    return "\n".join(lines)
+
+
 def _lineage(args: argparse.Namespace) -> int:
     import json
 
@@ -489,6 +582,15 @@ def build_parser() -> argparse.ArgumentParser:
     vp.add_argument("--api-key-env", default="VLLM_API_KEY")
     vp.set_defaults(handler=_vllm_promote)
 
+    co = sub.add_parser("cost", help="self-hosted against API prices: cost per 1k requests, ratio, break-even volume")
+    co.add_argument("--model", default=None, help="one model (default: every model of the checkout)")
+    co.add_argument("--measure", action="store_true",
+                    help="serve the champion on loopback and measure its capacity first (kept in reports/cost/)")
+    co.add_argument("--seconds", type=_positive_float, default=5.0, help="length of each load level (--measure)")
+    co.add_argument("--hardware", default=None, help="price this machine as that kind (default: cost.serve_on)")
+    co.add_argument("--volume", type=_positive_int, default=None, help="requests a month for the monthly bills")
+    co.add_argument("--json", action="store_true")
+    co.set_defaults(handler=_cost)
     ln = sub.add_parser("lineage", help="the audit chain of a served version, every hash re-checked")
     ln.add_argument("--model", default=None)
     which = ln.add_mutually_exclusive_group()

@@ -367,6 +367,7 @@ class CostParams(_Section):
     monthly_requests: int = Field(1_000_000, ge=1)      # the volume the monthly figures are given for
     api_prompt_tokens: int = Field(150, ge=0)           # a classifier's request to an LLM API: instructions and
     api_answer_tokens: int = Field(5, ge=0)             # the label list on top of the text; the label back
+    max_tokens: int = Field(64, ge=1)                   # a generative request's answer length in the load run
 
     @model_validator(mode="after")
     def _known_names(self) -> "CostParams":

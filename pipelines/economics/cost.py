@@ -92,3 +92,29 @@ def curve(capacity: Capacity, usd_per_hour: float, hours: float, api_per_request
     step = (math.log10(high) - math.log10(low)) / (points - 1)
     return [monthly(10 ** (math.log10(low) + i * step), capacity, usd_per_hour, hours, api_per_request)
             for i in range(points)]
+
+
+def report(model: str, champion: int | None, record: dict | None, hardware: str, usd_per_hour: float,
+           hours: float, api: dict[str, tuple[float, float]], volume: float) -> dict:
+    """One model's comparison from its capacity record, or why there is none ("unknown", never a guess)."""
+    out = {"model": model, "champion": champion, "hardware": hardware, "usd_per_hour": usd_per_hour,
+           "monthly_requests": volume}
+    if champion is None:
+        return {**out, "unknown": "no champion is served"}
+    if not record:
+        return {**out, "unknown": "no throughput measurement yet (pipelines cost --measure)"}
+    if record.get("version") != champion:
+        return {**out, "unknown": f"the measurement is of v{record.get('version')}, the champion is v{champion} "
+                                  "(pipelines cost --measure)"}
+    best = record.get("best")
+    if not best:
+        return {**out, "unknown": f"even one request at a time missed the p99 objective of "
+                                  f"{record.get('slo_p99_ms')} ms", "measured": record}
+    capacity = Capacity(hardware, best["requests_per_s"], record["input_tokens_per_request"],
+                        record["output_tokens_per_request"], best["p99_ms"], best["concurrency"])
+    return {**out, "measured": {k: record.get(k) for k in ("host", "measured_at", "route", "slo_p99_ms",
+                                                           "tokens_counted", "input_tokens_per_request",
+                                                           "output_tokens_per_request")},
+            "capacity": {"requests_per_s": best["requests_per_s"], "p99_ms": best["p99_ms"],
+                         "concurrency": best["concurrency"], "requests_per_month": capacity.per_month(hours)},
+            "rows": compare(capacity, usd_per_hour, hours, api, volume)}

@@ -61,7 +61,7 @@ LAYERS = {
     "registry": {"core", "tasks", "training"},
     "serving": {"core", "tasks", "training", "inference", "registry"},
     "orchestration": {"core", "tasks", "registry"},
-    "economics": {"core"},
+    "economics": {"core", "tasks", "serving"},
     "devtools": {"core", "tasks", "training", "inference", "stages", "registry", "serving", "orchestration"},
 }
 

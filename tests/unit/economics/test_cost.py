@@ -60,3 +60,26 @@ def test_a_capacity_that_was_not_measured_is_refused(fields, says):
 
 def test_a_free_api_never_breaks_even():
     assert cost.break_even(CAP, 0.36, 730, 0.0) is None
+
+
+RECORD = {"version": 2, "best": {"requests_per_s": 10, "p99_ms": 120, "concurrency": 8}, "slo_p99_ms": 500,
+          "input_tokens_per_request": 100, "output_tokens_per_request": 5, "host": {"cpu": "x", "cores": 2, "gpus": []},
+          "measured_at": "2026-11-26T00:00:00Z", "route": "/v1/classify", "tokens_counted": "estimated"}
+
+
+@pytest.mark.parametrize("champion, record, says", [
+    (None, RECORD, "no champion is served"),
+    (2, None, "no throughput measurement yet"),
+    (3, RECORD, "the measurement is of v2, the champion is v3"),
+    (2, {**RECORD, "best": None}, "even one request at a time missed the p99 objective of 500 ms"),
+])
+def test_the_report_says_unknown_and_why_rather_than_a_made_up_number(champion, record, says):
+    out = cost.report("m", champion, record, "cpu-2vcpu", 0.36, 730, MINI, 1_000_000)
+    assert says in out["unknown"] and "rows" not in out
+
+
+def test_the_report_of_a_measured_champion():
+    out = cost.report("m", 2, RECORD, "cpu-2vcpu", 0.36, 730, MINI, 1_000_000)
+    row, = out["rows"]
+    assert row["ratio"] == pytest.approx(1.8) and out["capacity"]["requests_per_month"] == 26_280_000
+    assert out["measured"]["host"]["cores"] == 2

@@ -1,0 +1,118 @@
+"""What the served champion sustains on this machine, measured.
+
+Inputs: a model folder (its params.yaml, raw data and registry), how long each load level runs.
+Outputs: the capacity record, kept beside the model as `reports/cost/capacity.json` (atomic write):
+the model and version measured, this host (CPU, cores, GPUs), when, the latency objective, every load
+level tried and the best that met the objective, and the tokens an average request carried.
+
+`pipelines serve` is started on loopback for the model's `serve.alias`, and `loadtest.capacity` drives
+it with requests made from the model's own raw data (what its production traffic looks like): one text
+per `/v1/classify` request, or one prompt per greedy `/v1/chat/completions` request of at most
+`cost.max_tokens` tokens, whose `usage` gives the tokens. A classifier's request to an LLM API would
+carry instructions and the label list too: `cost.api_prompt_tokens` on top of the text, counted at
+OpenAI's rule of thumb of 4 characters per token (an estimate, named as such in the record).
+"""
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from pipelines.core.config import Params
+from pipelines.core.dataio import read_dataset, write_json
+from pipelines.core.errors import InputError
+from pipelines.serving import loadtest
+from pipelines.tasks import task_spec
+
+CAPACITY_FILE = "reports/cost/capacity.json"
+CHARS_PER_TOKEN = 4
+
+
+def host() -> dict[str, Any]:
+    """This machine, as a price table would name it: CPU model, cores, GPUs (nvidia-smi, when present)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpus: list[str] = []
+    if shutil.which("nvidia-smi"):
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=30)
+        gpus = [g.strip() for g in out.stdout.splitlines() if g.strip()] if out.returncode == 0 else []
+    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "gpus": gpus, "machine": platform.machine()}
+
+
+def workload(params: Params, folder: Path, limit: int = 64) -> dict[str, Any]:
+    """The route and request bodies of this model's load run, from its raw data."""
+    data = params.data
+    frame = read_dataset(folder / data.raw)
+    if task_spec(data.task).labelled:
+        texts = [t for t in frame[data.text_column].astype(str).tolist() if t.strip()][:limit]
+        if not texts:
+            raise InputError(f"{data.raw}: no texts to send")
+        estimate = sum(len(t) for t in texts) / len(texts) / CHARS_PER_TOKEN
+        return {"path": "/v1/classify", "bodies": [{"texts": [t]} for t in texts],
+                "api_input_tokens": round(estimate + params.cost.api_prompt_tokens, 1),
+                "api_output_tokens": params.cost.api_answer_tokens,
+                "tokens_counted": f"estimated: text at {CHARS_PER_TOKEN} characters per token, plus "
+                                  f"cost.api_prompt_tokens ({params.cost.api_prompt_tokens}) and api_answer_tokens"}
+    prompts = [p for p in frame[data.prompt_column].astype(str).tolist() if p.strip()][:limit]
+    if not prompts:
+        raise InputError(f"{data.raw}: no prompts to send")
+    return {"path": "/v1/chat/completions", "tokens_counted": "measured: the server's usage counts",
+            "bodies": [{"messages": [{"role": "user", "content": p}], "max_tokens": params.cost.max_tokens,
+                        "temperature": 0} for p in prompts]}
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def measure(params: Params, folder: Path, version: int, seconds: float = 5.0,
+            levels: tuple[int, ...] = loadtest.LEVELS) -> dict[str, Any]:
+    """Serve the model on loopback, find its capacity under the latency objective, keep the record."""
+    from pipelines.serving.engine import wait_ready
+
+    work = workload(params, folder)
+    port = _port()
+    url = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen([sys.executable, "-m", "pipelines", "serve", "--port", str(port),
+                                 "--allow-unauthenticated"], cwd=folder, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            try:
+                wait_ready(url, timeout=300, proc=proc)
+            except (RuntimeError, TimeoutError) as err:
+                log.seek(0)
+                tail = log.read().decode(errors="replace").strip().splitlines()[-1:]
+                raise InputError(f"the server did not come up ({err}): {' '.join(tail)}") from None
+            found = loadtest.capacity(url, loadtest.http_requests(url, work["path"], work["bodies"]),
+                                      params.cost.latency_slo_p99_ms, levels, seconds)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    best = found["best"]
+    if best and work["path"] == "/v1/chat/completions":
+        work["api_input_tokens"] = round(best["prompt_tokens"] / best["requests"], 1)
+        work["api_output_tokens"] = round(best["completion_tokens"] / best["requests"], 1)
+    record = {"model": params.registry.model_name, "version": version, "alias": params.serve.alias,
+              "host": host(), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "route": work["path"], "requests_sent": len(work["bodies"]), "seconds_per_level": seconds,
+              **found, "input_tokens_per_request": work.get("api_input_tokens"),
+              "output_tokens_per_request": work.get("api_output_tokens"), "tokens_counted": work["tokens_counted"]}
+    write_json(folder / CAPACITY_FILE, record)
+    return record

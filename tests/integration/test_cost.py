@@ -1,0 +1,95 @@
+"""`pipelines cost` against a real server: a trained classifier served on loopback and measured, its
+cost per 1k requests set against API prices; and what it says when there is nothing to say yet."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import yaml
+
+from pipelines.registry import store as registry
+from tests.serving_support import INTENTS, build_registry
+
+pytestmark = pytest.mark.integration
+
+
+def cost(folder, *args, check=True) -> subprocess.CompletedProcess:
+    out = subprocess.run([sys.executable, "-m", "pipelines", "cost", *args], cwd=folder, capture_output=True,
+                         text=True, timeout=600)
+    assert not check or out.returncode == 0, out.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cost")
+    built = build_registry(root, "classification", versions=2)  # v1 is champion
+    folder = root / "model"
+    (folder / "data" / "raw").mkdir(parents=True)
+    pd.DataFrame([{"text": f"{text}, please help ({i})", "label": label} for label, text in INTENTS.items()
+                  for i in range(20)]).to_csv(folder / "data" / "raw" / "drop.csv", index=False)
+    (folder / "params.yaml").write_text(yaml.safe_dump({
+        "registry": {"root": str(root / "registry"), "model_name": "text-classifier"},
+        "cost": {"latency_slo_p99_ms": 5000, "monthly_requests": 2_000_000}}))
+    return folder, built
+
+
+def test_nothing_measured_yet_is_unknown_not_a_number(model):
+    folder, _ = model
+    report, = json.loads(cost(folder, "--json").stdout)
+    assert report["champion"] == 1 and "no throughput measurement yet" in report["unknown"] and "rows" not in report
+    assert "unknown: no throughput measurement yet" in cost(folder).stdout
+
+
+def test_measured_on_loopback_and_set_against_api_prices(model):
+    folder, built = model
+    report, = json.loads(cost(folder, "--measure", "--seconds", "1", "--json").stdout)
+    kept = json.loads((folder / "reports" / "cost" / "capacity.json").read_text())
+    assert kept["version"] == 1 and kept["host"]["cores"] >= 1 and kept["route"] == "/v1/classify"
+    assert [lv["concurrency"] for lv in kept["levels"]][:2] == [1, 2]  # rising load until p99 misses
+    best = kept["best"]
+    assert best["requests_per_s"] > 0 and best["errors"] == 0 and best["p99_ms"] <= 5000
+    assert best == max((lv for lv in kept["levels"] if lv["errors"] == 0 and lv["p99_ms"] <= 5000),
+                       key=lambda lv: lv["requests_per_s"])
+    assert [r["api"] for r in report["rows"]] == ["gpt-4o-mini", "gpt-4o"]
+    own = 0.0816 / (3600 * best["requests_per_s"]) * 1000  # cpu-2vcpu's default price per hour
+    for row in report["rows"]:
+        assert row["self_hosted_usd_per_1k"] == pytest.approx(own)
+        assert row["ratio"] == pytest.approx(row["api_usd_per_1k"] / own)
+        assert row["at_volume"]["requests"] == 2_000_000 and row["at_volume"]["machines"] >= 1
+    mini, big = report["rows"]
+    assert big["api_usd_per_1k"] > mini["api_usd_per_1k"] > 0  # the text's tokens plus the prompt, priced
+    table = cost(folder).stdout  # read back from the record, no new measurement
+    assert "gpt-4o-mini" in table and "break-even" in table and f"{best['requests_per_s']:g} requests/s" in table
+
+    # A new champion makes the measurement stale: said, not reused.
+    registry.promote(built["store"], built["model"], *built["candidates"][1], None, reason="second")
+    stale, = json.loads(cost(folder, "--json").stdout)
+    assert stale["champion"] == 2 and "the measurement is of v1, the champion is v2" in stale["unknown"]
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--hardware", "tpu-v9"], "unknown hardware kind 'tpu-v9'"),
+    (["--seconds", "0"], "--seconds: must be > 0"),
+    (["--volume", "-3"], "--volume"),
+])
+def test_bad_input_is_one_line(model, args, says):
+    out = cost(model[0], *args, check=False)
+    assert out.returncode == 2 and says in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_damaged_measurement_is_named(model, tmp_path):
+    folder, _ = model
+    kept = folder / "reports" / "cost" / "capacity.json"
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    saved = kept.read_bytes() if kept.exists() else None
+    kept.write_text("{not json")
+    try:
+        out = cost(folder, check=False)
+        assert out.returncode == 2 and "capacity.json: unreadable" in out.stderr and "Traceback" not in out.stderr
+    finally:
+        if saved is not None:
+            kept.write_bytes(saved)
