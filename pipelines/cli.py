@@ -408,13 +408,16 @@ def cost_table(r: dict) -> str:
              f"(objective {m['slo_p99_ms']:g} ms, {c['concurrency']} clients); measured {m['measured_at']} on "
              f"{host['cpu']} x{host['cores']}{' + ' + ', '.join(host['gpus']) if host['gpus'] else ''}",
              f"  a request: {m['input_tokens_per_request']:g} tokens in, {m['output_tokens_per_request']:g} out "
-             f"({m['tokens_counted']})",
+             f"({m['tokens_counted']})" + (
+                 f"; self-hosted per 1M tokens: ${r['self_hosted']['usd_per_1m_tokens'] or 0:.4f} in+out, "
+                 f"${r['self_hosted']['usd_per_1m_output_tokens'] or 0:.4f} out (prefill free)"
+                 if m["route"] == "/v1/chat/completions" else ""),
              f"  {'API':<20}{'self $/1k req':>15}{'API $/1k req':>15}{'API/self':>10}{'break-even req/month':>22}"
              f"   at {r['monthly_requests']:,.0f} req/month: self-hosted vs API"]
     for row in r["rows"]:
         even = row["break_even_requests_per_month"]
         month = row["at_volume"]
-        lines.append(f"  {row['api']:<20}{row['self_hosted_usd_per_1k']:>15.4f}{row['api_usd_per_1k']:>15.4f}"
+        lines.append(f"  {row['api']:<20}{row['self_hosted_usd_per_1k']:>15.6f}{row['api_usd_per_1k']:>15.6f}"
                      f"{row['ratio']:>9.1f}x{(f'{even:,.0f}' if even is not None else 'never'):>22}"
                      f"   ${month['self_hosted_usd']:,.2f} ({month['machines']} machine(s)) vs ${month['api_usd']:,.2f}")
     return "\n".join(lines)

@@ -50,6 +50,15 @@ def self_hosted_usd_per_request(capacity: Capacity, usd_per_hour: float) -> floa
     return usd_per_hour / (3600 * capacity.requests_per_s)
 
 
+def per_million_tokens(capacity: Capacity, usd_per_hour: float) -> dict[str, float | None]:
+    """The machine's time per 1M tokens at full use: all of it charged to the output tokens (prefill
+    taken as free), and spread over every token in and out."""
+    own = self_hosted_usd_per_request(capacity, usd_per_hour)
+    out, both = capacity.output_tokens_per_request, capacity.input_tokens_per_request + capacity.output_tokens_per_request
+    return {"usd_per_1m_output_tokens": own / out * 1e6 if out else None,
+            "usd_per_1m_tokens": own / both * 1e6 if both else None}
+
+
 def machines_for(volume: float, capacity: Capacity, hours: float) -> int:
     """Machines kept up all month to serve `volume` requests a month (one at least while there is traffic)."""
     return max(1, math.ceil(volume / capacity.per_month(hours))) if volume > 0 else 0
@@ -108,8 +117,10 @@ def report(model: str, champion: int | None, record: dict | None, hardware: str,
                                   "(pipelines cost --measure)"}
     best = record.get("best")
     if not best:
+        first = (record.get("levels") or [{}])[0]
         return {**out, "unknown": f"even one request at a time missed the p99 objective of "
-                                  f"{record.get('slo_p99_ms')} ms", "measured": record}
+                                  f"{record.get('slo_p99_ms')} ms (p99 {first.get('p99_ms')} ms, "
+                                  f"{first.get('errors')} errors at 1 client)", "measured": record}
     capacity = Capacity(hardware, best["requests_per_s"], record["input_tokens_per_request"],
                         record["output_tokens_per_request"], best["p99_ms"], best["concurrency"])
     return {**out, "measured": {k: record.get(k) for k in ("host", "measured_at", "route", "slo_p99_ms",
@@ -117,4 +128,5 @@ def report(model: str, champion: int | None, record: dict | None, hardware: str,
                                                            "output_tokens_per_request")},
             "capacity": {"requests_per_s": best["requests_per_s"], "p99_ms": best["p99_ms"],
                          "concurrency": best["concurrency"], "requests_per_month": capacity.per_month(hours)},
+            "self_hosted": per_million_tokens(capacity, usd_per_hour),
             "rows": compare(capacity, usd_per_hour, hours, api, volume)}

@@ -71,7 +71,8 @@ RECORD = {"version": 2, "best": {"requests_per_s": 10, "p99_ms": 120, "concurren
     (None, RECORD, "no champion is served"),
     (2, None, "no throughput measurement yet"),
     (3, RECORD, "the measurement is of v2, the champion is v3"),
-    (2, {**RECORD, "best": None}, "even one request at a time missed the p99 objective of 500 ms"),
+    (2, {**RECORD, "best": None, "levels": [{"p99_ms": 2900.5, "errors": 0}]},
+     "even one request at a time missed the p99 objective of 500 ms (p99 2900.5 ms, 0 errors at 1 client)"),
 ])
 def test_the_report_says_unknown_and_why_rather_than_a_made_up_number(champion, record, says):
     out = cost.report("m", champion, record, "cpu-2vcpu", 0.36, 730, MINI, 1_000_000)
@@ -83,3 +84,6 @@ def test_the_report_of_a_measured_champion():
     row, = out["rows"]
     assert row["ratio"] == pytest.approx(1.8) and out["capacity"]["requests_per_month"] == 26_280_000
     assert out["measured"]["host"]["cores"] == 2
+    # $0.00001 a request over its 5 output tokens: $2 per 1M; over its 105 tokens: $0.0952 per 1M
+    assert out["self_hosted"]["usd_per_1m_output_tokens"] == pytest.approx(2.0)
+    assert out["self_hosted"]["usd_per_1m_tokens"] == pytest.approx(1e-5 / 105 * 1e6)
