@@ -7,6 +7,7 @@ test artefacts), and the human approval step answered twice: Approve clicked in 
 sent through the REST API."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -159,38 +160,29 @@ def test_plugin_pages_need_an_airflow_login(airflow):
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (./dev.sh test installs it)")
 def test_models_page_in_a_real_browser(airflow, tmp_path):
     from PIL import Image
-    from playwright.sync_api import sync_playwright
 
     af = airflow
     shot = tmp_path / "mlops-models.png"
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        try:
-            context = browser.new_context(viewport={"width": 1280, "height": 900})
-            context.add_cookies([{"name": "_token", "value": af["token"], "url": af["url"]}])
-            page = context.new_page()
-            page.goto(f"{af['url']}/plugin/mlops", wait_until="networkidle")  # the UI's nav entry: an iframe
-            frame = _frame(page, "/mlops/")
-            frame.wait_for_selector("#models")
-            assert "text-classifier" in frame.inner_text("#models") and "champion=v" in frame.inner_text("#models")
-            page.screenshot(path=str(shot), full_page=True)
-            page.goto(f"{af['url']}/mlops/models/text-classifier")
-            points = page.locator("#chart circle.point[data-metric=accuracy]")  # metrics over versions
-            assert points.count() >= 1 and 0 < float(points.first.get_attribute("data-value")) <= 1
-            assert "promoted v1" in page.inner_text("#decisions")  # each run's outcome
-            page.screenshot(path=str(tmp_path / "mlops-model.png"), full_page=True)
-            page.goto(f"{af['url']}/mlops/models/text-classifier/versions/1")
-            assert page.inner_text("#verdict") == "verified"
-            assert page.locator("#checklist tr.pass").count() >= 3 and page.locator("#checklist tr.fail").count() == 0
-            assert page.locator("#chain .step.ok").count() == page.locator("#chain .step").count() >= 8
-            assert page.locator("#chain .step").first.get_attribute("data-step") == "raw"  # drawn as data flowed
-            assert int(page.locator("#loss polyline").get_attribute("data-points")) >= 2  # the loss curve
-            cells = page.locator("#confusion rect.cell").count()  # the confusion matrix: a square of labels
-            assert cells >= 4 and round(cells ** 0.5) ** 2 == cells
-            page.screenshot(path=str(tmp_path / "mlops-version.png"), full_page=True)
-        finally:
-            browser.close()
+    with _browser(af) as page:
+        page.goto(f"{af['url']}/plugin/mlops", wait_until="networkidle")  # the UI's nav entry: an iframe
+        frame = _frame(page, "/mlops/")
+        frame.wait_for_selector("#models")
+        assert "text-classifier" in frame.inner_text("#models") and "champion=v" in frame.inner_text("#models")
+        page.screenshot(path=str(shot), full_page=True)
+        page.goto(f"{af['url']}/mlops/models/text-classifier")
+        points = page.locator("#chart circle.point[data-metric=accuracy]")  # metrics over versions
+        assert points.count() >= 1 and 0 < float(points.first.get_attribute("data-value")) <= 1
+        assert "promoted v1" in page.inner_text("#decisions")  # each run's outcome
+        page.screenshot(path=str(tmp_path / "mlops-model.png"), full_page=True)
+        page.goto(f"{af['url']}/mlops/models/text-classifier/versions/1")
+        assert page.inner_text("#verdict") == "verified"
+        assert page.locator("#checklist tr.pass").count() >= 3 and page.locator("#checklist tr.fail").count() == 0
+        assert page.locator("#chain .step.ok").count() == page.locator("#chain .step").count() >= 8
+        assert page.locator("#chain .step").first.get_attribute("data-step") == "raw"  # drawn as data flowed
+        assert int(page.locator("#loss polyline").get_attribute("data-points")) >= 2  # the loss curve
+        cells = page.locator("#confusion rect.cell").count()  # the confusion matrix: a square of labels
+        assert cells >= 4 and round(cells ** 0.5) ** 2 == cells
+        page.screenshot(path=str(tmp_path / "mlops-version.png"), full_page=True)
     for name in ("mlops-models.png", "mlops-model.png", "mlops-version.png"):
         image = Image.open(tmp_path / name)
         assert image.size[0] == 1280 and len(set(image.convert("L").getdata())) > 20, name  # rendered, not blank
@@ -210,8 +202,6 @@ def test_a_person_approves_in_the_airflow_ui_and_rejects_through_the_api(airflow
     """require_approval: two runs wait at `approve` and the plugin's pages say so; a person approves one in
     Airflow's own UI (a real browser) and rejects the other through the REST API. The approver's name lands
     in the registry ledger, the run records and the lineage branch; the rejection leaves the champion serving."""
-    from playwright.sync_api import sync_playwright
-
     af = airflow
     _wait_for(lambda: _api(af, "GET", f"/dags/{DAG}").status_code == 200, 180, "the DAG to be parsed")
     assert _api(af, "PATCH", f"/dags/{DAG}", json={"is_paused": False}).status_code == 200
@@ -232,27 +222,19 @@ def test_a_person_approves_in_the_airflow_ui_and_rejects_through_the_api(airflow
     listed = httpx.get(f"{af['url']}/mlops/?format=json", headers=af["headers"], timeout=30).json()
     assert set(runs.values()) <= set(next(m for m in listed if m["model"] == "text-classifier")["awaiting_approval"])
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        try:
-            context = browser.new_context(viewport={"width": 1280, "height": 900})
-            context.add_cookies([{"name": "_token", "value": af["token"], "url": af["url"]}])
-            ui = context.new_page()
-            ui.goto(page, wait_until="networkidle")  # the model page: both runs wait, each with its link
-            assert ui.locator("#decisions tr.awaiting").count() >= 2
-            ui.screenshot(path=str(tmp_path / "mlops-awaiting.png"), full_page=True)
-            row = ui.locator("#decisions tr.awaiting", has_text=runs["Approve"])
-            row.get_by_role("link", name="answer in Airflow").click()  # to Airflow's Required Actions tab
-            ui.wait_for_url("**/tasks/approve/required_actions", timeout=30_000)
-            approve = ui.get_by_role("button", name="Approve", exact=True)
-            approve.wait_for(timeout=60_000)
-            assert "passed the gate" in ui.inner_text("body")  # the request says what it is about
-            ui.screenshot(path=str(tmp_path / "airflow-approve.png"), full_page=True)
-            approve.click()
-            _wait_for(lambda: not _awaiting(af, runs["Approve"]), 60, "the approval to be recorded", every=2)
-        finally:
-            browser.close()
+    with _browser(af) as ui:
+        ui.goto(page, wait_until="networkidle")  # the model page: both runs wait, each with its link
+        assert ui.locator("#decisions tr.awaiting").count() >= 2
+        ui.screenshot(path=str(tmp_path / "mlops-awaiting.png"), full_page=True)
+        row = ui.locator("#decisions tr.awaiting", has_text=runs["Approve"])
+        row.get_by_role("link", name="answer in Airflow").click()  # to Airflow's Required Actions tab
+        ui.wait_for_url("**/tasks/approve/required_actions", timeout=30_000)
+        approve = ui.get_by_role("button", name="Approve", exact=True)
+        approve.wait_for(timeout=60_000)
+        assert "passed the gate" in ui.inner_text("body")  # the request says what it is about
+        ui.screenshot(path=str(tmp_path / "airflow-approve.png"), full_page=True)
+        approve.click()
+        _wait_for(lambda: not _awaiting(af, runs["Approve"]), 60, "the approval to be recorded", every=2)
 
     path = f"/dags/{DAG}/dagRuns/{runs['Reject']}/taskInstances/approve/-1/hitlDetails"
     rejected = _api(af, "PATCH", path, json={"chosen_options": ["Reject"]})
@@ -285,6 +267,22 @@ def test_a_person_approves_in_the_airflow_ui_and_rejects_through_the_api(airflow
         kept = subprocess.run(["git", "-C", str(af["repo"]), "show", f"{record['lineage_commit']}:lineage/run.json"],
                               capture_output=True, text=True, check=True).stdout
         assert json.loads(kept)["review"] == {**record["review"], "decision": decision}
+
+
+@contextlib.contextmanager
+def _browser(af):
+    """A page of a headless Chromium at 1280 px, logged in to Airflow (the UI's `_token` cookie)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        try:
+            context = browser.new_context(viewport={"width": 1280, "height": 900})
+            context.add_cookies([{"name": "_token", "value": af["token"], "url": af["url"]}])
+            yield context.new_page()
+        finally:
+            browser.close()
 
 
 def _frame(page, path: str, seconds: float = 30):
