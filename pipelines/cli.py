@@ -358,14 +358,46 @@ def _cost_folders(args: argparse.Namespace) -> list:
     return [(p.parent.name, p.parent, load_params(p, must_exist=True)) for p in sorted(projects.glob("*/params.yaml"))]
 
 
+def _run_costs(args: argparse.Namespace) -> int:
+    """Every lifecycle run's compute cost, per model (from the run records in the git remote)."""
+    import json
+    from pathlib import Path
+
+    from pipelines.orchestration import records
+
+    remote = os.environ.get("PIPELINES_GIT_REMOTE") or str(find_projects(Path.cwd()).parent
+                                                           if find_projects(Path.cwd()) else Path.cwd())
+    out = []
+    for name, _folder, _params in _cost_folders(args):
+        runs = [{"run_id": r.get("run_id"), "usd": (r.get("compute") or {}).get("usd"),
+                 "seconds": (r.get("compute") or {}).get("seconds"), "note": r.get("note")}
+                for r in records.list_runs(remote, name, limit=1000)]
+        known = [r["usd"] for r in runs if isinstance(r["usd"], (int, float))]
+        out.append({"model": name, "runs": runs, "usd": sum(known), "runs_without_cost": len(runs) - len(known)})
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    for m in out:
+        print(f"{m['model']}: {len(m['runs'])} run(s), ${m['usd']:.4f} of compute"
+              + (f" ({m['runs_without_cost']} without a cost: unfinished, or older than cost records)"
+                 if m["runs_without_cost"] else ""))
+        for r in m["runs"]:
+            spent = f"${r['usd']:.4f} {r['seconds']:>7.0f} s" if r["usd"] is not None else "unknown".rjust(17)
+            print(f"  {spent}  {r['run_id']}  {(r['note'] or '').split('; compute')[0][:90]}")
+    return 0
+
+
 def _cost(args: argparse.Namespace) -> int:
     """Self-hosted against API, per served champion, from its measured capacity on this machine."""
     import json
     from pathlib import Path
 
+    if args.runs:
+        return _run_costs(args)
+
     from pipelines.economics import cost
-    from pipelines.economics.measure import CAPACITY_FILE, measure
     from pipelines.registry import store as registry
+    from pipelines.serving.capacity import CAPACITY_FILE, measure
 
     reports = []
     for name, folder, params in _cost_folders(args):
@@ -592,6 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--seconds", type=_positive_float, default=5.0, help="length of each load level (--measure)")
     co.add_argument("--hardware", default=None, help="price this machine as that kind (default: cost.serve_on)")
     co.add_argument("--volume", type=_positive_int, default=None, help="requests a month for the monthly bills")
+    co.add_argument("--runs", action="store_true", help="instead: every lifecycle run's compute cost")
     co.add_argument("--json", action="store_true")
     co.set_defaults(handler=_cost)
     ln = sub.add_parser("lineage", help="the audit chain of a served version, every hash re-checked")

@@ -361,6 +361,7 @@ class CostParams(_Section):
         Field(default_factory=lambda: {k: ApiPrice(**v) for k, v in API_PRICES.items()})
     serve_on: str = "cpu-2vcpu"                         # the hardware kind this model's server runs on
     train_on: str = "cpu-2vcpu"                         # the kind of the `gpu` pool's workers (train's compute)
+    workers_on: str = "cpu-2vcpu"                       # the kind of the other tasks' workers (a run's compute)
     compare_with: tuple[str, ...] = ("gpt-4o-mini", "gpt-4o")  # API models priced beside the self-hosted one
     latency_slo_p99_ms: float = Field(500.0, gt=0.0)    # the throughput that counts keeps p99 under this
     hours_per_month: float = Field(730.0, gt=0.0)       # a machine kept up all month
@@ -371,7 +372,7 @@ class CostParams(_Section):
 
     @model_validator(mode="after")
     def _known_names(self) -> "CostParams":
-        for field, name in (("serve_on", self.serve_on), ("train_on", self.train_on)):
+        for field, name in (("serve_on", self.serve_on), ("train_on", self.train_on), ("workers_on", self.workers_on)):
             if name not in self.hardware:
                 raise ValueError(f"{field}: unknown hardware kind {name!r} (known: {', '.join(sorted(self.hardware))})")
         unknown = [m for m in self.compare_with if m not in self.api]

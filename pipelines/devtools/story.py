@@ -89,6 +89,11 @@ def render(model: str, title: str, record: dict[str, Any], reports: dict[str, An
         lines.append("  promote   nothing: the champion keeps serving")
     if record.get("lineage_commit"):
         lines.append(f"  lineage   commit {record['lineage_commit'][:12]} on branch {record.get('lineage_branch')}")
+    spent = record.get("compute") or {}
+    if isinstance(spent.get("usd"), (int, float)):
+        kinds = sorted({t.get("hardware") for t in (spent.get("tasks") or {}).values()})
+        lines.append(f"  compute   {spent.get('seconds', 0):.0f} s of workers, ${spent['usd']:.4f} at "
+                     f"{', '.join(map(str, kinds))} prices (pipelines cost --runs)")
     if log:
         lines.append(f"  log       {log}")
     return "\n".join(lines)
@@ -96,7 +101,7 @@ def render(model: str, title: str, record: dict[str, Any], reports: dict[str, An
 
 def table(rows: list[dict[str, Any]]) -> str:
     """One line per run: model, run, outcome, the headline score and the reason."""
-    header = ("model", "run", "outcome", "score", "why")
+    header = ("model", "run", "outcome", "score", "compute", "why")
     cells = [header] + [tuple(str(r.get(k, "")) for k in header) for r in rows]
     widths = [max(len(c[i]) for c in cells) for i in range(len(header) - 1)]
     out = []
@@ -109,6 +114,11 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def outcome(record: dict[str, Any], reports: dict[str, Any]) -> dict[str, str]:
     """The table's cells for one run."""
+    spent = (record.get("compute") or {}).get("usd")
+    return {**_decided(record, reports), "compute": f"${spent:.4f}" if isinstance(spent, (int, float)) else ""}
+
+
+def _decided(record: dict[str, Any], reports: dict[str, Any]) -> dict[str, str]:
     gate = reports.get("gate") or {}
     cand = (reports.get("evaluate") or {}).get("candidate") or {}
     score = next((f"{k} {cand[k]:.3f}" for k in HEADLINE if isinstance(cand.get(k), (int, float))), "")

@@ -1,2 +1,3 @@
-"""What self-hosting costs against API prices (`pipelines cost`): pure arithmetic over a measured
-capacity and the `cost` section's prices."""
+"""What self-hosting costs against API prices, and what a lifecycle run cost: pure arithmetic over
+measured figures (`pipelines.serving.capacity`, the run record's stage timings) and the `cost`
+section's prices."""

@@ -130,3 +130,21 @@ def report(model: str, champion: int | None, record: dict | None, hardware: str,
                          "concurrency": best["concurrency"], "requests_per_month": capacity.per_month(hours)},
             "self_hosted": per_million_tokens(capacity, usd_per_hour),
             "rows": compare(capacity, usd_per_hour, hours, api, volume)}
+
+
+def run_cost(stages: dict[str, dict], train_on: tuple[str, float], workers_on: tuple[str, float]) -> dict:
+    """What a lifecycle run's stages cost: each stage's wall time on its worker (the checkout and DVC's
+    pull and push included) at the hourly price of the hardware it ran on, `train` on `train_on` (the
+    `gpu` pool's kind), the others on `workers_on`: (kind, usd_per_hour) each. A stage whose timing
+    is missing is listed as unknown and left out of the total, never counted as free."""
+    tasks, unknown = {}, []
+    for stage, timing in stages.items():
+        seconds = (timing or {}).get("seconds")
+        if not isinstance(seconds, (int, float)) or seconds < 0:
+            unknown.append(stage)
+            continue
+        seconds += (timing or {}).get("checkout_seconds") or 0
+        kind, usd_per_hour = train_on if stage == "train" else workers_on
+        tasks[stage] = {"seconds": round(seconds, 2), "hardware": kind, "usd": seconds / 3600 * usd_per_hour}
+    return {"tasks": tasks, "unknown": unknown, "seconds": round(sum(t["seconds"] for t in tasks.values()), 2),
+            "usd": sum(t["usd"] for t in tasks.values())}

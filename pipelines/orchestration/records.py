@@ -57,7 +57,16 @@ def awaiting_approval(record: dict[str, Any]) -> bool:
 
 
 def run_note(record: dict[str, Any]) -> str:
-    """One line for the DAG run's note: what the run decided, or where and why it stopped."""
+    """One line for the DAG run's note: what the run decided, or where and why it stopped, and what
+    its compute cost once the lineage task has added it up."""
+    spent = record.get("compute")
+    if isinstance(spent, dict) and isinstance(spent.get("usd"), (int, float)):
+        unknown = f", {len(spent.get('unknown') or [])} stage(s) untimed" if spent.get("unknown") else ""
+        return f"{_decided(record)}; compute {spent.get('seconds', 0):.0f} s, ${spent['usd']:.4f}{unknown}"
+    return _decided(record)
+
+
+def _decided(record: dict[str, Any]) -> str:
     if record.get("failed"):
         return f"stopped at {record['failed']['task']}: {record['failed']['error']}"
     gate = record.get("gate")

@@ -273,12 +273,17 @@ def notify_serving(shared: Shared, run: RunRef, version: int) -> list[str]:
 def record(shared: Shared, run: RunRef, info: dict[str, Any], review: dict[str, Any] | None = None) -> dict[str, Any]:
     """Commit the run's evidence to the lineage branch (compare-and-swap: other runs may push too), with
     the person's answer to the approval step when there was one (`records.review`)."""
+    from pipelines.economics.cost import run_cost
     from pipelines.registry.evidence_branch import commit_run
 
     with task_space(shared, run) as ws:
         params = _params(ws)
         files = [f"{run.project}/{p}" for p in _evidence(ws, params)]
-        rec = records.update(ws.root, **({"review": review} if review else {}))
+        cp = params.cost
+        compute = run_cost(records.load(ws.root).get("stages") or {},
+                           (cp.train_on, cp.hardware[cp.train_on].usd_per_hour),
+                           (cp.workers_on, cp.hardware[cp.workers_on].usd_per_hour))
+        rec = records.update(ws.root, compute=compute, **({"review": review} if review else {}))
         branch = params.lineage.branch
         message = f"lineage: {run.model} {info.get('dag_id')} {run.run_id}\n\n{records.run_note(rec)}"
         for _ in range(8):

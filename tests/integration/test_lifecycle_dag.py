@@ -71,6 +71,14 @@ def test_first_run_promotes_and_leaves_a_verified_lineage(repo):
                                                          "validation", "raw", "evidence_branch", "orchestration"]
     assert chain["links"][-2]["status"] == "ok" and chain["links"][-2]["commit"] == record["lineage_commit"]
     assert "champion v1" in pipelines(repo, "models").stdout
+    # what the run's compute cost: each stage's wall time at its hardware's price (train on cost.train_on)
+    spent = record["compute"]
+    assert set(spent["tasks"]) == STAGES and spent["unknown"] == [] and spent["usd"] > 0
+    assert spent["tasks"]["train"]["hardware"] == "cpu-2vcpu"
+    assert spent["tasks"]["train"]["usd"] == pytest.approx(spent["tasks"]["train"]["seconds"] / 3600 * 0.0816)
+    assert record["note"].endswith(f"compute {spent['seconds']:.0f} s, ${spent['usd']:.4f}")
+    listed, = json.loads(pipelines(repo, "--model", "text-classifier", "cost", "--runs", "--json").stdout)
+    assert listed["usd"] == pytest.approx(spent["usd"]) and listed["runs"][0]["run_id"] == record["run_id"]
 
 
 def test_new_drop_with_form_params_trains_a_challenger(repo):

@@ -60,8 +60,8 @@ LAYERS = {
     "stages": {"core", "tasks", "training", "inference"},
     "registry": {"core", "tasks", "training"},
     "serving": {"core", "tasks", "training", "inference", "registry"},
-    "orchestration": {"core", "tasks", "registry"},
-    "economics": {"core", "tasks", "serving"},
+    "economics": {"core"},
+    "orchestration": {"core", "tasks", "registry", "economics"},
     "devtools": {"core", "tasks", "training", "inference", "stages", "registry", "serving", "orchestration"},
 }
 

@@ -33,7 +33,8 @@ def test_a_rejected_run_reads_as_a_checklist_and_says_the_champion_keeps_serving
 
 
 def test_outcomes_and_the_table():
-    promoted = {**RECORD, "promotion": {"model": "m", "version": 2, "changed": True}}
+    promoted = {**RECORD, "promotion": {"model": "m", "version": 2, "changed": True},
+                "compute": {"seconds": 312.4, "usd": 0.00708, "tasks": {"train": {"hardware": "cpu-2vcpu"}}}}
     stopped = {"failed": {"task": "validate", "error": "validation failed: 4 check(s) failed"}}
     cases = [(RECORD, REPORTS, "rejected", "failed min_class_recall, no_regression"),
              (promoted, {**REPORTS, "gate": {"passed": True, "rules": []}}, "promoted v2", "every gate rule passed"),
@@ -44,8 +45,10 @@ def test_outcomes_and_the_table():
         assert (cells["outcome"], cells["why"]) == (outcome, why)
         rows.append({"model": "m", "run": "r", **cells})
     table = story.table(rows).splitlines()
-    assert table[0].split() == ["model", "run", "outcome", "score", "why"] and set(table[1]) <= {"-", " "}
+    assert table[0].split() == ["model", "run", "outcome", "score", "compute", "why"] and set(table[1]) <= {"-", " "}
     assert len(table) == 2 + len(cases) and "accuracy 0.812" in table[2]
+    assert "$0.0071" in table[3] and "$" not in table[2]  # a run's compute cost, when the record has it
+    assert "compute   312 s of workers, $0.0071 at cpu-2vcpu prices" in story.render("m", "run 2", promoted, {})
 
 
 def test_the_status_line_names_the_tasks_and_training_progress():

@@ -87,3 +87,13 @@ def test_the_report_of_a_measured_champion():
     # $0.00001 a request over its 5 output tokens: $2 per 1M; over its 105 tokens: $0.0952 per 1M
     assert out["self_hosted"]["usd_per_1m_output_tokens"] == pytest.approx(2.0)
     assert out["self_hosted"]["usd_per_1m_tokens"] == pytest.approx(1e-5 / 105 * 1e6)
+
+
+def test_a_runs_compute_cost_prices_train_on_its_pool_and_names_what_has_no_timing():
+    stages = {"validate": {"seconds": 10, "checkout_seconds": 2}, "train": {"seconds": 3600, "checkout_seconds": 0},
+              "evaluate": {"ran": False}}  # no timing: unknown, not free
+    got = cost.run_cost(stages, train_on=("gpu-h100", 4.916), workers_on=("cpu-2vcpu", 0.0816))
+    assert got["tasks"]["train"] == {"seconds": 3600, "hardware": "gpu-h100", "usd": pytest.approx(4.916)}
+    assert got["tasks"]["validate"]["usd"] == pytest.approx(12 / 3600 * 0.0816)
+    assert got["unknown"] == ["evaluate"] and got["seconds"] == 3612
+    assert got["usd"] == pytest.approx(4.916 + 12 / 3600 * 0.0816)

@@ -26,6 +26,11 @@ from pipelines.orchestration.runspace import run_ref_name
     ({"gate": {"passed": True, "summary": "5/5 rules"}, "snapshot": {"require_approval": True}, "finished": True},
      "finished without promotion"),  # e.g. no one answered before the approval timed out
     ({}, "running"), ({"finished": True}, "finished without promotion"),
+    ({"gate": {"passed": True, "summary": "5/5 rules"}, "promotion": {"model": "m", "version": 3, "changed": True},
+      "compute": {"seconds": 312.4, "usd": 0.00708, "unknown": []}},
+     "promoted m v3 (gate passed: 5/5 rules); compute 312 s, $0.0071"),
+    ({"finished": True, "compute": {"seconds": 10, "usd": 0.0001, "unknown": ["train"]}},
+     "finished without promotion; compute 10 s, $0.0001, 1 stage(s) untimed"),
 ])
 def test_run_note(record, note):
     assert records.run_note(record) == note

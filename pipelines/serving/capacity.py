@@ -1,4 +1,4 @@
-"""What the served champion sustains on this machine, measured.
+"""What the served champion sustains on this machine, measured (for `pipelines cost`).
 
 Inputs: a model folder (its params.yaml, raw data and registry), how long each load level runs.
 Outputs: the capacity record, kept beside the model as `reports/cost/capacity.json` (atomic write):
