@@ -337,6 +337,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be within [0, 1], not {text}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number > 0, not {text!r}")
@@ -369,8 +379,8 @@ def _run_costs(args: argparse.Namespace) -> int:
                                                            if find_projects(Path.cwd()) else Path.cwd())
     out = []
     for name, _folder, _params in _cost_folders(args):
-        runs = [{"run_id": r.get("run_id"), "usd": (r.get("compute") or {}).get("usd"),
-                 "seconds": (r.get("compute") or {}).get("seconds"), "note": r.get("note")}
+        runs = [{"run_id": r.get("run_id"), **{k: (r.get("compute") or {}).get(k)
+                                                for k in ("usd", "seconds", "trained_tokens")}, "note": r.get("note")}
                 for r in records.list_runs(remote, name, limit=1000)]
         known = [r["usd"] for r in runs if isinstance(r["usd"], (int, float))]
         out.append({"model": name, "runs": runs, "usd": sum(known), "runs_without_cost": len(runs) - len(known)})
@@ -383,76 +393,51 @@ def _run_costs(args: argparse.Namespace) -> int:
                  if m["runs_without_cost"] else ""))
         for r in m["runs"]:
             spent = f"${r['usd']:.4f} {r['seconds']:>7.0f} s" if r["usd"] is not None else "unknown".rjust(17)
+            spent += f" {r['trained_tokens']:>11,} tokens trained" if r["trained_tokens"] else " " * 26
             print(f"  {spent}  {r['run_id']}  {(r['note'] or '').split('; compute')[0][:90]}")
     return 0
 
 
 def _cost(args: argparse.Namespace) -> int:
-    """Self-hosted against API, per served champion, from its measured capacity on this machine."""
+    """Self-hosted against API, per served champion, from its measured capacity on this machine; each
+    known comparison is also drawn (reports/cost/volume.svg)."""
     import json
-    from pathlib import Path
 
     if args.runs:
         return _run_costs(args)
 
-    from pipelines.economics import cost
-    from pipelines.registry import store as registry
-    from pipelines.serving.capacity import CAPACITY_FILE, measure
+    from pipelines.serving import capacity
 
     reports = []
     for name, folder, params in _cost_folders(args):
-        cp = params.cost
-        kind = args.hardware or cp.serve_on
-        if kind not in cp.hardware:
-            raise ConfigError(f"--hardware: unknown hardware kind {kind!r} (priced: {', '.join(sorted(cp.hardware))})")
-        root = params.registry.root
-        root = root if "://" in root or Path(root).is_absolute() else str((folder / root).resolve())
-        champion = registry.aliases(registry.read_ledger(registry.open_store(root, name))).get(params.serve.alias)
-        if args.measure and champion is not None:
-            print(f"{name}: measuring v{champion} on loopback ({args.seconds:g} s per load level) ...",
-                  file=sys.stderr, flush=True)
-            record = measure(params, folder, champion, seconds=args.seconds)
-        else:
-            try:
-                record = json.loads((folder / CAPACITY_FILE).read_text(encoding="utf-8"))
-            except FileNotFoundError:
-                record = None
-            except (OSError, ValueError) as err:
-                raise ConfigError(f"{folder / CAPACITY_FILE}: unreadable ({err}); run pipelines cost --measure") from None
-        api = {m: (cp.api[m].usd_per_1m_input, cp.api[m].usd_per_1m_output) for m in cp.compare_with}
-        reports.append(cost.report(name, champion, record, kind, cp.hardware[kind].usd_per_hour,
-                                   cp.hours_per_month, api, args.volume or cp.monthly_requests))
+        if args.hardware and args.hardware not in params.cost.hardware:
+            raise ConfigError(f"--hardware: unknown hardware kind {args.hardware!r} "
+                              f"(priced: {', '.join(sorted(params.cost.hardware))})")
+        reports.append(capacity.report(name, folder, params, args.hardware, args.volume,
+                                       measure_seconds=args.seconds if args.measure else None))
+        if "rows" in reports[-1]:
+            capacity.write_plot(folder, reports[-1])
     if args.json:
         print(json.dumps(reports, indent=2, default=str))
     else:
-        print("\n\n".join(cost_table(r) for r in reports))
+        print("\n\n".join(capacity.table(r) for r in reports))
     return 0
 
 
-def cost_table(r: dict) -> str:
-    """One model's comparison for people."""
-    head = f"{r['model']} on {r['hardware']} (${r['usd_per_hour']:g}/h)"
-    if "unknown" in r:
-        return f"{head}: unknown: {r['unknown']}"
-    m, c = r["measured"], r["capacity"]
-    host = m["host"]
-    lines = [f"{head}, champion v{r['champion']}: {c['requests_per_s']:g} requests/s at p99 {c['p99_ms']:g} ms "
-             f"(objective {m['slo_p99_ms']:g} ms, {c['concurrency']} clients); measured {m['measured_at']} on "
-             f"{host['cpu']} x{host['cores']}{' + ' + ', '.join(host['gpus']) if host['gpus'] else ''}",
-             f"  a request: {m['input_tokens_per_request']:g} tokens in, {m['output_tokens_per_request']:g} out "
-             f"({m['tokens_counted']})" + (
-                 f"; self-hosted per 1M tokens: ${r['self_hosted']['usd_per_1m_tokens'] or 0:.4f} in+out, "
-                 f"${r['self_hosted']['usd_per_1m_output_tokens'] or 0:.4f} out (prefill free)"
-                 if m["route"] == "/v1/chat/completions" else ""),
-             f"  {'API':<20}{'self $/1k req':>15}{'API $/1k req':>15}{'API/self':>10}{'break-even req/month':>22}"
-             f"   at {r['monthly_requests']:,.0f} req/month: self-hosted vs API"]
-    for row in r["rows"]:
-        even = row["break_even_requests_per_month"]
-        month = row["at_volume"]
-        lines.append(f"  {row['api']:<20}{row['self_hosted_usd_per_1k']:>15.6f}{row['api_usd_per_1k']:>15.6f}"
-                     f"{row['ratio']:>9.1f}x{(f'{even:,.0f}' if even is not None else 'never'):>22}"
-                     f"   ${month['self_hosted_usd']:,.2f} ({month['machines']} machine(s)) vs ${month['api_usd']:,.2f}")
-    return "\n".join(lines)
+def _route_tune(args: argparse.Namespace) -> int:
+    """Each served classifier's cost-quality frontier, the threshold chosen on it and the one serving uses."""
+    import json
+
+    from pipelines.serving import route_tune
+
+    docs = []
+    for name, folder, params in _cost_folders(args):
+        doc = route_tune.report(name, folder, params, args.upstream_accuracy, args.min_accuracy)
+        if "frontier" in doc:
+            route_tune.write(folder, doc)
+        docs.append(doc)
+    print(json.dumps(docs, indent=2, default=str) if args.json else "\n\n".join(route_tune.table(d) for d in docs))
+    return 0
 
 
 def _lineage(args: argparse.Namespace) -> int:
@@ -627,6 +612,13 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--runs", action="store_true", help="instead: every lifecycle run's compute cost")
     co.add_argument("--json", action="store_true")
     co.set_defaults(handler=_cost)
+    ro = sub.add_parser("route", help="hybrid routing").add_subparsers(dest="route_command", required=True)
+    rt = ro.add_parser("tune", help="the champion's cost-quality frontier: share upstream, accuracy, $ per threshold")
+    rt.add_argument("--model", default=None, help="one model (default: every model of the checkout)")
+    rt.add_argument("--upstream-accuracy", type=_share, default=None, help="instead of route.upstream_accuracy")
+    rt.add_argument("--min-accuracy", type=_share, default=None, help="instead of route.min_accuracy")
+    rt.add_argument("--json", action="store_true")
+    rt.set_defaults(handler=_route_tune)
     ln = sub.add_parser("lineage", help="the audit chain of a served version, every hash re-checked")
     ln.add_argument("--model", default=None)
     which = ln.add_mutually_exclusive_group()

@@ -214,6 +214,51 @@ def model_page(model: str, request: Request) -> Response:
                  decisions=decisions, ledger=entries, chart=chart(versions))
 
 
+def _cost(model: str) -> dict[str, Any]:
+    """What the model costs: served (self-hosted against API prices), routed (the frontier) and trained
+    (every lifecycle run's compute), each from the same functions as `pipelines cost` / `route tune`."""
+    from pipelines.core.errors import PipelineError
+    from pipelines.serving import capacity, route_tune
+
+    folder, params = _folder(model), _params(model)
+    try:
+        served = capacity.report(model, folder, params)
+    except PipelineError as err:
+        served = {"model": model, "unknown": str(err)}
+    try:
+        routed = route_tune.report(model, folder, params)
+    except PipelineError as err:
+        routed = {"model": model, "unknown": str(err)}
+    runs = [{"run_id": r.get("run_id"), "note": r.get("note"), **{k: (r.get("compute") or {}).get(k)
+                                                                   for k in ("usd", "seconds", "trained_tokens")}}
+            for r in _records(model)]
+    return {"model": model, "served": served, "routed": routed, "runs": runs,
+            "runs_usd": sum(r["usd"] for r in runs if isinstance(r["usd"], (int, float))),
+            "runs_without_cost": sum(1 for r in runs if not isinstance(r["usd"], (int, float)))}
+
+
+@app.get("/models/{model}/cost")
+def cost_page(model: str, request: Request) -> Response:
+    doc = _cost(model)
+    if _wants_json(request):
+        return JSONResponse(json.loads(json.dumps(doc, default=str)))
+    return _page("cost.html", title=f"{model}: cost", **doc)
+
+
+@app.get("/models/{model}/cost/{picture}.svg")
+def cost_picture(model: str, picture: str) -> Response:
+    """The cost page's pictures: `volume` (monthly bills against volume) and `frontier` (routing)."""
+    from pipelines.economics import plot
+
+    draw = {"volume": ("served", plot.volume_svg), "frontier": ("routed", plot.frontier_svg)}.get(picture)
+    if draw is None:
+        raise HTTPException(status_code=404, detail=f"no picture {picture!r} (volume, frontier)")
+    try:
+        return Response(draw[1](_cost(model)[draw[0]]), media_type="image/svg+xml")
+    except ValueError as err:
+        raise HTTPException(status_code=404, detail=str(err)) from None
+
+
 @app.get("/models/{model}/versions/{version}")
 def version_page(model: str, version: int, request: Request) -> Response:
     from pipelines.core.errors import PipelineError

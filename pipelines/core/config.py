@@ -229,10 +229,22 @@ class FallbackParams(_Section):
     url: str | None = None  # an OpenAI-compatible base URL; None disables hybrid routing
     api_key_env: str = "FALLBACK_API_KEY"
     model: str = "gpt-4o-mini"
-    classify_threshold: float = Field(0.5, ge=0.0, le=1.0)  # below this top score, ask the upstream
+    # below this top score, ask the upstream; "tuned": the served version's own threshold, chosen on the
+    # cost-quality frontier by its evaluation (`route` params, `pipelines route tune`), 0.5 if it has none
+    classify_threshold: float | Literal["tuned"] = "tuned"
     ood_patterns: tuple[str, ...] = ()  # regexes over user messages that send a chat upstream
     min_mean_logprob: float | None = Field(None, le=0.0)  # greedy chat answers less sure than this go upstream
     timeout_s: float = Field(10.0, gt=0.0)
+
+
+class RouteParams(_Section):
+    """Hybrid routing's threshold, tuned by `evaluate` on the validation split (classifiers): the
+    cheapest threshold whose blended accuracy meets the floor (`pipelines.economics.routing`)."""
+
+    # the upstream's accuracy on this task: configured (an assumption the README and evidence name), or
+    # null: no threshold is tuned and serving falls back to 0.5 (routing evidence says why)
+    upstream_accuracy: float | None = Field(None, ge=0.0, le=1.0)
+    min_accuracy: float | None = Field(None, ge=0.0, le=1.0)  # the hybrid's floor; null: gate.min_accuracy
 
 
 class ServeParams(_Section):
@@ -301,6 +313,7 @@ class LineageParams(_Section):
     push: bool = True                                   # `dvc push` data and models after each run
     evidence: tuple[str, ...] = ("reports/validate/result.json", "reports/train/metrics.json",
                                  "reports/train/loss.csv", "reports/evaluate/metrics.json",
+                                 "reports/evaluate/routing.json",
                                  "reports/gate/decision.json", "data/prepared/data_card.json")
 
 
@@ -396,6 +409,7 @@ class Params(_Section):
     lifecycle: LifecycleParams = LifecycleParams()
     lineage: LineageParams = LineageParams()
     cost: CostParams = CostParams()
+    route: RouteParams = RouteParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

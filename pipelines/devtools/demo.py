@@ -101,7 +101,40 @@ def run_demo(faulty_drop: bool = False, second_run: bool = True, verbose: bool =
             summary["runs"].append(_play(root, model, params, raw, rnd, verbose, first=n == 0))
         summary["models"][model] = _verify_and_serve(root, model, params, verbose)
     _say("\n" + story.table(summary["runs"]))
+    summary["cost"] = _cost(root, models, summary["runs"])
     return summary
+
+
+# Seconds per load level when the demo measures a champion: enough for a classifier's hundreds of
+# requests; a generative model's answers take seconds each on CPU, so fewer, longer levels.
+MEASURE_SECONDS = {True: 2.0, False: 10.0}  # labelled task?
+
+
+def _cost(root: Path, models: dict[str, Params], runs: list[dict]) -> dict:
+    """What it all cost: each champion measured on loopback and set against API prices (with the
+    monthly-bill plot), each classifier's routing frontier, and the compute of the demo's runs."""
+    from pipelines.serving import capacity, route_tune
+
+    _say("\n== What it costs (pipelines cost, pipelines route tune; prices: params' cost section)")
+    out = {}
+    for model, params in models.items():
+        folder = root / "projects" / model
+        served = capacity.report(model, folder, params,
+                                 measure_seconds=MEASURE_SECONDS[task_spec(params.data.task).labelled])
+        if "rows" in served:
+            capacity.write_plot(folder, served)
+        routed = route_tune.report(model, folder, params)
+        if "frontier" in routed:
+            route_tune.write(folder, routed)
+        _say(capacity.table(served))
+        if task_spec(params.data.task).labelled:
+            _say(route_tune.table(routed, step=0.25))
+        out[model] = {"served": served, "routed": routed}
+    spent = [r["compute_usd"] for r in runs if isinstance(r.get("compute_usd"), (int, float))]
+    _say(f"\n  lifecycle compute: {len(runs)} runs, ${sum(spent):.4f} in all"
+         + (f" ({len(runs) - len(spent)} without a cost)" if len(spent) < len(runs) else "")
+         + " (each run's stages at their workers' hourly price; pipelines cost --runs)")
+    return {"models": out, "runs_usd": sum(spent)}
 
 
 def _play(root: Path, model: str, params: Params, raw: Path, rnd: Round, verbose: bool, first: bool) -> dict:
@@ -120,7 +153,8 @@ def _play(root: Path, model: str, params: Params, raw: Path, rnd: Round, verbose
     row = {"model": model, "run": record.get("run_id"), **story.outcome(record, reports),
            "exit_code": record.get("exit_code"), "seconds": record.get("seconds"), "log": log,
            "gate": record.get("gate"), "promotion": record.get("promotion"),
-           "lineage_commit": record.get("lineage_commit"), "note": record.get("note")}
+           "lineage_commit": record.get("lineage_commit"), "note": record.get("note"),
+           "compute_usd": (record.get("compute") or {}).get("usd")}
     got = ("stopped" if record.get("failed") or record.get("exit_code") else
            "promoted" if (record.get("promotion") or {}).get("changed") else "rejected")
     if got != rnd.expect and (first or rnd.expect != "promoted" or got == "stopped"):

@@ -18,6 +18,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+CHARS_PER_TOKEN = 4  # a classifier's text as an LLM API would count it: an estimate, said so wherever used
+
+
+def api_tokens_estimate(texts: list[str], prompt_tokens: float) -> float:
+    """The input tokens a classifier's request would cost at an LLM API: its text at CHARS_PER_TOKEN
+    characters a token, plus the instructions and label list (`cost.api_prompt_tokens`)."""
+    return sum(len(t) for t in texts) / max(len(texts), 1) / CHARS_PER_TOKEN + prompt_tokens
+
 
 @dataclass(frozen=True)
 class Capacity:
@@ -107,7 +115,7 @@ def report(model: str, champion: int | None, record: dict | None, hardware: str,
            hours: float, api: dict[str, tuple[float, float]], volume: float) -> dict:
     """One model's comparison from its capacity record, or why there is none ("unknown", never a guess)."""
     out = {"model": model, "champion": champion, "hardware": hardware, "usd_per_hour": usd_per_hour,
-           "monthly_requests": volume}
+           "hours_per_month": hours, "monthly_requests": volume}
     if champion is None:
         return {**out, "unknown": "no champion is served"}
     if not record:

@@ -19,6 +19,7 @@ and disk failures a `TransientError` (retried).
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import sys
 import time
@@ -203,6 +204,15 @@ def _evidence(ws: TaskSpace, params: Params) -> list[str]:
     return paths
 
 
+def _trained_tokens(train_metrics: Path) -> int | None:
+    """The tokens the run's training step went through (train's report), None when it did not train."""
+    try:
+        tokens = json.loads(train_metrics.read_text(encoding="utf-8")).get("train_tokens")
+    except (OSError, ValueError):
+        return None
+    return int(tokens) if isinstance(tokens, (int, float)) else None
+
+
 def _already_champion(store: registry.Store, gate: dict[str, Any]) -> dict[str, Any] | None:
     """When this run's gated candidate (its record, written by the gate task) already is the champion,
     there is nothing to register or move, nor to pull: say so."""
@@ -283,6 +293,7 @@ def record(shared: Shared, run: RunRef, info: dict[str, Any], review: dict[str, 
         compute = run_cost(records.load(ws.root).get("stages") or {},
                            (cp.train_on, cp.hardware[cp.train_on].usd_per_hour),
                            (cp.workers_on, cp.hardware[cp.workers_on].usd_per_hour))
+        compute["trained_tokens"] = _trained_tokens(ws.project / params.train.report_dir / "metrics.json")
         rec = records.update(ws.root, compute=compute, **({"review": review} if review else {}))
         branch = params.lineage.branch
         message = f"lineage: {run.model} {info.get('dag_id')} {run.run_id}\n\n{records.run_note(rec)}"

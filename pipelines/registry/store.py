@@ -286,6 +286,12 @@ def _store_version(store: Store, version: int, candidate: Path, manifest: dict[s
     return _sha(data)
 
 
+def read_evidence(store: Store, version: int, name: str) -> bytes | None:
+    """One evidence file kept beside `version` (`verify_version` checks it against the manifest), or None."""
+    path = store.path("versions", f"v{version:04d}", "evidence", name)
+    return store.fs.cat_file(path) if store.fs.exists(path) else None
+
+
 def version_dir(store: Store, version: int, cache: Path | None = None) -> Path:
     """A local directory with the files of `version` (downloaded for remote roots)."""
     src = store.path("versions", f"v{version:04d}", "files")

@@ -323,11 +323,11 @@ def install_routes(app, sp, models: dict[str, ServedModel], executor, metrics, c
             top = [{"label": loaded.labels[i], "score": float(p[i])} for i in order]
             results.append({"label": top[0]["label"], "score": top[0]["score"], "top_k": top, "route": "local"})
         if m.upstream is not None:
-            await m.upstream.reroute_low_confidence(req.texts, results, loaded.labels, metrics)
+            await m.upstream.reroute_low_confidence(req.texts, results, loaded, metrics)
         for r in results:
             if r["route"] == "local":
-                metrics.routed.labels("local").inc()
-        metrics.tokens.labels("local").inc(sum(len(t.split()) for t in req.texts))
+                metrics.routed.labels(m.name, "local").inc()
+        metrics.tokens.labels(m.name, "local").inc(sum(len(t.split()) for t in req.texts))
         return reply({"object": "classification", "model": m.name, "results": results}, loaded)
 
     async def _check_texts(texts: list[str], loaded) -> None:
@@ -384,7 +384,7 @@ def install_routes(app, sp, models: dict[str, ServedModel], executor, metrics, c
             return first, "local"
         retry = Sampling(0.7, 0.95, sampling.seed if sampling.seed is not None else 0, sampling.stop)
         again = await _generate(m, loaded, messages, None, max_tokens, retry)
-        metrics.tokens.labels("local").inc(first.prompt_tokens + first.completion_tokens)  # discarded, not free
+        metrics.tokens.labels(m.name, "local").inc(first.prompt_tokens + first.completion_tokens)  # discarded, not free
         if is_json_object(again.text):
             return again, "local"
         if m.upstream is not None:
@@ -448,13 +448,13 @@ def install_routes(app, sp, models: dict[str, ServedModel], executor, metrics, c
             body = await m.upstream.chat(messages, max_tokens, metrics)
             if body is not None and (not json_mode or is_json_object(
                     body.get("choices", [{}])[0].get("message", {}).get("content", ""))):
-                metrics.tokens.labels("local").inc(answer.prompt_tokens + answer.completion_tokens)  # spent anyway
+                metrics.tokens.labels(m.name, "local").inc(answer.prompt_tokens + answer.completion_tokens)  # spent anyway
                 return reply({**body, "route": "upstream", "local_mean_logprob": round(answer.mean_logprob, 4)}, loaded)
             flag = "upstream failed; answered locally"
         text, n_in, n_out = answer[:3]
         if route == "local":  # the upstream client counts its own requests and tokens
-            metrics.routed.labels("local").inc()
-            metrics.tokens.labels("local").inc(n_in + n_out)
+            metrics.routed.labels(m.name, "local").inc()
+            metrics.tokens.labels(m.name, "local").inc(n_in + n_out)
         body = {"id": completion_id(), "object": "chat.completion", "created": int(time.time()), "model": m.name,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                              "finish_reason": "length" if n_out >= max_tokens else "stop"}],
@@ -479,7 +479,7 @@ def install_routes(app, sp, models: dict[str, ServedModel], executor, metrics, c
             return _stream(m, loaded, None, req.prompt, max_tokens, "text_completion", req.sampling(),
                            bool(req.stream_options and req.stream_options.include_usage))
         text, n_in, n_out, _ = await _generate(m, loaded, None, req.prompt, max_tokens, req.sampling())
-        metrics.tokens.labels("local").inc(n_in + n_out)
+        metrics.tokens.labels(m.name, "local").inc(n_in + n_out)
         return reply({"id": completion_id(), "object": "text_completion", "created": int(time.time()), "model": m.name,
                       "choices": [{"index": 0, "text": text, "finish_reason": "length" if n_out >= max_tokens else "stop"}],
                       "usage": {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out},
@@ -565,7 +565,7 @@ def create_app(params: Params, alias: str = "champion", model: str | None = None
             name, Holder(registry.open_store(own.registry.root, name), alias, metrics, name),
             Batcher(sp.max_batch, sp.max_wait_ms, sp.max_queue, executor, metrics) if batching else None,
             GenerationBatcher(sp.max_generation_batch, executor, metrics, sp.generation_wait_ms) if batching else None,
-            Upstream.from_params(own.serve.fallback), own.serve.fallback)
+            Upstream.from_params(own.serve.fallback, name, own.cost.api.get(own.serve.fallback.model)), own.serve.fallback)
 
     async def lifespan(app):
         loop = asyncio.get_running_loop()

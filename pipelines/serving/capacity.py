@@ -28,11 +28,13 @@ from typing import Any
 from pipelines.core.config import Params
 from pipelines.core.dataio import read_dataset, write_json
 from pipelines.core.errors import InputError
+from pipelines.economics import cost
+from pipelines.economics.cost import CHARS_PER_TOKEN, api_tokens_estimate
 from pipelines.serving import loadtest
 from pipelines.tasks import task_spec
 
 CAPACITY_FILE = "reports/cost/capacity.json"
-CHARS_PER_TOKEN = 4
+PLOT_FILE = "reports/cost/volume.svg"
 
 
 def host() -> dict[str, Any]:
@@ -59,9 +61,8 @@ def workload(params: Params, folder: Path, limit: int = 64) -> dict[str, Any]:
         texts = [t for t in frame[data.text_column].astype(str).tolist() if t.strip()][:limit]
         if not texts:
             raise InputError(f"{data.raw}: no texts to send")
-        estimate = sum(len(t) for t in texts) / len(texts) / CHARS_PER_TOKEN
         return {"path": "/v1/classify", "bodies": [{"texts": [t]} for t in texts],
-                "api_input_tokens": round(estimate + params.cost.api_prompt_tokens, 1),
+                "api_input_tokens": round(api_tokens_estimate(texts, params.cost.api_prompt_tokens), 1),
                 "api_output_tokens": params.cost.api_answer_tokens,
                 "tokens_counted": f"estimated: text at {CHARS_PER_TOKEN} characters per token, plus "
                                   f"cost.api_prompt_tokens ({params.cost.api_prompt_tokens}) and api_answer_tokens"}
@@ -116,3 +117,72 @@ def measure(params: Params, folder: Path, version: int, seconds: float = 5.0,
               "output_tokens_per_request": work.get("api_output_tokens"), "tokens_counted": work["tokens_counted"]}
     write_json(folder / CAPACITY_FILE, record)
     return record
+
+
+def champion_of(name: str, folder: Path, params: Params) -> int | None:
+    """The version the model's serving alias points at (its registry, relative to the model folder)."""
+    from pipelines.registry import store as registry
+
+    root = params.registry.root
+    root = root if "://" in root or Path(root).is_absolute() else str((folder / root).resolve())
+    return registry.aliases(registry.read_ledger(registry.open_store(root, name))).get(params.serve.alias)
+
+
+def report(name: str, folder: Path, params: Params, hardware: str | None = None, volume: float | None = None,
+           measure_seconds: float | None = None) -> dict[str, Any]:
+    """The champion's self-hosted cost against API prices (`economics.cost.report`), from its kept
+    capacity record or, given `measure_seconds`, a new measurement; `unknown` with the reason otherwise."""
+    import json
+
+    cp = params.cost
+    kind = hardware or cp.serve_on
+    champion = champion_of(name, folder, params)
+    if measure_seconds is not None and champion is not None:
+        print(f"{name}: measuring v{champion} on loopback ({measure_seconds:g} s per load level) ...",
+              file=sys.stderr, flush=True)
+        record = measure(params, folder, champion, seconds=measure_seconds)
+    else:
+        try:
+            record = json.loads((folder / CAPACITY_FILE).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            record = None
+        except (OSError, ValueError) as err:
+            raise InputError(f"{folder / CAPACITY_FILE}: unreadable ({err}); run pipelines cost --measure") from None
+    api = {m: (cp.api[m].usd_per_1m_input, cp.api[m].usd_per_1m_output) for m in cp.compare_with}
+    return cost.report(name, champion, record, kind, cp.hardware[kind].usd_per_hour, cp.hours_per_month, api,
+                       volume or cp.monthly_requests)
+
+
+def write_plot(folder: Path, doc: dict[str, Any]) -> Path:
+    """The report's monthly bills against volume, kept beside the capacity record (atomic)."""
+    from pipelines.core.dataio import atomic_write_bytes
+    from pipelines.economics.plot import volume_svg
+
+    atomic_write_bytes(folder / PLOT_FILE, volume_svg(doc))
+    return folder / PLOT_FILE
+
+
+def table(r: dict) -> str:
+    """One model's comparison for people."""
+    head = f"{r['model']} on {r['hardware']} (${r['usd_per_hour']:g}/h)"
+    if "unknown" in r:
+        return f"{head}: unknown: {r['unknown']}"
+    m, c = r["measured"], r["capacity"]
+    host = m["host"]
+    lines = [f"{head}, champion v{r['champion']}: {c['requests_per_s']:g} requests/s at p99 {c['p99_ms']:g} ms "
+             f"(objective {m['slo_p99_ms']:g} ms, {c['concurrency']} clients); measured {m['measured_at']} on "
+             f"{host['cpu']} x{host['cores']}{' + ' + ', '.join(host['gpus']) if host['gpus'] else ''}",
+             f"  a request: {m['input_tokens_per_request']:g} tokens in, {m['output_tokens_per_request']:g} out "
+             f"({m['tokens_counted']})" + (
+                 f"; self-hosted per 1M tokens: ${r['self_hosted']['usd_per_1m_tokens'] or 0:.4f} in+out, "
+                 f"${r['self_hosted']['usd_per_1m_output_tokens'] or 0:.4f} out (prefill free)"
+                 if m["route"] == "/v1/chat/completions" else ""),
+             f"  {'API':<20}{'self $/1k req':>15}{'API $/1k req':>15}{'API/self':>10}{'break-even req/month':>22}"
+             f"   at {r['monthly_requests']:,.0f} req/month: self-hosted vs API"]
+    for row in r["rows"]:
+        even = row["break_even_requests_per_month"]
+        month = row["at_volume"]
+        lines.append(f"  {row['api']:<20}{row['self_hosted_usd_per_1k']:>15.6f}{row['api_usd_per_1k']:>15.6f}"
+                     f"{row['ratio']:>9.1f}x{(f'{even:,.0f}' if even is not None else 'never'):>22}"
+                     f"   ${month['self_hosted_usd']:,.2f} ({month['machines']} machine(s)) vs ${month['api_usd']:,.2f}")
+    return "\n".join(lines)

@@ -45,6 +45,7 @@ class Loaded:
     labels: list[str] | None
     max_length: int
     count_tok: Any = None  # a private copy for request checks: a tokenizer's truncation state is not thread-safe
+    route_threshold: float | None = None  # hybrid routing's threshold tuned by the version's evaluation
 
 
 def load_version(store, version: int) -> Loaded:
@@ -77,7 +78,18 @@ def load_version(store, version: int) -> Loaded:
     else:
         batching.ensure_chat_template(tok)
     return Loaded(version, config["task"], model, tok, labels, int(config["params"]["max_length"]),
-                  count_tok=copy.deepcopy(tok))
+                  count_tok=copy.deepcopy(tok),
+                  route_threshold=tuned_threshold(registry.read_evidence(store, version, ROUTING_EVIDENCE)))
+
+
+ROUTING_EVIDENCE = "evaluate_routing.json"  # evaluate's routing.json, as a promotion names it
+
+
+def tuned_threshold(blob: bytes | None) -> float | None:
+    """The routing threshold a version's evaluation chose (its routing evidence, checked against the
+    manifest by `verify_version`), or None when it has none."""
+    threshold = json.loads(blob).get("threshold") if blob else None
+    return float(threshold) if isinstance(threshold, (int, float)) else None
 
 
 def classify(loaded: Loaded, texts: list[str]):
@@ -207,10 +219,13 @@ class Metrics:
                              registry=self.registry)
         self.load_failures = Counter("pipelines_model_load_failures_total", "Versions that failed to load or warm",
                                      registry=self.registry)
-        self.routed = Counter("pipelines_route_requests_total", "Requests (texts) by serving route", ["route"],
+        self.routed = Counter("pipelines_route_requests_total", "Requests (texts) by model and serving route",
+                              ["model", "route"], registry=self.registry)
+        self.tokens = Counter("pipelines_route_tokens_total", "Tokens by model and serving route", ["model", "route"],
                               registry=self.registry)
-        self.tokens = Counter("pipelines_route_tokens_total", "Tokens by serving route", ["route"],
-                              registry=self.registry)
+        self.cost = Counter("pipelines_route_cost_usd_total", "Upstream API spend by model, its usage at the "
+                            "`cost.api` list price (the local route's cost is the machine's hours)",
+                            ["model", "route"], registry=self.registry)
         self.generation_batch = Histogram("pipelines_generation_batch_size", "Generations per batched generate",
                                           registry=self.registry, buckets=(1, 2, 4, 8, 16, 32, 64))
         self.cancelled = Counter("pipelines_generations_cancelled_total",

@@ -14,15 +14,27 @@ from typing import Any
 log = logging.getLogger("pipelines.serving.engine")
 
 
+DEFAULT_THRESHOLD = 0.5  # `classify_threshold: tuned` for a version whose evaluation tuned none
+
+
 class Upstream:
-    def __init__(self, url: str, key: str | None, model: str, threshold: float, timeout: float) -> None:
+    def __init__(self, url: str, key: str | None, model: str, threshold: float | str, timeout: float,
+                 served: str = "", price=None) -> None:
         self.url, self.key, self.model, self.threshold, self.timeout = url.rstrip("/"), key, model, threshold, timeout
+        self.served, self.price = served, price  # the served model's name (metric label); the API's ApiPrice
 
     @classmethod
-    def from_params(cls, fb) -> "Upstream | None":
+    def from_params(cls, fb, served: str = "", price=None) -> "Upstream | None":
         if not fb.url:
             return None
-        return cls(fb.url, os.environ.get(fb.api_key_env), fb.model, fb.classify_threshold, fb.timeout_s)
+        return cls(fb.url, os.environ.get(fb.api_key_env), fb.model, fb.classify_threshold, fb.timeout_s,
+                   served, price)
+
+    def threshold_for(self, loaded) -> float:
+        """A hand-set threshold, else the one the served version's evaluation tuned, else 0.5."""
+        if isinstance(self.threshold, (int, float)):
+            return float(self.threshold)
+        return loaded.route_threshold if loaded.route_threshold is not None else DEFAULT_THRESHOLD
 
     async def _post(self, messages: list[dict], max_tokens: int) -> dict[str, Any]:
         import httpx
@@ -37,8 +49,13 @@ class Upstream:
             return body
 
     def _count(self, body: dict, metrics) -> None:
-        metrics.routed.labels("upstream").inc()
-        metrics.tokens.labels("upstream").inc(int((body.get("usage") or {}).get("total_tokens", 0)))
+        usage = body.get("usage") or {}
+        metrics.routed.labels(self.served, "upstream").inc()
+        metrics.tokens.labels(self.served, "upstream").inc(int(usage.get("total_tokens", 0)))
+        if self.price is not None:
+            metrics.cost.labels(self.served, "upstream").inc(
+                (int(usage.get("prompt_tokens", 0)) * self.price.usd_per_1m_input
+                 + int(usage.get("completion_tokens", 0)) * self.price.usd_per_1m_output) / 1e6)
 
     async def chat(self, messages: list[dict], max_tokens: int, metrics) -> dict | None:
         try:
@@ -49,10 +66,11 @@ class Upstream:
         self._count(body, metrics)
         return body
 
-    async def reroute_low_confidence(self, texts: list[str], results: list[dict], labels: list[str], metrics) -> None:
+    async def reroute_low_confidence(self, texts: list[str], results: list[dict], loaded, metrics) -> None:
         """Ask the upstream to classify each text whose top score is under the threshold."""
+        labels, threshold = loaded.labels, self.threshold_for(loaded)
         for text, result in zip(texts, results):
-            if result["score"] >= self.threshold:
+            if result["score"] >= threshold:
                 continue
             prompt = [{"role": "system", "content": "Classify the user's message. Answer with exactly one label from: "
                        + ", ".join(labels)}, {"role": "user", "content": text}]

@@ -12,6 +12,9 @@ paired test), `confusion.csv` (DVC confusion plot) and `confusion.png` for class
   the golden prompts (JSONL of `prompt` + `expect` regex) as regression checks, and the same answer
   scores for the base model (the candidate with its adapter switched off: `metrics.json`'s `base`,
   `base_*` columns) so the gate can require that fine-tuning beat it.
+- classification, also `routing.json`: hybrid routing's threshold, tuned on the validation split
+  (`route` params, `pipelines.economics.routing`), with its frontier and the counts it came from; a
+  promotion keeps it as the version's evidence and serving routes by it.
 """
 from __future__ import annotations
 
@@ -31,6 +34,8 @@ from pipelines.core.config import Params
 from pipelines.core.dataio import atomic_dir, normalise_text, read_file, write_json
 from pipelines.core.errors import InputError
 from pipelines.core.hashing import content_hash, sha256_file
+from pipelines.economics import routing
+from pipelines.economics.cost import api_tokens_estimate
 from pipelines.inference import predict
 from pipelines.tasks import task_spec
 from pipelines.training import batching
@@ -292,6 +297,7 @@ def evaluate(params: Params, champion_dir: Path | None = None, champion_version:
         per.to_parquet(tmp / "predictions.parquet", index=False)
         if task_spec(params.data.task).labelled:
             _confusion(tmp, cand_dir, cand_per)
+            write_json(tmp / "routing.json", route(cand_dir, params))
         else:  # keep the declared DVC plot present for every task
             (tmp / "confusion.csv").write_text("actual,predicted\n", encoding="utf-8")
     summary = {k: round(v, 4) for k, v in cand_metrics.items() if isinstance(v, float)}
@@ -299,6 +305,26 @@ def evaluate(params: Params, champion_dir: Path | None = None, champion_version:
           + (f"; champion v{champion_version}: accuracy {champ_metrics.get('accuracy', float('nan')):.4f}"
              if champ_metrics and "accuracy" in champ_metrics else ""), file=sys.stderr)
     return doc
+
+
+def route(model_dir: Path, params: Params) -> dict:
+    """The classifier's routing evidence: its scores on the validation split tallied per threshold,
+    and (when the upstream's accuracy and a floor are known) the frontier and the threshold chosen on
+    it; otherwise `threshold: null` and the reason."""
+    path = Path(params.prepare.output_dir) / "validation.parquet"
+    frame = pd.read_parquet(path) if path.exists() else pd.DataFrame(columns=["text", "label"])
+    if frame.empty:
+        return {"threshold": None, "reason": f"{path}: no validation rows to tune on"}
+    hw = select_hardware(params.train.precision)
+    model, tok = load_trained(model_dir, hw.device, hw.dtype_name)
+    label_map = json.loads((model_dir / "label_map.json").read_text(encoding="utf-8"))
+    texts = frame["text"].astype(str).tolist()
+    probs = predict.classify(model, tok, texts, params.train.max_length, 64)
+    known = frame["label"].map(label_map)
+    counts = {**routing.tally(probs.max(1).tolist(), (probs.argmax(1) == known.fillna(-1).to_numpy()).tolist()),
+              "text_tokens": round(api_tokens_estimate(texts, 0), 1)}
+    return {"scored_on": {"kind": "validation_split", "path": str(path), "sha256": sha256_file(path)},
+            "counts": counts, **routing.tune(counts, params)}
 
 
 def _confusion(out: Path, model_dir: Path, per: pd.DataFrame) -> None:

@@ -163,6 +163,7 @@ def test_models_page_in_a_real_browser(airflow, tmp_path):
 
     af = airflow
     shot = tmp_path / "mlops-models.png"
+    pipelines(af["repo"], "--model", "text-classifier", "cost", "--measure", "--seconds", "1")  # for the cost page
     with _browser(af) as page:
         page.goto(f"{af['url']}/plugin/mlops", wait_until="networkidle")  # the UI's nav entry: an iframe
         frame = _frame(page, "/mlops/")
@@ -174,6 +175,14 @@ def test_models_page_in_a_real_browser(airflow, tmp_path):
         assert points.count() >= 1 and 0 < float(points.first.get_attribute("data-value")) <= 1
         assert "promoted v1" in page.inner_text("#decisions")  # each run's outcome
         page.screenshot(path=str(tmp_path / "mlops-model.png"), full_page=True)
+        page.click("#cost-link")  # what it costs: served against API prices, routed, trained
+        page.wait_for_selector("#volume-plot")
+        for plot in ("#volume-plot", "#frontier-plot"):  # both pictures drew (an <img> that failed has no width)
+            assert page.evaluate(f"document.querySelector('{plot}').naturalWidth") > 0, plot
+        assert "gpt-4o-mini" in page.inner_text("#comparison") and "x" in page.inner_text("#comparison")
+        assert float(page.inner_text("#serving")) == float(page.inner_text("#chosen"))  # the tuned one serves
+        assert "run(s), $" in page.inner_text("#runs-total") and page.locator("#runs tr").count() >= 2
+        page.screenshot(path=str(tmp_path / "mlops-cost.png"), full_page=True)
         page.goto(f"{af['url']}/mlops/models/text-classifier/versions/1")
         assert page.inner_text("#verdict") == "verified"
         assert page.locator("#checklist tr.pass").count() >= 3 and page.locator("#checklist tr.fail").count() == 0
@@ -183,7 +192,7 @@ def test_models_page_in_a_real_browser(airflow, tmp_path):
         cells = page.locator("#confusion rect.cell").count()  # the confusion matrix: a square of labels
         assert cells >= 4 and round(cells ** 0.5) ** 2 == cells
         page.screenshot(path=str(tmp_path / "mlops-version.png"), full_page=True)
-    for name in ("mlops-models.png", "mlops-model.png", "mlops-version.png"):
+    for name in ("mlops-models.png", "mlops-model.png", "mlops-cost.png", "mlops-version.png"):
         image = Image.open(tmp_path / name)
         assert image.size[0] == 1280 and len(set(image.convert("L").getdata())) > 20, name  # rendered, not blank
 

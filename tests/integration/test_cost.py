@@ -62,6 +62,8 @@ def test_measured_on_loopback_and_set_against_api_prices(model):
         assert row["at_volume"]["requests"] == 2_000_000 and row["at_volume"]["machines"] >= 1
     mini, big = report["rows"]
     assert big["api_usd_per_1k"] > mini["api_usd_per_1k"] > 0  # the text's tokens plus the prompt, priced
+    svg = (folder / "reports" / "cost" / "volume.svg").read_text()  # both bills against volume, drawn
+    assert "<svg" in svg and "requests a month" in svg and "gpt-4o-mini" in svg and "break-even" in svg
     table = cost(folder).stdout  # read back from the record, no new measurement
     assert "gpt-4o-mini" in table and "break-even" in table and f"{best['requests_per_s']:g} requests/s" in table
 
@@ -93,3 +95,14 @@ def test_a_damaged_measurement_is_named(model, tmp_path):
     finally:
         if saved is not None:
             kept.write_bytes(saved)
+
+
+def test_route_tune_says_why_a_champion_without_a_routing_tally_has_no_frontier(model):
+    folder, _ = model
+    out = subprocess.run([sys.executable, "-m", "pipelines", "route", "tune", "--json"], cwd=folder,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    doc, = json.loads(out.stdout)
+    assert "has no routing tally: promoted before evaluate tuned routing" in doc["unknown"]
+    assert doc["serving"] == {"threshold": 0.5, "source": "the default: the version's evaluation tuned none"}
+    assert not (folder / "reports" / "route" / "tune.json").exists()

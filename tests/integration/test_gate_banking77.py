@@ -31,6 +31,7 @@ def test_gate_passes_good_and_rejects_degraded_candidate(banking77, tmp_path):
         "evaluate": {"report_dir": str(tmp_path / "eval"), "latency_samples": 10},
         "gate": {"decision_path": str(tmp_path / "decision.json")},
         "registry": {"root": str(tmp_path / "registry")},
+        "route": {"upstream_accuracy": 0.9, "min_accuracy": 0.95},
     })
     store = registry.open_store(params.registry.root, params.registry.model_name)
     registry.init(store)
@@ -39,6 +40,17 @@ def test_gate_passes_good_and_rejects_degraded_candidate(banking77, tmp_path):
     evaluate(params)
     good = run_gate(params)
     assert good["passed"] and good["champion_version"] is None
+    # hybrid routing tuned on the validation split: the cheapest threshold reaching 0.95 with the upstream
+    routing = json.loads((tmp_path / "eval" / "routing.json").read_text())
+    assert routing["counts"]["n"] == len(val) and routing["scored_on"]["kind"] == "validation_split"
+    never = routing["frontier"][0]
+    assert never["upstream_share"] == 0 and never["accuracy"] == pytest.approx(routing["counts"]["correct"] / len(val), abs=1e-4)
+    chosen = routing["chosen"]
+    meeting = [p for p in routing["frontier"] if p["accuracy"] >= 0.95]
+    assert chosen["meets_floor"] is bool(meeting) and routing["threshold"] == chosen["threshold"]
+    assert not meeting or chosen["upstream_share"] == min(p["upstream_share"] for p in meeting)
+    shares = [p["upstream_share"] for p in routing["frontier"]]
+    assert shares == sorted(shares) and routing["frontier"][-1]["api_usd_per_1k"] > 0  # more routed, more spent
     registry.promote(store, "text-classifier", tmp_path / "cand", tmp_path / "decision.json",
                      tmp_path / "eval" / "metrics.json")
 

@@ -75,10 +75,21 @@ def test_first_run_promotes_and_leaves_a_verified_lineage(repo):
     spent = record["compute"]
     assert set(spent["tasks"]) == STAGES and spent["unknown"] == [] and spent["usd"] > 0
     assert spent["tasks"]["train"]["hardware"] == "cpu-2vcpu"
+    train_report = json.loads(git(repo, "show", f"lineage:{MODEL}/reports/train/metrics.json"))
+    assert spent["trained_tokens"] == train_report["train_tokens"] > 0  # the tokens it trained on
     assert spent["tasks"]["train"]["usd"] == pytest.approx(spent["tasks"]["train"]["seconds"] / 3600 * 0.0816)
     assert record["note"].endswith(f"compute {spent['seconds']:.0f} s, ${spent['usd']:.4f}")
     listed, = json.loads(pipelines(repo, "--model", "text-classifier", "cost", "--runs", "--json").stdout)
     assert listed["usd"] == pytest.approx(spent["usd"]) and listed["runs"][0]["run_id"] == record["run_id"]
+    # the routing threshold its evaluation tuned travels with the version, and serving uses it
+    assert "evaluate_routing.json" in json.loads(
+        (repo / "registry" / "text-classifier" / "versions" / "v0001" / "manifest.json").read_text())["evidence"]
+    tuned, = json.loads(model_cli(repo, "route", "tune", "--json").stdout)
+    assert tuned["champion"] == 1 and tuned["upstream"]["accuracy"] == 0.85 and len(tuned["frontier"]) == 101
+    assert tuned["serving"] == {"threshold": tuned["threshold"],
+                                "source": "tuned by the version's evaluation (its routing evidence)"}
+    assert (repo / MODEL / "reports" / "route" / "tune.json").is_file()
+    assert "<- chosen, served" in model_cli(repo, "route", "tune").stdout
 
 
 def test_new_drop_with_form_params_trains_a_challenger(repo):

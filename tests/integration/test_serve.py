@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipelines.core.config import parse_params
+from pipelines.registry import store as registry
 from pipelines.serving.app import create_app
 from tests.serving_support import build_registry, start_loopback
 from tests.tiny_models import build_causal
@@ -194,8 +195,10 @@ def test_hybrid_routing_low_confidence_goes_upstream_and_failures_fall_back(cls_
             assert r["route"] == "upstream" and r["label"] == "change_pin" and "local_label" in r
             assert "change_pin" in up.calls[-1]["messages"][0]["content"]
             metrics = c.get("/metrics").text
-            assert 'pipelines_route_requests_total{route="upstream"} 1.0' in metrics
-            assert 'pipelines_route_tokens_total{route="upstream"} 12.0' in metrics
+            assert 'pipelines_route_requests_total{model="text-classifier",route="upstream"} 1.0' in metrics
+            assert 'pipelines_route_tokens_total{model="text-classifier",route="upstream"} 12.0' in metrics
+            # 10 prompt and 2 completion tokens at gpt-4o-mini's list price ($0.15 / $0.60 per 1M)
+            assert 'pipelines_route_cost_usd_total{model="text-classifier",route="upstream"} 2.7e-06' in metrics
             up.answer = "not-a-label"
             r = c.post("/v1/classify", json={"texts": ["something unclear"]}).json()["results"][0]
             assert r["route"] == "local" and "fallback_error" in r
@@ -205,6 +208,27 @@ def test_hybrid_routing_low_confidence_goes_upstream_and_failures_fall_back(cls_
                                                         "classify_threshold": 0.999, "timeout_s": 1})) as c:
             r = c.post("/v1/classify", json={"texts": ["something unclear"]})
             assert r.status_code == 200 and r.json()["results"][0]["fallback_error"].startswith("upstream failed")
+    finally:
+        up.stop()
+
+
+@pytest.mark.parametrize("classify_threshold, tuned, routed", [
+    ("tuned", 0.999, True),   # the served version's own threshold (its routing evidence)
+    ("tuned", 0.0, False),
+    (0.999, 0.0, True),       # a hand-set number wins over it
+])
+def test_the_served_versions_tuned_threshold_decides_the_route(cls_registry, tmp_path, classify_threshold, tuned,
+                                                               routed):
+    store = registry.open_store(str(tmp_path / "registry"), "text-classifier")
+    registry.init(store)
+    registry.promote(store, "text-classifier", *cls_registry["candidates"][0], None,
+                     evidence={"evaluate_routing.json": json.dumps({"threshold": tuned}).encode()})
+    up = FakeUpstream("change_pin")
+    try:
+        reg = {"root": tmp_path, "model": "text-classifier"}
+        with TestClient(app_for(reg, fallback={"url": up.url, "classify_threshold": classify_threshold})) as c:
+            r = c.post("/v1/classify", json={"texts": ["something unclear"]}).json()["results"][0]
+            assert (r["route"] == "upstream") is routed and r["label"] == ("change_pin" if routed else r["label"])
     finally:
         up.stop()
 
@@ -269,7 +293,7 @@ def test_json_mode_falls_back_to_the_upstream_when_the_local_answer_is_not_json(
             assert r.status_code == 200, r.text
             assert r.json()["route"] == "upstream"
             assert json.loads(r.json()["choices"][0]["message"]["content"]) == {"intent": "refund"}
-            assert 'pipelines_route_requests_total{route="upstream"} 1.0' in c.get("/metrics").text
+            assert 'pipelines_route_requests_total{model="text-gen",route="upstream"} 1.0' in c.get("/metrics").text
     finally:
         up.stop()
 
@@ -291,8 +315,8 @@ def test_unsure_greedy_answers_go_upstream(gen_registry, floor, extra, route):
             if route == "upstream":
                 assert body["choices"][0]["message"]["content"] == "I will pass this to a specialist."
                 assert floor > body["local_mean_logprob"] > -50
-                assert 'pipelines_route_requests_total{route="upstream"} 1.0' in metrics
-                assert re.search(r'pipelines_route_tokens_total\{route="local"\} [1-9]', metrics)  # spent anyway
+                assert 'pipelines_route_requests_total{model="text-gen",route="upstream"} 1.0' in metrics
+                assert re.search(r'pipelines_route_tokens_total\{model="text-gen",route="local"\} [1-9]', metrics)  # spent anyway
             else:
                 assert "local_mean_logprob" not in body and 'route="upstream"} 1.0' not in metrics
     finally:

@@ -246,3 +246,50 @@ def test_a_version_page_in_trouble_says_so_in_words(client, tmp_path):
     assert page.status_code == 200 and '<span id="verdict">NOT verified</span>' in page.text
     assert "gate: no gate decision stored with this version" in page.text  # each broken link named
     assert client.get("/models/text-classifier").status_code == 200  # the other pages keep working
+
+
+def test_the_cost_page_sets_serving_against_api_prices_and_draws_the_routing_frontier(client, tmp_path):
+    from pipelines.economics import routing
+
+    page = client.get("/models/text-classifier/cost?format=json").json()
+    assert "no throughput measurement yet" in page["served"]["unknown"]
+    assert "has no routing tally" in page["routed"]["unknown"] and page["routed"]["serving"]["threshold"] == 0.5
+    assert page["runs_without_cost"] == 1 and page["runs_usd"] == 0
+    assert client.get("/models/text-classifier/cost/volume.svg").status_code == 404
+
+    # v3 tuned its routing on five validation answers; its capacity measured; a run with its compute
+    folder = tmp_path / "projects" / "text-classifier"
+    (folder / "params.yaml").write_text("registry: {root: ../../registry, model_name: text-classifier}\n"
+                                        "route: {upstream_accuracy: 0.9, min_accuracy: 0.8}\n")
+    counts = {**routing.tally([0.2, 0.4, 0.6, 0.9, 0.95], [False, True, False, True, True]), "text_tokens": 10}
+    store = registry.open_store(str(tmp_path / "registry"), "text-classifier")
+    registry.promote(store, "text-classifier", *_candidate(tmp_path / "c3", b"3"), None, by="tester",
+                     evidence={"evaluate_routing.json": json.dumps({"threshold": 0.61, "counts": counts}).encode()})
+    (folder / "reports" / "cost").mkdir(parents=True)
+    (folder / "reports" / "cost" / "capacity.json").write_text(json.dumps({
+        "version": 3, "best": {"requests_per_s": 100.0, "p99_ms": 50.0, "concurrency": 8},
+        "input_tokens_per_request": 160.0, "output_tokens_per_request": 5, "route": "/v1/classify",
+        "slo_p99_ms": 500, "measured_at": "2026-11-27T00:00:00Z", "tokens_counted": "estimated",
+        "host": {"cpu": "test", "cores": 2, "gpus": []}}))
+    record(tmp_path, "text-classifier", "manual__2", compute={"usd": 0.0123, "seconds": 543.0},
+           note="promoted text-classifier v3; compute 543 s, $0.0123")
+
+    page = client.get("/models/text-classifier/cost?format=json").json()
+    mini = page["served"]["rows"][0]
+    own = 0.0816 / (3600 * 100.0) * 1000
+    assert mini["api"] == "gpt-4o-mini" and mini["self_hosted_usd_per_1k"] == pytest.approx(own)
+    assert mini["ratio"] == pytest.approx((160 * 0.15 + 5 * 0.60) / 1e6 * 1000 / own)
+    routed = page["routed"]
+    assert routed["champion"] == 3 and routed["chosen"]["threshold"] == 0.61 and routed["chosen"]["accuracy"] == 0.94
+    assert routed["serving"]["threshold"] == 0.61 and routed["local"]["usd_per_1k"] == pytest.approx(own, abs=1e-6)
+    at = next(p for p in routed["frontier"] if p["threshold"] == 0.61)
+    assert at["usd_per_1k"] == pytest.approx(at["api_usd_per_1k"] + routed["local"]["usd_per_1k"])
+    assert page["runs_usd"] == pytest.approx(0.0123) and page["runs_without_cost"] == 1
+    html = client.get("/models/text-classifier/cost").text
+    assert 'id="volume-plot"' in html and 'id="frontier-plot"' in html and "$0.0123" in html
+    assert '<b id="chosen">0.61</b>' in html and "gpt-4o-mini" in html
+    for picture, says in (("volume", "break-even"), ("frontier", "threshold 0.61")):
+        svg = client.get(f"/models/text-classifier/cost/{picture}.svg")
+        assert svg.status_code == 200 and svg.headers["content-type"] == "image/svg+xml" and says in svg.text
+    assert client.get("/models/text-classifier/cost/pie.svg").status_code == 404
+    assert 'id="cost-link"' in client.get("/models/text-classifier").text
