@@ -357,10 +357,14 @@ def _cost_folders(args: argparse.Namespace) -> list:
     """(name, folder, params) of the model this command runs in, or of every model of the checkout."""
     from pathlib import Path
 
-    from pipelines.core.config import load_params
+    from pipelines.core.config import check_model_name, load_params
 
     if args.params or Path("params.yaml").exists():
         params = _params(args)
+        if args.model and args.model != params.registry.model_name:
+            check_model_name(args.model)
+            raise ConfigError(f"--model {args.model}: these params are {params.registry.model_name}'s; run from the "
+                              f"checkout's root, or `pipelines --model {args.model} ...`")
         return [(params.registry.model_name, Path.cwd(), params)]
     projects = find_projects(Path.cwd())
     if projects is None:

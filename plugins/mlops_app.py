@@ -232,7 +232,9 @@ def _cost(model: str) -> dict[str, Any]:
     runs = [{"run_id": r.get("run_id"), "note": r.get("note"), **{k: (r.get("compute") or {}).get(k)
                                                                    for k in ("usd", "seconds", "trained_tokens")}}
             for r in _records(model)]
-    return {"model": model, "served": served, "routed": routed, "runs": runs,
+    lc = params.lifecycle
+    so_far = route_tune.served_so_far(list(lc.serving_urls), model, os.environ.get(lc.serving_key_env))
+    return {"model": model, "served": served, "routed": routed, "runs": runs, "so_far": so_far,
             "runs_usd": sum(r["usd"] for r in runs if isinstance(r["usd"], (int, float))),
             "runs_without_cost": sum(1 for r in runs if not isinstance(r["usd"], (int, float)))}
 

@@ -291,6 +291,7 @@ class LifecycleParams(_Section):
     gate_floor: GateBounds = GateBounds()               # overrides may tighten freely, loosen only to here
     serving_urls: tuple[str, ...] = ()                  # servers to confirm the swap with after promotion
     serving_timeout_s: float = Field(120.0, gt=0.0)
+    serving_key_env: str = "PIPELINES_SERVING_KEY"     # env var with an API key of those servers (their /metrics)
     approvers: tuple[str, ...] = ()                     # Airflow user ids who may answer a run's approval step; empty: any user allowed to edit the DAG
     approval_timeout_h: float = Field(72.0, gt=0.0)     # unanswered this long: the approval step fails and nothing is promoted
 

@@ -129,3 +129,34 @@ def table(doc: dict[str, Any], step: float = 0.1) -> str:
     if doc["local"].get("reason"):
         lines.append(f"  local cost: unknown ({doc['local']['reason']})")
     return "\n".join(lines)
+
+
+ROUTE_METRICS = {"pipelines_route_requests": "requests", "pipelines_route_tokens": "tokens",
+                 "pipelines_route_cost_usd": "usd"}
+
+
+def served_so_far(urls: list[str], model: str, key: str | None = None, timeout: float = 3.0) -> list[dict[str, Any]]:
+    """Per server: this model's requests, tokens and upstream spend by route since it started, read
+    from its /metrics; an unreachable or refusing server is named with the reason."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = []
+    for url in urls:
+        try:
+            r = httpx.get(f"{url.rstrip('/')}/metrics", timeout=timeout,
+                          headers={"Authorization": f"Bearer {key}"} if key else {})
+            r.raise_for_status()
+        except httpx.HTTPError as err:
+            status = getattr(getattr(err, "response", None), "status_code", None)
+            out.append({"url": url, "error": f"HTTP {status}" if status else f"unreachable ({type(err).__name__})"})
+            continue
+        routes: dict[str, dict[str, float]] = {}
+        for family in text_string_to_metric_families(r.text):
+            field = ROUTE_METRICS.get(family.name)
+            for sample in family.samples if field else ():
+                if sample.name.endswith("_total") and sample.labels.get("model") == model:
+                    routes.setdefault(sample.labels["route"], {"requests": 0.0, "tokens": 0.0, "usd": 0.0})[
+                        field] = sample.value
+        out.append({"url": url, "routes": routes})
+    return out

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import httpx
 import pandas as pd
 import pytest
 import yaml
@@ -106,3 +107,38 @@ def test_route_tune_says_why_a_champion_without_a_routing_tally_has_no_frontier(
     assert "has no routing tally: promoted before evaluate tuned routing" in doc["unknown"]
     assert doc["serving"] == {"threshold": 0.5, "source": "the default: the version's evaluation tuned none"}
     assert not (folder / "reports" / "route" / "tune.json").exists()
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--upstream-accuracy", "1.5"], "--upstream-accuracy: must be within [0, 1], not 1.5"),
+    (["--min-accuracy", "high"], "--min-accuracy: 'high' is not a number"),
+    (["--model", "../etc"], "invalid model name '../etc'"),
+    (["--model", "it-helpdesk"], "--model it-helpdesk: these params are text-classifier's"),
+])
+def test_route_tune_bad_input_is_one_line(model, args, says):
+    out = subprocess.run([sys.executable, "-m", "pipelines", "route", "tune", *args], cwd=model[0],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and says in out.stderr and "Traceback" not in out.stderr
+
+
+def test_what_a_server_has_served_per_route_is_read_from_its_metrics(model, monkeypatch):
+    from pipelines.core.config import parse_params
+    from pipelines.serving.app import create_app
+    from pipelines.serving.route_tune import served_so_far
+    from tests.serving_support import start_loopback
+
+    folder, _ = model
+    monkeypatch.setenv("PIPELINES_API_KEYS", "k1")
+    params = parse_params({"registry": {"root": str(folder.parent / "registry"), "model_name": "text-classifier"}})
+    server, url = start_loopback(create_app(params, poll=False))
+    try:
+        r = httpx.post(f"{url}/v1/classify", json={"texts": ["my card is lost", "hello"]},
+                       headers={"Authorization": "Bearer k1"}, timeout=60)
+        assert r.status_code == 200, r.text
+        seen, gone = served_so_far([url, "http://127.0.0.1:9"], "text-classifier", "k1")
+        refused, = served_so_far([url], "text-classifier", "wrong")
+        assert seen["routes"]["local"]["requests"] == 2 and seen["routes"]["local"]["tokens"] > 0
+        assert refused == {"url": url, "error": "HTTP 401"} and gone["error"].startswith("unreachable")
+        assert served_so_far([url], "another-model", "k1")[0]["routes"] == {}
+    finally:
+        server.should_exit = True

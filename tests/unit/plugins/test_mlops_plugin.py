@@ -254,7 +254,7 @@ def test_the_cost_page_sets_serving_against_api_prices_and_draws_the_routing_fro
     page = client.get("/models/text-classifier/cost?format=json").json()
     assert "no throughput measurement yet" in page["served"]["unknown"]
     assert "has no routing tally" in page["routed"]["unknown"] and page["routed"]["serving"]["threshold"] == 0.5
-    assert page["runs_without_cost"] == 1 and page["runs_usd"] == 0
+    assert page["runs_without_cost"] == 1 and page["runs_usd"] == 0 and page["so_far"] == []  # no serving_urls
     assert client.get("/models/text-classifier/cost/volume.svg").status_code == 404
 
     # v3 tuned its routing on five validation answers; its capacity measured; a run with its compute
