@@ -436,7 +436,7 @@ def _route_tune(args: argparse.Namespace) -> int:
 
     docs = []
     for name, folder, params in _cost_folders(args):
-        doc = route_tune.report(name, folder, params, args.upstream_accuracy, args.min_accuracy)
+        doc = route_tune.report(name, folder, params, args.upstream_accuracy, args.min_accuracy, args.sample)
         if "frontier" in doc:
             route_tune.write(folder, doc)
         docs.append(doc)
@@ -619,7 +619,10 @@ def build_parser() -> argparse.ArgumentParser:
     ro = sub.add_parser("route", help="hybrid routing").add_subparsers(dest="route_command", required=True)
     rt = ro.add_parser("tune", help="the champion's cost-quality frontier: share upstream, accuracy, $ per threshold")
     rt.add_argument("--model", default=None, help="one model (default: every model of the checkout)")
-    rt.add_argument("--upstream-accuracy", type=_share, default=None, help="instead of route.upstream_accuracy")
+    given = rt.add_mutually_exclusive_group()
+    given.add_argument("--upstream-accuracy", type=_share, default=None, help="instead of route.upstream_accuracy")
+    given.add_argument("--sample", type=_positive_int, default=None, metavar="N",
+                       help="measure it: ask serve.fallback's upstream to classify N labelled raw rows (no PII sent)")
     rt.add_argument("--min-accuracy", type=_share, default=None, help="instead of route.min_accuracy")
     rt.add_argument("--json", action="store_true")
     rt.set_defaults(handler=_route_tune)

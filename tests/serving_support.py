@@ -38,6 +38,32 @@ def start_loopback(app):
     return server, f"http://127.0.0.1:{port}"
 
 
+class FakeUpstream:
+    """An OpenAI-compatible upstream on loopback (the frontier API's stand-in: none runs here) that
+    answers a fixed label or `answer(request body)`, or fails on demand."""
+
+    def __init__(self, answer):
+        from fastapi import FastAPI, HTTPException
+
+        self.answer, self.fail, self.calls = answer, False, []
+        app = FastAPI()
+
+        @app.post("/v1/chat/completions")
+        async def chat(body: dict):
+            self.calls.append(body)
+            if self.fail:
+                raise HTTPException(500, "boom")
+            content = self.answer(body) if callable(self.answer) else self.answer
+            return {"id": "x", "object": "chat.completion", "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12}}
+
+        self.server, self.url = start_loopback(app)
+
+    def stop(self):
+        self.server.should_exit = True
+
+
 def _prepared(root: Path, task: str) -> Path:
     out = root / "prepared"
     out.mkdir(parents=True, exist_ok=True)

@@ -73,8 +73,9 @@ def choose(points: list[dict], min_accuracy: float) -> dict:
 
 
 def tune(counts: dict, params: "Params", upstream_accuracy: float | None = None,
-         min_accuracy: float | None = None) -> dict:
-    """The frontier of `counts` under the `route` params (or the given overrides) and its choice."""
+         min_accuracy: float | None = None, source: str = "given") -> dict:
+    """The frontier of `counts` under the `route` params (or the given overrides; `source` says where
+    a given upstream accuracy came from) and its choice."""
     ra, fb, cp = params.route, params.serve.fallback, params.cost
     accuracy = upstream_accuracy if upstream_accuracy is not None else ra.upstream_accuracy
     floor = next((f for f in (min_accuracy, ra.min_accuracy, params.gate.min_accuracy) if f is not None), None)
@@ -90,7 +91,7 @@ def tune(counts: dict, params: "Params", upstream_accuracy: float | None = None,
     chosen = choose(points, floor)
     return {"threshold": chosen["threshold"], "chosen": chosen, "upstream": {
         "model": fb.model, "accuracy": accuracy, "accuracy_source": "configured: route.upstream_accuracy"
-        if upstream_accuracy is None else "given", "usd_per_request": per_request,
+        if upstream_accuracy is None else source, "usd_per_request": per_request,
         "price": None if price is None else price.model_dump(mode="json"),
         "tokens_counted": f"estimated: text at {cost.CHARS_PER_TOKEN} characters per token, plus "
                           "cost.api_prompt_tokens and cost.api_answer_tokens"}, "frontier": points}

@@ -448,7 +448,8 @@ def install_routes(app, sp, models: dict[str, ServedModel], executor, metrics, c
             body = await m.upstream.chat(messages, max_tokens, metrics)
             if body is not None and (not json_mode or is_json_object(
                     body.get("choices", [{}])[0].get("message", {}).get("content", ""))):
-                metrics.tokens.labels(m.name, "local").inc(answer.prompt_tokens + answer.completion_tokens)  # spent anyway
+                spent = answer.prompt_tokens + answer.completion_tokens
+                metrics.tokens.labels(m.name, "local").inc(spent)  # the discarded local answer's, spent anyway
                 return reply({**body, "route": "upstream", "local_mean_logprob": round(answer.mean_logprob, 4)}, loaded)
             flag = "upstream failed; answered locally"
         text, n_in, n_out = answer[:3]
@@ -565,7 +566,8 @@ def create_app(params: Params, alias: str = "champion", model: str | None = None
             name, Holder(registry.open_store(own.registry.root, name), alias, metrics, name),
             Batcher(sp.max_batch, sp.max_wait_ms, sp.max_queue, executor, metrics) if batching else None,
             GenerationBatcher(sp.max_generation_batch, executor, metrics, sp.generation_wait_ms) if batching else None,
-            Upstream.from_params(own.serve.fallback, name, own.cost.api.get(own.serve.fallback.model)), own.serve.fallback)
+            Upstream.from_params(own.serve.fallback, name, own.cost.api.get(own.serve.fallback.model)),
+            own.serve.fallback)
 
     async def lifespan(app):
         loop = asyncio.get_running_loop()

@@ -66,22 +66,28 @@ class Upstream:
         self._count(body, metrics)
         return body
 
+    async def classify(self, text: str, labels: list[str]) -> tuple[str | None, dict | None, str | None]:
+        """The upstream's label for `text` (one of `labels`), its response body, or why there is none."""
+        prompt = [{"role": "system", "content": "Classify the user's message. Answer with exactly one label from: "
+                   + ", ".join(labels)}, {"role": "user", "content": text}]
+        try:
+            body = await self._post(prompt, 16)
+            answer = body["choices"][0]["message"]["content"].strip()
+        except Exception as err:
+            return None, None, f"upstream failed ({type(err).__name__}); local answer kept"
+        if answer not in labels:
+            return None, body, "upstream answered an unknown label; local answer kept"
+        return answer, body, None
+
     async def reroute_low_confidence(self, texts: list[str], results: list[dict], loaded, metrics) -> None:
         """Ask the upstream to classify each text whose top score is under the threshold."""
         labels, threshold = loaded.labels, self.threshold_for(loaded)
         for text, result in zip(texts, results):
             if result["score"] >= threshold:
                 continue
-            prompt = [{"role": "system", "content": "Classify the user's message. Answer with exactly one label from: "
-                       + ", ".join(labels)}, {"role": "user", "content": text}]
-            try:
-                body = await self._post(prompt, 16)
-                answer = body["choices"][0]["message"]["content"].strip()
-            except Exception as err:
-                result["fallback_error"] = f"upstream failed ({type(err).__name__}); local answer kept"
-                continue
-            if answer not in labels:
-                result["fallback_error"] = "upstream answered an unknown label; local answer kept"
+            answer, body, error = await self.classify(text, labels)
+            if error:
+                result["fallback_error"] = error
                 continue
             self._count(body, metrics)
             result.update(label=answer, route="upstream", local_label=result["label"], local_score=result["score"])

@@ -33,8 +33,9 @@ PLOT_FILE = "reports/route/frontier.svg"
 
 
 def report(name: str, folder: Path, params: Params, upstream_accuracy: float | None = None,
-           min_accuracy: float | None = None) -> dict[str, Any]:
-    """The champion's frontier and operating point; `unknown` with the reason where there is none."""
+           min_accuracy: float | None = None, sample: int | None = None) -> dict[str, Any]:
+    """The champion's frontier and operating point; `unknown` with the reason where there is none.
+    `sample`: measure the upstream's accuracy first on that many labelled rows (`measure_upstream`)."""
     if not task_spec(params.data.task).labelled:
         return {"model": name, "unknown": f"{params.data.task} models route by serve.fallback.ood_patterns and "
                                           "min_mean_logprob; route tune sweeps a classifier's confidence threshold"}
@@ -51,7 +52,12 @@ def report(name: str, folder: Path, params: Params, upstream_accuracy: float | N
     if not counts:
         return {**out, "unknown": f"v{champion} has no routing tally: promoted before evaluate tuned routing; "
                                   "the next lifecycle run's version will have one"}
-    tuned = routing.tune(counts, params, upstream_accuracy, min_accuracy)
+    source = "given"
+    if sample:
+        measured = measure_upstream(params, folder, store, champion, sample)
+        upstream_accuracy, source = measured["accuracy"], measured["source"]
+        out["upstream_sample"] = measured
+    tuned = routing.tune(counts, params, upstream_accuracy, min_accuracy, source)
     out |= {"validation_rows": counts["n"], "local_accuracy": round(counts["correct"] / counts["n"], 4),
             "scored_on": evidence.get("scored_on"), **tuned}
     if tuned.get("threshold") is None:
@@ -62,6 +68,42 @@ def report(name: str, folder: Path, params: Params, upstream_accuracy: float | N
         known = isinstance(local.get("usd_per_1k"), float) and p["api_usd_per_1k"] is not None
         p["usd_per_1k"] = round(local["usd_per_1k"] + p["api_usd_per_1k"], 6) if known else None
     return out
+
+
+def measure_upstream(params: Params, folder: Path, store, champion: int, n: int, seed: int = 0) -> dict[str, Any]:
+    """The upstream's accuracy on `n` labelled rows of the model's raw data, asked exactly as serving
+    asks it (`Upstream.classify`, the champion's labels). Rows in which `data.pii_detectors` find PII
+    are never sent; answers that fail or name an unknown label count as wrong (serving keeps the
+    local answer then, which this frontier does not model)."""
+    import asyncio
+
+    from pipelines.core import pii
+    from pipelines.core.dataio import read_dataset
+    from pipelines.serving.fallback import Upstream
+
+    fb, data = params.serve.fallback, params.data
+    upstream = Upstream.from_params(fb)
+    if upstream is None:
+        raise InputError("--sample: serve.fallback.url is not set: there is no upstream to ask")
+    frame = read_dataset(folder / data.raw)[[data.text_column, data.label_column]].dropna().astype(str)
+    for kind in data.pii_detectors:
+        frame = frame[~pii.detect(frame[data.text_column], kind)]
+    if frame.empty:
+        raise InputError(f"--sample: {data.raw} has no labelled rows free of PII to send")
+    rows = frame.sample(min(n, len(frame)), random_state=seed)
+    labels = sorted(json.loads((registry.version_dir(store, champion) / "label_map.json").read_text("utf-8")))
+
+    async def ask_all() -> list:
+        return [await upstream.classify(text, labels) for text in rows[data.text_column]]
+
+    answers = asyncio.run(ask_all())
+    right = sum(a == label for (a, _, _), label in zip(answers, rows[data.label_column]))
+    failed = sum(1 for _, _, error in answers if error)
+    if failed == len(answers):
+        raise InputError(f"--sample: the upstream at {fb.url} answered none of {len(answers)} rows "
+                         f"({answers[0][2]})")
+    return {"asked": len(answers), "right": right, "failed": failed, "accuracy": round(right / len(answers), 4),
+            "source": f"measured: {right} of {len(answers)} raw rows right ({fb.model} at {fb.url})"}
 
 
 def _serving(params: Params, tuned: float | None) -> dict[str, Any]:

@@ -142,3 +142,60 @@ def test_what_a_server_has_served_per_route_is_read_from_its_metrics(model, monk
         assert served_so_far([url], "another-model", "k1")[0]["routes"] == {}
     finally:
         server.should_exit = True
+
+
+def test_route_tune_measures_the_upstreams_accuracy_on_a_sample_of_raw_rows(model, tmp_path):
+    import shutil
+
+    from pipelines.economics import routing
+    from pipelines.training.modeling import candidate_hash
+    from tests.serving_support import FakeUpstream
+
+    folder, built = model
+    cand = tmp_path / "cand-routed"  # a version whose evaluation tallied its routing: five answers
+    shutil.copytree(built["candidates"][0][0], cand)
+    (cand / "NOTE.txt").write_text("routed")  # another candidate, its own hash
+    decision = tmp_path / "routed.decision.json"
+    decision.write_text(json.dumps({"candidate_hash": candidate_hash(cand), "passed": True, "rules": []}))
+    counts = {**routing.tally([0.2, 0.4, 0.6, 0.9, 0.95], [False, True, False, True, True]), "text_tokens": 10}
+    registry.promote(built["store"], built["model"], cand, decision, None,
+                     evidence={"evaluate_routing.json": json.dumps({"threshold": 0.61, "counts": counts}).encode()})
+
+    def knows_two_intents(body):  # right about card_arrival and change_pin, wrong about refund_request
+        label = next(lab for lab, text in INTENTS.items() if text in body["messages"][1]["content"])
+        return "card_arrival" if label == "refund_request" else label
+
+    up = FakeUpstream(knows_two_intents)
+    base = yaml.safe_load((folder / "params.yaml").read_text())
+    try:
+        (folder / "params-up.yaml").write_text(yaml.safe_dump({**base, "serve": {"fallback": {"url": up.url}},
+                                                                "route": {"min_accuracy": 0.9}}))
+        out = subprocess.run([sys.executable, "-m", "pipelines", "--params", "params-up.yaml", "route", "tune",
+                              "--sample", "30", "--json"], cwd=folder, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        doc, = json.loads(out.stdout)
+        asked = [c["messages"][1]["content"] for c in up.calls]
+        right = sum(INTENTS["refund_request"] not in text for text in asked)
+        assert len(asked) == 30 and doc["upstream_sample"] == {
+            "asked": 30, "right": right, "failed": 0, "accuracy": round(right / 30, 4),
+            "source": f"measured: {right} of 30 raw rows right (gpt-4o-mini at {up.url})"}
+        assert doc["upstream"]["accuracy"] == round(right / 30, 4)
+        assert doc["upstream"]["accuracy_source"].startswith("measured: ")
+        assert doc["chosen"]["accuracy"] == next(p["accuracy"] for p in doc["frontier"]
+                                                 if p["threshold"] == doc["chosen"]["threshold"])
+        # rows with PII are never sent; with no upstream there is nothing to ask
+        pii_raw = folder / "data" / "raw-pii"
+        pii_raw.mkdir(exist_ok=True)
+        pd.DataFrame([{"text": "mail me at ann@example.com", "label": "change_pin"}]).to_csv(pii_raw / "d.csv",
+                                                                                              index=False)
+        for extra, says in (({"data": {"raw": "data/raw-pii"}, "serve": {"fallback": {"url": up.url}}},
+                             "has no labelled rows free of PII to send"),
+                            ({}, "--sample: serve.fallback.url is not set")):
+            (folder / "params-up.yaml").write_text(yaml.safe_dump({**base, **extra}))
+            out = subprocess.run([sys.executable, "-m", "pipelines", "--params", "params-up.yaml", "route", "tune",
+                                  "--sample", "5"], cwd=folder, capture_output=True, text=True, timeout=300)
+            assert out.returncode == 2 and says in out.stderr and "Traceback" not in out.stderr
+        assert len(up.calls) == 30
+    finally:
+        up.stop()
+        (folder / "params-up.yaml").unlink(missing_ok=True)
