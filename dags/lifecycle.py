@@ -26,6 +26,8 @@ from datetime import timedelta
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task, teardown
+from airflow.sdk.definitions.callback import AsyncCallback
+from airflow.sdk.definitions.deadline import DeadlineAlert, DeadlineReference
 from lifecycle_common import MODELS, Model, champion, guarded, raw_drops, run_info
 
 from pipelines.core.config import LifecycleParams
@@ -101,6 +103,16 @@ def _train(model: Model, upstream):
     return pod.output
 
 
+def deadline(name: str, lc: LifecycleParams) -> DeadlineAlert | None:
+    """The run-level alert: a run still not done `run_deadline_h` after it was queued notifies."""
+    if lc.run_deadline_h is None:
+        return None
+    return DeadlineAlert(reference=DeadlineReference.DAGRUN_QUEUED_AT, interval=timedelta(hours=lc.run_deadline_h),
+                         callback=AsyncCallback("pipelines.orchestration.alerts.run_overdue",
+                                                kwargs={"model": name, "hours": lc.run_deadline_h,
+                                                        "webhook_env": lc.alert_webhook_env}))
+
+
 def build(model: Model):
     lc = model.params.lifecycle if model.params else LifecycleParams()
     fields = form(lc)
@@ -119,6 +131,7 @@ def build(model: Model):
         params=fields,
         default_args={"owner": "ml-platform", "retries": 2, "retry_delay": timedelta(seconds=30),
                       "retry_exponential_backoff": True},
+        deadline=deadline(model.name, lc),
     )
     def lifecycle():
         @task
@@ -150,14 +163,16 @@ def build(model: Model):
             response_timeout=timedelta(hours=lc.approval_timeout_h))
 
         @task(trigger_rule="none_failed_min_one_success", outlets=[champion(model)], retries=1)
-        def promote(ti=None) -> dict:
+        def promote(ti=None, outlet_events=None) -> dict:
             from pipelines.orchestration import steps
             from pipelines.orchestration.records import review
             from pipelines.orchestration.runspace import RunRef
 
             said = review(ti.xcom_pull(task_ids="approve", key="answer"))  # skipped on "Reject": here it said "Approve"
-            return guarded("promote", model, steps.promote, RunRef.of(ti.xcom_pull(task_ids="gate")), run_info(),
-                           said and said["by"])
+            promoted = guarded("promote", model, steps.promote, RunRef.of(ti.xcom_pull(task_ids="gate")), run_info(),
+                               said and said["by"])
+            outlet_events[champion(model)].extra = promoted["champion"]  # what the Asset's event shows
+            return promoted
 
         @task
         def notify_serving(promotion: dict) -> list[str]:

@@ -372,15 +372,21 @@ def _cost_folders(args: argparse.Namespace) -> list:
     return [(p.parent.name, p.parent, load_params(p, must_exist=True)) for p in sorted(projects.glob("*/params.yaml"))]
 
 
+def _git_remote() -> str:
+    """Where the lifecycle run records live: PIPELINES_GIT_REMOTE, else this checkout."""
+    from pathlib import Path
+
+    projects = find_projects(Path.cwd())
+    return os.environ.get("PIPELINES_GIT_REMOTE") or str(projects.parent if projects else Path.cwd())
+
+
 def _run_costs(args: argparse.Namespace) -> int:
     """Every lifecycle run's compute cost, per model (from the run records in the git remote)."""
     import json
-    from pathlib import Path
 
     from pipelines.orchestration import records
 
-    remote = os.environ.get("PIPELINES_GIT_REMOTE") or str(find_projects(Path.cwd()).parent
-                                                           if find_projects(Path.cwd()) else Path.cwd())
+    remote = _git_remote()
     out = []
     for name, _folder, _params in _cost_folders(args):
         runs = [{"run_id": r.get("run_id"), **{k: (r.get("compute") or {}).get(k)
@@ -469,6 +475,54 @@ def _lineage(args: argparse.Namespace) -> int:
                           + (f" (+{len(bad) - 1} more)" if len(bad) > 1 else ""))
     print(f"lineage of {chain['model']} v{chain['version']} verified", file=sys.stderr)
     return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    """Every decision about one model in a period, the rejected candidates, and each served version's
+    evidence and lineage re-verified: for people, as JSON, or as a page to file."""
+    import json
+
+    from pipelines.core.config import check_model_name
+    from pipelines.orchestration import records
+    from pipelines.registry import audit_report
+
+    folders = _cost_folders(args)
+    known = ", ".join(name for name, _, _ in folders)
+    if args.model and [name for name, _, _ in folders] != [args.model]:
+        raise ConfigError(f"audit: no model folder projects/{check_model_name(args.model)}/ (models: {known})")
+    if len(folders) != 1:
+        raise ConfigError(f"audit: name the model: --model NAME (models: {known})")
+    name, folder, params = folders[0]
+    html_path = _workspace(args, params).check_file(args.html) if args.html else None
+    report = audit_report.build(params, name, folder, records.list_runs(_git_remote(), name, limit=10_000),
+                                args.since)
+    if html_path:
+        from pipelines.core.dataio import atomic_write_text
+
+        atomic_write_text(html_path, audit_report.render_html(report))
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+        return 0
+    print(f"{name}: {len(report['decisions'])} decision(s), {len(report['rejected'])} rejected candidate(s)"
+          f"{' since ' + report['since'] if report['since'] else ''}; champion v{report['champion']}")
+    for d in report["decisions"]:
+        print(f"  {d['at']}  {d['what']} v{d['version']} by {d['by']}"
+              f"{' (approved by ' + d['approved_by'] + ')' if d['approved_by'] else ''}: {d['reason']}")
+    for x in report["rejected"]:
+        print(f"  {x['at']}  rejected {str(x['candidate'])[:12]} ({x['run_id']}): "
+              f"{'rejected by ' + x['rejected_by'] if x['rejected_by'] else x['reasons']}")
+    for v in report["versions"]:
+        print(f"  v{v['version']}: lineage {'verified' if v['verified'] else 'BROKEN: ' + str(v['broken'][:1])}")
+    return 0
+
+
+def _iso_date(text: str):
+    from datetime import date
+
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
 
 
 def _sample(args: argparse.Namespace) -> int:
@@ -635,6 +689,12 @@ def build_parser() -> argparse.ArgumentParser:
     ln.add_argument("--html", default=None, metavar="FILE", help="also write the chain as an HTML page")
     ln.set_defaults(handler=_lineage)
 
+    au = sub.add_parser("audit", help="a model's decisions, rejected candidates and verified lineage in a period")
+    au.add_argument("--model", default=None, help="the model (needed at the checkout's root)")
+    au.add_argument("--since", type=_iso_date, default=None, help="first day of the period (YYYY-MM-DD, UTC)")
+    au.add_argument("--html", default=None, metavar="FILE", help="also write the report as a page to file")
+    au.add_argument("--json", action="store_true")
+    au.set_defaults(handler=_audit)
     ms = sub.add_parser("models", help="every model of the platform: folder, DAG, champion, newest run")
     ms.add_argument("--json", action="store_true")
     ms.set_defaults(handler=_models)

@@ -72,10 +72,10 @@ def _store(model: str):
     return registry.open_store(root, model)
 
 
-def _records(model: str) -> list[dict[str, Any]]:
+def _records(model: str, limit: int = 50) -> list[dict[str, Any]]:
     from pipelines.orchestration import records
 
-    return records.list_runs(_remote(), model)
+    return records.list_runs(_remote(), model, limit=limit)
 
 
 def _page(template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
@@ -231,7 +231,7 @@ def _cost(model: str) -> dict[str, Any]:
         routed = {"model": model, "unknown": str(err)}
     runs = [{"run_id": r.get("run_id"), "note": r.get("note"), **{k: (r.get("compute") or {}).get(k)
                                                                    for k in ("usd", "seconds", "trained_tokens")}}
-            for r in _records(model)]
+            for r in _records(model, 10_000)]
     lc = params.lifecycle
     so_far = route_tune.served_so_far(list(lc.serving_urls), model, os.environ.get(lc.serving_key_env))
     return {"model": model, "served": served, "routed": routed, "runs": runs, "so_far": so_far,
@@ -259,6 +259,27 @@ def cost_picture(model: str, picture: str) -> Response:
         return Response(draw[1](_cost(model)[draw[0]]), media_type="image/svg+xml")
     except ValueError as err:
         raise HTTPException(status_code=404, detail=str(err)) from None
+
+
+@app.get("/models/{model}/audit")
+def audit_page(model: str, request: Request, since: str | None = None) -> Response:
+    """The audit report `pipelines audit` writes, for the period from `since` (YYYY-MM-DD)."""
+    from datetime import date
+
+    from pipelines.core.errors import PipelineError
+    from pipelines.registry import audit_report
+
+    try:
+        first = date.fromisoformat(since) if since else None
+    except ValueError:
+        raise HTTPException(status_code=422, detail=f"since: {since!r} is not a date (YYYY-MM-DD)") from None
+    try:
+        report = audit_report.build(_params(model), model, _folder(model), _records(model, 10_000), first)
+    except PipelineError as err:  # a damaged ledger: said, with the status a conflict gets
+        raise HTTPException(status_code=409, detail=str(err)) from None
+    if _wants_json(request):
+        return JSONResponse(json.loads(json.dumps(report, default=str)))
+    return HTMLResponse(audit_report.render_html(report))
 
 
 @app.get("/models/{model}/versions/{version}")

@@ -294,6 +294,8 @@ class LifecycleParams(_Section):
     serving_key_env: str = "PIPELINES_SERVING_KEY"     # env var with an API key of those servers (their /metrics)
     approvers: tuple[str, ...] = ()                     # Airflow user ids who may answer a run's approval step; empty: any user allowed to edit the DAG
     approval_timeout_h: float = Field(72.0, gt=0.0)     # unanswered this long: the approval step fails and nothing is promoted
+    run_deadline_h: float | None = Field(6.0, gt=0.0)   # a run not done this long after it was queued: alert (null: none)
+    alert_webhook_env: str = "PIPELINES_ALERT_WEBHOOK"  # env var with a webhook URL the alert POSTs to (unset: log only)
 
     @model_validator(mode="after")
     def _names(self) -> "LifecycleParams":

@@ -249,9 +249,13 @@ def promote(shared: Shared, run: RunRef, info: dict[str, Any], approved_by: str 
                   "user's repository); run `pipelines registry` by hand to mirror", flush=True)
         promotion = {"model": model, "version": result["version"], "changed": result["changed"],
                      "approved_by": approved_by}
+        gate = records.load(ws.root).get("gate") or {}
         records.update(ws.root, promotion=promotion)
         new = ws.commit(f"{model} run {run.run_id}: promoted v{result['version']}")
-    return {**new.to_xcom(), **promotion}
+    reg = registry.registered(registry.read_ledger(store))[result["version"]]
+    return {**new.to_xcom(), **promotion, "champion": {  # the champion Asset event's metadata
+        **promotion, "manifest_sha256": reg["manifest_sha256"], "candidate_hash": reg["candidate_hash"],
+        "gate": gate.get("summary"), "run_id": run.run_id}}
 
 
 def notify_serving(shared: Shared, run: RunRef, version: int) -> list[str]:

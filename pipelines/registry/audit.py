@@ -145,7 +145,8 @@ def _guarded(step: str, build, *args) -> Link:
                      f"{str(err).splitlines()[0][:160] if str(err) else ''})")
 
 
-def _open(params: Params, model: str, root: Path) -> registry.Store:
+def model_store(params: Params, model: str, root: Path) -> registry.Store:
+    """The model's registry; a relative root is the model folder's (`root`), not the process' cwd."""
     reg_root = params.registry.root
     if "://" not in reg_root and not Path(reg_root).is_absolute():
         reg_root = str(Path(root) / reg_root)  # relative to the project, not the process' cwd
@@ -159,7 +160,7 @@ ANSWER_COLUMNS = ("prompt", "reference", "candidate_answer", "base_answer")
 def stored_evidence(params: Params, model: str, version: int, name: str, root: Path = Path(".")) -> bytes | None:
     """One evidence file stored beside a registered version, only if its sha256 is the (ledger-checked)
     manifest's; None when the version kept no such file."""
-    store = _open(params, model, root)
+    store = model_store(params, model, root)
     entries = registry.read_ledger(store)
     if version not in registry.registered(entries):
         raise InputError(f"no registered version {version}")
@@ -237,7 +238,7 @@ def answers(params: Params, model: str, version: int, root: Path = Path("."), li
 def trace(params: Params, model: str, alias: str | None = "champion", version: int | None = None,
           root: Path = Path(".")) -> dict[str, Any]:
     """Walk and re-verify the chain of one registered version."""
-    store = _open(params, model, root)
+    store = model_store(params, model, root)
     number = resolve_version(store, alias, version)
     entries = registry.read_ledger(store)
     vdir = store.path("versions", f"v{number:04d}")

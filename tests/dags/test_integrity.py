@@ -137,7 +137,7 @@ def test_adding_a_model_is_adding_a_folder_and_a_broken_one_breaks_only_itself(t
     params = tmp_path / "projects" / "fraud-flags" / "params.yaml"
     values = yaml.safe_load(params.read_text())
     values["registry"]["model_name"] = "fraud-flags"
-    values.setdefault("lifecycle", {}).update(approvers=["ana", "bo"], approval_timeout_h=8)
+    values.setdefault("lifecycle", {}).update(approvers=["ana", "bo"], approval_timeout_h=8, run_deadline_h=2)
     params.write_text(yaml.safe_dump(values))
     (tmp_path / "projects" / "broken").mkdir()
     (tmp_path / "projects" / "broken" / "params.yaml").write_text("train: {epochs: -1}\n")
@@ -146,7 +146,10 @@ def test_adding_a_model_is_adding_a_folder_and_a_broken_one_breaks_only_itself(t
              "d = b.dags.get('lifecycle__broken'); print(json.dumps({'errors': list(b.import_errors), "
              "'dags': sorted(b.dags), 'broken': d and d.description, "
              "'approvers': b.dags['lifecycle__fraud-flags'].get_task('approve').assigned_users, "
-             "'timeout': b.dags['lifecycle__fraud-flags'].get_task('approve').response_timeout.total_seconds()}))")
+             "'timeout': b.dags['lifecycle__fraud-flags'].get_task('approve').response_timeout.total_seconds(), "
+             "'deadlines': {m: [(type(d.reference).__name__, d.interval.total_seconds(), d.callback.path, "
+             "d.callback.kwargs) for d in (b.dags[m].deadline or [])] for m in ('lifecycle__fraud-flags', "
+             "'lifecycle__text-classifier')}}))")
     env = {**os.environ, "PIPELINES_REPO": str(tmp_path), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
            "AIRFLOW__CORE__DAGS_FOLDER": str(tmp_path / "dags")}
     out = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "dags")], env=env, capture_output=True,
@@ -156,6 +159,14 @@ def test_adding_a_model_is_adding_a_folder_and_a_broken_one_breaks_only_itself(t
     assert "train.epochs" in result["broken"]
     assert result["approvers"] == [{"id": "ana", "name": "ana"}, {"id": "bo", "name": "bo"}]  # lifecycle.approvers
     assert result["timeout"] == 8 * 3600
+    # the run-level deadline alert: lifecycle.run_deadline_h after the run was queued, the alert callback
+    callback = "pipelines.orchestration.alerts.run_overdue"
+    assert result["deadlines"] == {
+        "lifecycle__fraud-flags": [["DagRunQueuedAtDeadline", 2 * 3600, callback,
+                                    {"model": "fraud-flags", "hours": 2, "webhook_env": "PIPELINES_ALERT_WEBHOOK"}]],
+        "lifecycle__text-classifier": [["DagRunQueuedAtDeadline", 6 * 3600, callback,
+                                        {"model": "text-classifier", "hours": 6.0,
+                                         "webhook_env": "PIPELINES_ALERT_WEBHOOK"}]]}
 
 
 class _Ti:

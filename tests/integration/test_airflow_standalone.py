@@ -19,11 +19,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
 from pipelines.devtools import airflow_local
 from pipelines.orchestration import records, steps
 from tests.lifecycle_support import airflow_env, drop, make_project, pipelines
-from tests.serving_support import free_port
+from tests.serving_support import free_port, start_loopback
 
 pytestmark = pytest.mark.integration
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -32,11 +33,22 @@ DAG = "lifecycle__text-classifier"
 
 @pytest.fixture(scope="module")
 def airflow(tmp_path_factory):
+    # run_deadline_h 0.005 (18 s): every run here takes longer, so each one's deadline alert fires
     repo = make_project(tmp_path_factory.mktemp("standalone"), train={"epochs": 2, "max_length": 32,
-                                                                      "checkpoint_every": 20})
+                                                                      "checkpoint_every": 20},
+                        lifecycle={"run_deadline_h": 0.005})
+    alerts, hook = [], FastAPI()  # the team's chat webhook, on loopback
+
+    @hook.post("/alerts")
+    async def alert(body: dict):
+        alerts.append(body)
+        return {"ok": True}
+
+    hook_server, hook_url = start_loopback(hook)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = airflow_env(repo, AIRFLOW__API__HOST="127.0.0.1", AIRFLOW__API__PORT=str(port),
+                      PIPELINES_ALERT_WEBHOOK=f"{hook_url}/alerts",
                       AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"{url}/execution/",
                       AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="admin:admin",
                       AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="True",
@@ -50,8 +62,10 @@ def airflow(tmp_path_factory):
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         token = _wait_token(url, repo, proc)
-        yield {"url": url, "repo": repo, "token": token, "headers": {"Authorization": f"Bearer {token}"}}
+        yield {"url": url, "repo": repo, "token": token, "headers": {"Authorization": f"Bearer {token}"},
+               "alerts": alerts}
     finally:
+        hook_server.should_exit = True
         os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=60)
@@ -125,6 +139,17 @@ def test_trigger_from_the_rest_api_like_the_ui_form(airflow):
     af["run_id"] = run_id
 
 
+def test_a_run_past_its_deadline_is_reported_to_the_webhook(airflow):
+    """Airflow's run-level DeadlineAlert: the scheduler sees the first run miss its 18 s deadline and the
+    triggerer runs the alert callback, which POSTs to the webhook named by lifecycle.alert_webhook_env."""
+    af = airflow
+    assert af.get("run_id"), "needs the first run"
+    said = _wait_for(lambda: [a for a in af["alerts"] if a.get("run_id") == af["run_id"]], 180,
+                     "the deadline alert of the first run")
+    assert said[0]["dag_id"] == DAG and said[0]["model"] == "text-classifier"
+    assert said[0]["text"].startswith(f"{DAG} run {af['run_id']} is not done 0.005 h after it was queued")
+
+
 def test_new_drop_starts_the_lifecycle_through_the_asset(airflow):
     af = airflow
     assert af.get("run_id"), "needs the first run"
@@ -183,6 +208,13 @@ def test_models_page_in_a_real_browser(airflow, tmp_path):
         assert float(page.inner_text("#serving")) == float(page.inner_text("#chosen"))  # the tuned one serves
         assert "run(s), $" in page.inner_text("#runs-total") and page.locator("#runs tr").count() >= 2
         page.screenshot(path=str(tmp_path / "mlops-cost.png"), full_page=True)
+        page.goto(f"{af['url']}/mlops/models/text-classifier")
+        page.click("#audit-link")  # the report an auditor files: decisions, rejections, lineage re-verified
+        page.wait_for_selector("#verdict")
+        assert "re-verifies from the served weights back to the raw rows" in page.inner_text("#verdict")
+        assert "promoted v1" in page.inner_text("#decisions") and page.locator("section.version").count() >= 1
+        assert page.locator("section.version[data-verified=true]").count() == page.locator("section.version").count()
+        page.screenshot(path=str(tmp_path / "mlops-audit.png"), full_page=True)
         page.goto(f"{af['url']}/mlops/models/text-classifier/versions/1")
         assert page.inner_text("#verdict") == "verified"
         assert page.locator("#checklist tr.pass").count() >= 3 and page.locator("#checklist tr.fail").count() == 0
@@ -192,7 +224,7 @@ def test_models_page_in_a_real_browser(airflow, tmp_path):
         cells = page.locator("#confusion rect.cell").count()  # the confusion matrix: a square of labels
         assert cells >= 4 and round(cells ** 0.5) ** 2 == cells
         page.screenshot(path=str(tmp_path / "mlops-version.png"), full_page=True)
-    for name in ("mlops-models.png", "mlops-model.png", "mlops-cost.png", "mlops-version.png"):
+    for name in ("mlops-models.png", "mlops-model.png", "mlops-cost.png", "mlops-audit.png", "mlops-version.png"):
         image = Image.open(tmp_path / name)
         assert image.size[0] == 1280 and len(set(image.convert("L").getdata())) > 20, name  # rendered, not blank
 

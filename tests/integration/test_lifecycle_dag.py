@@ -6,12 +6,23 @@ form values refused, and tampering named by `pipelines lineage`."""
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import yaml
 
 from pipelines.devtools import airflow_local
-from tests.lifecycle_support import dags_test, drop, last_record, make_project, pipelines, run_refs, sh, user_state
+from tests.lifecycle_support import (
+    airflow_env,
+    dags_test,
+    drop,
+    last_record,
+    make_project,
+    pipelines,
+    run_refs,
+    sh,
+    user_state,
+)
 
 pytestmark = pytest.mark.integration
 STAGES = {"validate", "prepare", "train", "evaluate", "gate"}
@@ -32,6 +43,18 @@ def ledger(repo):
 
 def champion(repo) -> int:
     return json.loads(ledger(repo).splitlines()[-1])["aliases"]["champion"]
+
+
+def asset_events(repo) -> list[dict]:
+    """The Asset events in Airflow's metadata DB, oldest first: name and extra."""
+    probe = ("import json; from airflow.utils.session import create_session; "
+             "from airflow.models.asset import AssetEvent, AssetModel\n"
+             "with create_session() as s:\n"
+             "    rows = s.query(AssetEvent, AssetModel).join(AssetModel, AssetEvent.asset_id == AssetModel.id)"
+             ".order_by(AssetEvent.id).all()\n"
+             "    print(json.dumps([{'name': a.name, 'extra': e.extra} for e, a in rows]))")
+    out = sh(sys.executable, "-c", probe, cwd=repo, env=airflow_env(repo)).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def git(repo, *args) -> str:
@@ -71,6 +94,13 @@ def test_first_run_promotes_and_leaves_a_verified_lineage(repo):
                                                          "validation", "raw", "evidence_branch", "orchestration"]
     assert chain["links"][-2]["status"] == "ok" and chain["links"][-2]["commit"] == record["lineage_commit"]
     assert "champion v1" in pipelines(repo, "models").stdout
+    # the champion Asset's event says what was promoted (the Airflow UI shows it on the Asset)
+    reg = json.loads(ledger(repo).splitlines()[1])["registered"]
+    event = asset_events(repo)[-1]
+    assert event["name"] == "champion__text-classifier" and event["extra"] == {
+        "model": "text-classifier", "version": 1, "changed": True, "approved_by": None,
+        "manifest_sha256": reg["manifest_sha256"], "candidate_hash": reg["candidate_hash"],
+        "gate": record["gate"]["summary"], "run_id": record["run_id"]}
     # what the run's compute cost: each stage's wall time at its hardware's price (train on cost.train_on)
     spent = record["compute"]
     assert set(spent["tasks"]) == STAGES and spent["unknown"] == [] and spent["usd"] > 0
@@ -158,6 +188,34 @@ def test_rollback_dag_moves_champion_back_with_the_reason(repo):
     last = json.loads(ledger(repo).splitlines()[-1])
     assert last["action"] == "rollback" and last["aliases"]["champion"] == 1
     assert last["reason"] == "v2 misroutes card refunds" and last["run"].startswith("rollback run")
+
+
+def test_the_audit_report_names_every_decision_and_rejection_and_reverifies_what_served(repo):
+    report = json.loads(model_cli(repo, "audit", "--json", "--html", "audit.html").stdout)
+    moves = [(d["action"], d["version"]) for d in report["decisions"]]
+    assert moves == [("promote", 1), ("promote", 2), ("rollback", 1)] and report["champion"] == 1
+    assert report["decisions"][-1]["reason"] == "v2 misroutes card refunds"
+    assert all(d["by"] for d in report["decisions"])
+    turned_down, = report["rejected"]  # the run whose gate said no (the invalid drop never reached the gate)
+    assert turned_down["candidate"] and "min_accuracy" in turned_down["reasons"]
+    assert [v["version"] for v in report["versions"]] == [1, 2] and report["verified"] is True
+    first = report["versions"][0]
+    assert first["gate"]["passed"] is True and first["data"]["md5"] and first["broken"] == []
+    page = (repo / MODEL / "audit.html").read_text()
+    assert 'id="verdict" class="banner verified"' in page and "v2 misroutes card refunds" in page
+    assert "min_accuracy" in page and page.count('class="version"') == 2
+    later = json.loads(model_cli(repo, "audit", "--json", "--since", "2999-01-01").stdout)
+    assert later["decisions"] == [] and later["rejected"] == [] and later["versions"] == []
+
+
+@pytest.mark.parametrize("args, says", [
+    (["audit", "--model", "nope"], "audit: no model folder projects/nope/"),
+    (["audit", "--model", "text-classifier", "--since", "2026-13-01"], "--since: '2026-13-01' is not a date"),
+    (["audit", "--model", "../etc"], "invalid model name '../etc'"),
+])
+def test_audit_bad_input_is_one_line(repo, args, says):
+    out = pipelines(repo, *args, check=False)
+    assert out.returncode == 2 and says in out.stderr and "Traceback" not in out.stderr
     assert dags_test(repo, "rollback", {"model": "text-classifier"}).returncode != 0  # the reason is required
     assert dags_test(repo, "rollback", {"model": "nope", "reason": "no such model"}).returncode != 0
 

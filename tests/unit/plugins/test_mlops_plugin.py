@@ -293,3 +293,22 @@ def test_the_cost_page_sets_serving_against_api_prices_and_draws_the_routing_fro
         assert svg.status_code == 200 and svg.headers["content-type"] == "image/svg+xml" and says in svg.text
     assert client.get("/models/text-classifier/cost/pie.svg").status_code == 404
     assert 'id="cost-link"' in client.get("/models/text-classifier").text
+
+
+def test_the_audit_page_lists_decisions_and_rejections_and_says_what_does_not_verify(client):
+    report = client.get("/models/text-classifier/audit?format=json").json()
+    assert [(d["action"], d["version"], d["by"], d["reason"]) for d in report["decisions"]] == [
+        ("promote", 1, "tester", "run 1"), ("promote", 2, "tester", "run 2")]
+    turned_down, = report["rejected"]
+    assert turned_down["run_id"] == "manual__1" and turned_down["reasons"] == "min_accuracy: 0.41 < 0.7"
+    # the fixture's versions carry no evidence: their chains cannot verify, and the page says so
+    assert [v["version"] for v in report["versions"]] == [1, 2] and report["verified"] is False
+    assert all(v["broken"] for v in report["versions"])
+    page = client.get("/models/text-classifier/audit")
+    assert page.status_code == 200 and 'class="banner broken"' in page.text and "min_accuracy: 0.41 &lt; 0.7" in page.text
+    later = client.get("/models/text-classifier/audit?since=2999-01-01&format=json").json()
+    assert later["decisions"] == later["rejected"] == later["versions"] == [] and later["verified"] is True
+    bad = client.get("/models/text-classifier/audit?since=yesterday")
+    assert bad.status_code == 422 and "since: 'yesterday' is not a date" in bad.text
+    assert client.get("/models/no-such-model/audit").status_code == 404
+    assert 'id="audit-link"' in client.get("/models/text-classifier").text
