@@ -294,7 +294,9 @@ class LifecycleParams(_Section):
     serving_key_env: str = "PIPELINES_SERVING_KEY"     # env var with an API key of those servers (their /metrics)
     approvers: tuple[str, ...] = ()                     # Airflow user ids who may answer a run's approval step; empty: any user allowed to edit the DAG
     approval_timeout_h: float = Field(72.0, gt=0.0)     # unanswered this long: the approval step fails and nothing is promoted
-    run_deadline_h: float | None = Field(6.0, gt=0.0)   # a run not done this long after it was queued: alert (null: none)
+    # a run not done this long after it was queued: alert (null: none; `airflow dags test` in Airflow 3.3.2
+    # crashes at the end of a run of a DAG with a deadline, so the embedded default leaves it off)
+    run_deadline_h: float | None = Field(None, gt=0.0)
     alert_webhook_env: str = "PIPELINES_ALERT_WEBHOOK"  # env var with a webhook URL the alert POSTs to (unset: log only)
 
     @model_validator(mode="after")

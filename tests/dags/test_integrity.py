@@ -164,9 +164,7 @@ def test_adding_a_model_is_adding_a_folder_and_a_broken_one_breaks_only_itself(t
     assert result["deadlines"] == {
         "lifecycle__fraud-flags": [["DagRunQueuedAtDeadline", 2 * 3600, callback,
                                     {"model": "fraud-flags", "hours": 2, "webhook_env": "PIPELINES_ALERT_WEBHOOK"}]],
-        "lifecycle__text-classifier": [["DagRunQueuedAtDeadline", 6 * 3600, callback,
-                                        {"model": "text-classifier", "hours": 6.0,
-                                         "webhook_env": "PIPELINES_ALERT_WEBHOOK"}]]}
+        "lifecycle__text-classifier": []}  # off by default (run_deadline_h: null)
 
 
 class _Ti:
