@@ -250,14 +250,16 @@ def cost_page(model: str, request: Request) -> Response:
 @app.get("/models/{model}/cost/{picture}.svg")
 def cost_picture(model: str, picture: str) -> Response:
     """The cost page's pictures: `volume` (monthly bills against volume) and `frontier` (routing)."""
+    from pipelines.core.errors import PipelineError
     from pipelines.economics import plot
+    from pipelines.serving import capacity, route_tune
 
-    draw = {"volume": ("served", plot.volume_svg), "frontier": ("routed", plot.frontier_svg)}.get(picture)
+    draw = {"volume": (capacity.report, plot.volume_svg), "frontier": (route_tune.report, plot.frontier_svg)}.get(picture)
     if draw is None:
         raise HTTPException(status_code=404, detail=f"no picture {picture!r} (volume, frontier)")
-    try:
-        return Response(draw[1](_cost(model)[draw[0]]), media_type="image/svg+xml")
-    except ValueError as err:
+    try:  # only what this picture needs: not the whole page's servers and run records
+        return Response(draw[1](draw[0](model, _folder(model), _params(model))), media_type="image/svg+xml")
+    except (ValueError, PipelineError) as err:
         raise HTTPException(status_code=404, detail=str(err)) from None
 
 

@@ -121,11 +121,10 @@ def measure(params: Params, folder: Path, version: int, seconds: float = 5.0,
 
 def champion_of(name: str, folder: Path, params: Params) -> int | None:
     """The version the model's serving alias points at (its registry, relative to the model folder)."""
+    from pipelines.registry import audit
     from pipelines.registry import store as registry
 
-    root = params.registry.root
-    root = root if "://" in root or Path(root).is_absolute() else str((folder / root).resolve())
-    return registry.aliases(registry.read_ledger(registry.open_store(root, name))).get(params.serve.alias)
+    return registry.aliases(registry.read_ledger(audit.model_store(params, name, folder))).get(params.serve.alias)
 
 
 def report(name: str, folder: Path, params: Params, hardware: str | None = None, volume: float | None = None,

@@ -22,6 +22,7 @@ from pipelines.core.dataio import atomic_write_bytes, write_json
 from pipelines.core.errors import InputError
 from pipelines.economics import cost, routing
 from pipelines.economics.plot import frontier_svg
+from pipelines.registry import audit
 from pipelines.registry import store as registry
 from pipelines.serving.capacity import CAPACITY_FILE
 from pipelines.serving.engine import ROUTING_EVIDENCE, tuned_threshold
@@ -39,9 +40,7 @@ def report(name: str, folder: Path, params: Params, upstream_accuracy: float | N
     if not task_spec(params.data.task).labelled:
         return {"model": name, "unknown": f"{params.data.task} models route by serve.fallback.ood_patterns and "
                                           "min_mean_logprob; route tune sweeps a classifier's confidence threshold"}
-    root = params.registry.root
-    store = registry.open_store(root if "://" in root or Path(root).is_absolute() else str((folder / root).resolve()),
-                                name)
+    store = audit.model_store(params, name, folder)
     champion = registry.aliases(registry.read_ledger(store)).get(params.serve.alias)
     if champion is None:
         return {"model": name, "unknown": f"no {params.serve.alias} to tune: run the lifecycle first"}
