@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
@@ -37,9 +37,11 @@ from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, ValidationErro
 
 from pipelines.core.config import check_model_name
 from pipelines.core.dataio import atomic_write_bytes, current_umask
-from pipelines.core.errors import CheckFailed, InputError
+from pipelines.core.errors import CheckFailed, ConfigError, InputError
 from pipelines.core.hashing import content_hash, tree_sha256
 from pipelines.core.hashing import sha256_bytes as _sha
+from pipelines.registry import signing
+from pipelines.registry.signing import Keys
 
 GENESIS = "0" * 64
 LEDGER, HEAD = "ledger.jsonl", "head.json"
@@ -50,12 +52,13 @@ class Store:
     fs: Any  # an fsspec filesystem
     base: str  # <root>/<model> inside fs
     local: bool
+    keys: Keys = field(default_factory=Keys)  # signing key and trusted keys (registry.signing)
 
     def path(self, *parts: str) -> str:
         return "/".join([self.base.rstrip("/"), *parts])
 
 
-def open_store(root: str, model: str) -> Store:
+def open_store(root: str, model: str, keys: Keys | None = None) -> Store:
     import fsspec
 
     check_model_name(model)  # the name becomes a path: never `../x`
@@ -63,7 +66,7 @@ def open_store(root: str, model: str) -> Store:
     local = "file" in (fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,))
     if local:
         base = str(Path(base).resolve())
-    return Store(fs, f"{base.rstrip('/')}/{model}", local)
+    return Store(fs, f"{base.rstrip('/')}/{model}", local, keys or Keys())
 
 
 def _canonical(obj: Any) -> bytes:
@@ -71,7 +74,8 @@ def _canonical(obj: Any) -> bytes:
 
 
 def entry_hash(entry: dict[str, Any]) -> str:
-    return _sha(_canonical({k: v for k, v in entry.items() if k != "hash"}))
+    """The entry's hash over everything but the hash and the signature (which signs the hash)."""
+    return _sha(_canonical({k: v for k, v in entry.items() if k not in ("hash", "signature")}))
 
 
 def _write(store: Store, path: str, data: bytes) -> None:
@@ -200,6 +204,12 @@ def _append(store: Store, entries: list[dict[str, Any]], entry: dict[str, Any]) 
     entry = {"seq": len(entries) + 1, "at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **entry,
              "prev_hash": entries[-1]["hash"] if entries else GENESIS}
     entry["hash"] = entry_hash(entry)
+    signature = store.keys.sign(entry["hash"])
+    if signature is None and store.keys.trusted:  # fail closed: a signed ledger takes no unsigned entry
+        raise ConfigError("this registry's ledger is signed (registry.trusted_keys): writing to it needs the "
+                          "signing key (registry.signing_key_file, or the env var registry.signing_key_env names)")
+    if signature is not None:
+        entry["signature"] = signature
     body = b"".join(_canonical(e) + b"\n" for e in [*entries, entry])
     _write(store, store.path(LEDGER), body)
     _write(store, store.path(HEAD), _canonical({"seq": entry["seq"], "hash": entry["hash"]}))  # the commit point
@@ -441,6 +451,16 @@ def record_lineage_commit(store: Store, version: int, commit: str, branch: str, 
                                         **({"run": run} if run else {})})
 
 
+def rotate_key(store: Store, new_key: str, retire: bool = False, by: str | None = None) -> dict[str, Any]:
+    """Introduce `new_key` (base64 raw Ed25519 public key), in an entry signed by the current key;
+    `retire`: the current key signs nothing after it."""
+    with _locked(store):
+        entries = read_ledger(store)
+        return _append(store, entries, {"action": "rotate_key", "version": None, "registered": None,
+                                        "aliases": aliases(entries), "by": by or _who(), "new_key": new_key,
+                                        "retire_key": retire, "reason": "signing key rotated"})
+
+
 def lineage_commits(entries: list[dict[str, Any]], version: int) -> list[dict[str, Any]]:
     return [e for e in entries if e.get("action") == "lineage" and e.get("version") == version]
 
@@ -505,6 +525,8 @@ def verify(store: Store) -> list[str]:
         if entry_hash(e) != e.get("hash"):
             problems.append(f"ledger line {number}: altered (hash mismatch)")
         prev = e.get("hash")
+    if store.keys.trusted:
+        problems += signing.problems(entries, store.keys.trusted)
     known = registered(entries)
     for version, reg in sorted(known.items()):
         problems += verify_version(store, version, reg)

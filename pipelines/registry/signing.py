@@ -1,0 +1,102 @@
+"""Ledger entries signed with Ed25519, so that write access to the registry's storage is not enough
+to rewrite its history: each entry's hash (which covers its sequence number and the previous hash) is
+signed by the promoting component's private key, and `verify` checks every signature against the
+public keys the registry trusts (configured outside the registry, in the model's params in git).
+
+Inputs: a private key (PEM, PKCS8, from a file or an env var: never kept in the registry), the
+trusted public keys (base64 of the raw 32 bytes), the ledger's entries.
+Outputs: an entry's `signature` ({key, sig}, base64), and the problems of a ledger: an unsigned entry,
+one signed by a key nobody trusted, or a signature that does not match, each named by its line.
+Key rotation: an entry with action `rotate_key`, signed by a trusted key, names `new_key`; later
+entries may be signed by it (and `retire_key` removes the old one from then on).
+"""
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from pipelines.core.errors import ConfigError
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def public_key(key: Ed25519PrivateKey) -> str:
+    """The base64 of the raw public key: what `registry.trusted_keys` lists."""
+    return _b64(key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
+
+
+def new_key_pem() -> bytes:
+    return Ed25519PrivateKey.generate().private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                      serialization.NoEncryption())
+
+
+def load_key(pem: bytes, where: str) -> Ed25519PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"{where}: not a PEM private key ({type(err).__name__})") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ConfigError(f"{where}: the signing key must be Ed25519, not {type(key).__name__}")
+    return key
+
+
+def load_signer(key_file: str | None, key_pem: str | None) -> Ed25519PrivateKey | None:
+    """The signing key from a file, else from the PEM an env var held (the caller reads it)."""
+    if key_file:
+        path = Path(key_file)
+        if not path.is_file():
+            raise ConfigError(f"registry.signing_key_file: {path} not found")
+        return load_key(path.read_bytes(), str(path))
+    return load_key(key_pem.encode("utf-8"), "the signing key env var") if key_pem else None
+
+
+@dataclass(frozen=True)
+class Keys:
+    """What a registry client holds: its signing key (None: it cannot write) and the trusted keys."""
+
+    signer: Ed25519PrivateKey | None = None
+    trusted: tuple[str, ...] = ()
+
+    def sign(self, entry_hash: str) -> dict[str, str] | None:
+        if self.signer is None:
+            return None
+        return {"key": public_key(self.signer), "sig": _b64(self.signer.sign(entry_hash.encode("ascii")))}
+
+
+def _valid(signature: Any, entry_hash: str) -> bool:
+    try:
+        key = Ed25519PublicKey.from_public_bytes(base64.b64decode(signature["key"], validate=True))
+        key.verify(base64.b64decode(signature["sig"], validate=True), str(entry_hash).encode("ascii"))
+        return True
+    except (InvalidSignature, ValueError, TypeError, KeyError):
+        return False
+
+
+def problems(entries: list[dict[str, Any]], trusted: tuple[str, ...]) -> list[str]:
+    """Every entry must carry a valid signature by a key trusted at that point of the ledger."""
+    allowed, out = set(trusted), []
+    for line, entry in enumerate(entries, start=1):
+        signature = entry.get("signature")
+        what = f"ledger line {line} ({entry.get('action')}"
+        if not isinstance(signature, dict):
+            out.append(f"{what}): unsigned")
+            continue
+        if signature.get("key") not in allowed:
+            out.append(f"{what}): signed by a key the registry does not trust")
+            continue
+        if not _valid(signature, entry.get("hash", "")):
+            out.append(f"{what}): signature does not match the entry")
+            continue
+        if entry.get("action") == "rotate_key":
+            allowed.add(entry.get("new_key"))
+            if entry.get("retire_key"):
+                allowed.discard(signature["key"])
+    return out
