@@ -59,6 +59,7 @@ def _models(args: argparse.Namespace) -> int:
     from pipelines.core.config import load_params
     from pipelines.orchestration import records
     from pipelines.registry import store as registry
+    from pipelines.registry.signing import keys_for
 
     projects = find_projects(Path.cwd())
     if projects is None:
@@ -70,7 +71,8 @@ def _models(args: argparse.Namespace) -> int:
             params = load_params(path, must_exist=True)
             root = params.registry.root
             root = root if "://" in root or Path(root).is_absolute() else str((path.parent / root).resolve())
-            champ = registry.aliases(registry.read_ledger(registry.open_store(root, name))).get("champion")
+            champ = registry.aliases(registry.read_ledger(registry.open_store(
+                root, name, keys_for(params.registry)))).get("champion")
             runs = records.list_runs(str(projects.parent), name, limit=1)
             rows.append({"model": name, "dag_id": f"lifecycle__{name}", "task": params.data.task,
                          "champion": champ, "last_run": runs[0].get("run_id") if runs else None,
@@ -157,12 +159,13 @@ def _train(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from pipelines.registry import store as registry
+    from pipelines.registry.signing import keys_for
     from pipelines.stages.evaluate import evaluate
 
     params = _params(args)
     _workspace(args, params, inputs=[params.train.output_dir, params.prepare.output_dir]).check_dir(
         params.evaluate.report_dir)
-    store = registry.open_store(params.registry.root, params.registry.model_name)
+    store = registry.open_store(params.registry.root, params.registry.model_name, keys_for(params.registry))
     champ_dir, champ_version = registry.champion(store, params.evaluate.compare_with)
     evaluate(params, champ_dir, champ_version)
     return 0
@@ -191,10 +194,12 @@ def _distinct(paths, names) -> None:
 def _store(args: argparse.Namespace):
     from pipelines.core.config import check_model_name
     from pipelines.registry import store as registry
+    from pipelines.registry.signing import keys_for
 
     params = _params(args)
     model = check_model_name(getattr(args, "model", None) or params.registry.model_name)
-    return params, model, registry.open_store(params.registry.root, model)
+    return params, model, registry.open_store(params.registry.root, model,
+                                              keys_for(params.registry, dict(os.environ)))
 
 
 def _airflow_task() -> dict[str, str | None]:

@@ -11,7 +11,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from pipelines.core.errors import ConfigError
 
@@ -223,6 +232,27 @@ class RegistryParams(_Section):
     root: str = "registry"  # a local directory or any fsspec URL (s3://, gs://)
     model_name: str = Field("text-classifier", pattern=MODEL_NAME_PATTERN)
     gto_tags: bool = False  # also create GTO git tags on promotion (needs a git repo with commits)
+    # Signed ledger (pipelines.registry.signing): the public keys (base64 of the raw 32-byte Ed25519 key)
+    # whose signatures the ledger must carry; empty: unsigned entries are accepted. Kept here, in git,
+    # never in the registry, so that write access to the registry's storage cannot change them.
+    trusted_keys: tuple[str, ...] = ()
+    signing_key_file: str | None = None  # the promoting component's private key (PEM) ...
+    signing_key_env: str = "PIPELINES_REGISTRY_SIGNING_KEY"  # ... or the env var holding it
+
+    @field_validator("trusted_keys")
+    @classmethod
+    def _raw_ed25519(cls, keys: tuple[str, ...]) -> tuple[str, ...]:
+        import base64
+        import binascii
+
+        for key in keys:
+            try:
+                raw = base64.b64decode(key, validate=True)
+            except (binascii.Error, ValueError):
+                raw = b""
+            if len(raw) != 32:
+                raise ValueError(f"{key[:16]!r}... is not a base64 Ed25519 public key (32 bytes)")
+        return keys
 
 
 class FallbackParams(_Section):

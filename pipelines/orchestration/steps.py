@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import sys
 import time
@@ -34,6 +35,7 @@ from pipelines.orchestration import checkpoints, gitops, records
 from pipelines.orchestration.gitops import TransientError
 from pipelines.orchestration.runconf import apply_overrides, check_conf, overrides
 from pipelines.orchestration.runspace import RunRef, Shared, TaskSpace, run_ref_name, stage_error, task_space
+from pipelines.registry import signing
 from pipelines.registry import store as registry
 
 STAGES = ("validate", "prepare", "train", "evaluate", "gate")
@@ -89,7 +91,7 @@ def start(shared: Shared, project: str, model: str, raw_conf: dict[str, Any] | N
         reg_root = shared.resolve(project, params.registry.root, "registry.root")
         if reg_root != params.registry.root:  # the run's params name the registry every worker uses
             changes.setdefault("registry", {})["root"] = reg_root
-        store = registry.open_store(reg_root, model)
+        store = registry.open_store(reg_root, model, signing.keys_for(params.registry, dict(os.environ)))
         registry.init(store, by=run.get("triggered_by"))
         champ = registry.aliases(registry.read_ledger(store)).get("champion")
         if champ != params.evaluate.compare_with:  # this run compares with today's champion, whatever happens meanwhile
@@ -233,7 +235,7 @@ def promote(shared: Shared, run: RunRef, info: dict[str, Any], approved_by: str 
         tp, proj = params.train, ws.project
         metrics = f"{params.evaluate.report_dir}/metrics.json"
         model = params.registry.model_name
-        store = registry.open_store(params.registry.root, model)
+        store = registry.open_store(params.registry.root, model, signing.keys_for(params.registry, dict(os.environ)))
         result = _already_champion(store, records.load(ws.root).get("gate") or {})
         if result is None:
             _pull(ws, params, [tp.output_dir, params.gate.decision_path, metrics,
@@ -301,19 +303,21 @@ def record(shared: Shared, run: RunRef, info: dict[str, Any], review: dict[str, 
         rec = records.update(ws.root, compute=compute, **({"review": review} if review else {}))
         branch = params.lineage.branch
         message = f"lineage: {run.model} {info.get('dag_id')} {run.run_id}\n\n{records.run_note(rec)}"
+        store = registry.open_store(params.registry.root, run.model, signing.keys_for(params.registry, dict(os.environ)))
+        head = registry.read_head(store)  # kept in git too: a rewritten or truncated ledger disagrees with it
         for _ in range(8):
             tip = gitops.fetch(ws.root, shared.git_remote, f"refs/heads/{branch}", into=f"refs/heads/{branch}")
-            commit = commit_run(ws.root, branch, files, {**rec, "run": info}, message)
+            commit = commit_run(ws.root, branch, files, {**rec, "run": info, "ledger_head": head}, message)
             if gitops.push(ws.root, shared.git_remote, commit, f"refs/heads/{branch}", expect=tip or ""):
                 break
         else:
             raise TransientError(f"the {branch} branch kept moving; will retry")
         promoted = rec.get("promotion")
         if promoted and promoted.get("changed"):  # anchor the commit in the ledger for auditors
-            store = registry.open_store(params.registry.root, promoted["model"])
             registry.record_lineage_commit(store, promoted["version"], commit, branch,
                                            run=f"{info.get('dag_id')} run {run.run_id}", by=info.get("triggered_by"))
-        rec = records.update(ws.root, lineage_commit=commit, lineage_branch=branch)
+        rec = records.update(ws.root, lineage_commit=commit, lineage_branch=branch,
+                             ledger_head=registry.read_head(store))  # after the anchor: on the run's ref
         new = ws.commit(f"{run.model} run {run.run_id}: lineage {commit[:12]}")
     return {**new.to_xcom(), "lineage_commit": commit, "lineage_branch": branch, "note": rec["note"]}
 
@@ -328,7 +332,7 @@ def rollback(shared: Shared, project: str, model: str, to_version: int | None, r
     with task_space(shared, ref, start_ref="HEAD", dvc=False) as ws:
         params = _params(ws)
     root = shared.resolve(project, params.registry.root, "registry.root")
-    store = registry.open_store(root, model)
+    store = registry.open_store(root, model, signing.keys_for(params.registry, dict(os.environ)))
     if not registry.read_ledger(store):
         raise InputError(f"model {model!r} has no registry at {root}")
     entry = registry.move_alias(store, model, "champion", to_version, by=info.get("triggered_by"),

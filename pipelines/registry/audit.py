@@ -21,6 +21,7 @@ import yaml
 from pipelines.core.config import Params
 from pipelines.core.errors import CheckFailed, InputError
 from pipelines.core.hashing import md5_file, sha256_bytes
+from pipelines.registry import signing
 from pipelines.registry import store as registry
 
 Link = dict[str, Any]
@@ -150,7 +151,7 @@ def model_store(params: Params, model: str, root: Path) -> registry.Store:
     reg_root = params.registry.root
     if "://" not in reg_root and not Path(reg_root).is_absolute():
         reg_root = str(Path(root) / reg_root)  # relative to the project, not the process' cwd
-    return registry.open_store(reg_root, model)
+    return registry.open_store(reg_root, model, signing.keys_for(params.registry))
 
 
 ANSWERS = "evaluate_predictions.parquet"  # the evaluation's per-example results, when kept as evidence
@@ -294,12 +295,26 @@ def _evidence_branch(entries: list, number: int, stored: dict[str, bytes], root:
     if git("merge-base", "--is-ancestor", commit, f"refs/heads/{branch}").returncode != 0:
         return _link("evidence_branch", "altered", f"commit {commit[:12]} is no longer on branch {branch!r} "
                      "(moved or rewritten)", **data)
+    seen = _ledger_seen(git("show", f"{commit}:lineage/run.json").stdout)
+    if seen and (len(entries) < seen["seq"] or entries[seen["seq"] - 1]["hash"] != seen["hash"]):
+        return _link("evidence_branch", "altered", f"the ledger is not the one lineage commit {commit[:12]} saw: "
+                     + (f"it has {len(entries)} entries, the commit saw {seen['seq']} (deleted)"
+                        if len(entries) < seen["seq"] else f"its entry {seen['seq']} was rewritten"), **data)
     lock = git("show", f"{commit}:./dvc.lock")  # ./: the dvc.lock of the model folder `root` (git resolves it)
     if "dvc.lock" in stored and (lock.returncode != 0 or lock.stdout != stored["dvc.lock"]):
         return _link("evidence_branch", "altered", f"dvc.lock in commit {commit[:12]} differs from the one "
                      "stored with the version", **data)
     return _link("evidence_branch", "ok", f"commit {commit[:12]} is on branch {branch!r} with the same dvc.lock",
                  **data)
+
+
+def _ledger_seen(run_json: bytes) -> dict | None:
+    """The ledger head a lineage commit recorded (`ledger_head` in its lineage/run.json), if any."""
+    try:
+        head = json.loads(run_json).get("ledger_head") if run_json else None
+    except (ValueError, AttributeError):
+        return None
+    return head if isinstance(head, dict) and isinstance(head.get("seq"), int) and head["seq"] >= 1 else None
 
 
 def _served(number: int, alias: str | None, entries: list, manifest: dict, problems: list[str]) -> Link:

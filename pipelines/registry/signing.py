@@ -58,6 +58,13 @@ def load_signer(key_file: str | None, key_pem: str | None) -> Ed25519PrivateKey 
     return load_key(key_pem.encode("utf-8"), "the signing key env var") if key_pem else None
 
 
+def keys_for(rp, writer_env: dict[str, str] | None = None) -> "Keys":
+    """The Keys of a registry client from its `registry` params: the trusted keys always; the signing
+    key only for a writer (given the environment to find it in, read by the caller)."""
+    signer = load_signer(rp.signing_key_file, writer_env.get(rp.signing_key_env)) if writer_env is not None else None
+    return Keys(signer=signer, trusted=tuple(rp.trusted_keys))
+
+
 @dataclass(frozen=True)
 class Keys:
     """What a registry client holds: its signing key (None: it cannot write) and the trusted keys."""

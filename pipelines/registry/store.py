@@ -184,6 +184,9 @@ def read_ledger(store: Store) -> list[dict[str, Any]]:
     if entries[-1]["hash"] != head["hash"]:
         raise CheckFailed(f"registry ledger line {head['seq']}: its hash differs from the one {HEAD} anchors "
                           "(altered or rewritten)")
+    unsigned = signing.problems(entries, store.keys.trusted) if store.keys.trusted else []
+    if unsigned:  # fail closed: nothing is read from a signed ledger whose signatures do not hold
+        raise CheckFailed(unsigned[0] + (f" (+{len(unsigned) - 1} more)" if len(unsigned) > 1 else ""))
     return entries
 
 
@@ -525,8 +528,6 @@ def verify(store: Store) -> list[str]:
         if entry_hash(e) != e.get("hash"):
             problems.append(f"ledger line {number}: altered (hash mismatch)")
         prev = e.get("hash")
-    if store.keys.trusted:
-        problems += signing.problems(entries, store.keys.trusted)
     known = registered(entries)
     for version, reg in sorted(known.items()):
         problems += verify_version(store, version, reg)

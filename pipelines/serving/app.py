@@ -553,6 +553,7 @@ def create_app(params: Params, alias: str = "champion", model: str | None = None
     from fastapi import FastAPI
 
     from pipelines.registry import store as registry
+    from pipelines.registry.signing import keys_for
     from pipelines.serving.fallback import Upstream
 
     sp = params.serve
@@ -563,7 +564,7 @@ def create_app(params: Params, alias: str = "champion", model: str | None = None
     served: dict[str, ServedModel] = {}
     for name, own in models.items():
         served[name] = ServedModel(
-            name, Holder(registry.open_store(own.registry.root, name), alias, metrics, name),
+            name, Holder(registry.open_store(own.registry.root, name, keys_for(own.registry)), alias, metrics, name),
             Batcher(sp.max_batch, sp.max_wait_ms, sp.max_queue, executor, metrics) if batching else None,
             GenerationBatcher(sp.max_generation_batch, executor, metrics, sp.generation_wait_ms) if batching else None,
             Upstream.from_params(own.serve.fallback, name, own.cost.api.get(own.serve.fallback.model)),

@@ -121,3 +121,25 @@ def test_a_version_without_a_recorded_commit_says_so(repo):
     root, _, _ = repo
     link = lineage._evidence_branch([], 1, {}, root)
     assert link["status"] == "ok" and "promoted outside a lifecycle run" in link["detail"]
+
+
+@pytest.mark.parametrize("ledger, status, phrase", [
+    ("as seen", "ok", "is on branch"),
+    ("rewritten", "altered", "its entry 2 was rewritten"),
+    ("truncated", "altered", "it has 1 entries, the commit saw 2 (deleted)"),
+])
+def test_the_lineage_commit_remembers_the_ledger_head_it_saw(tmp_path, ledger, status, phrase):
+    """A ledger rewritten (even re-signed) or cut short after a run disagrees with git history kept elsewhere."""
+    for cmd in (["init", "-q"], ["config", "user.email", "t@example.com"], ["config", "user.name", "t"]):
+        subprocess.run(["git", *cmd], cwd=tmp_path, check=True)
+    (tmp_path / "dvc.lock").write_text("stages: {}\n")
+    subprocess.run(["git", "add", "."], cwd=tmp_path, check=True)
+    subprocess.run(["git", "commit", "-qm", "init"], cwd=tmp_path, check=True)
+    commit = commit_run(tmp_path, "lineage", ["dvc.lock"], {"run_id": "r1", "ledger_head": {"seq": 2, "hash": "h2"}},
+                        "lineage: r1")
+    anchor = {"action": "lineage", "version": 1, "lineage_commit": commit, "lineage_branch": "lineage", "hash": "h3"}
+    entries = {"as seen": [{"hash": "h1"}, {"hash": "h2"}, anchor],
+               "rewritten": [{"hash": "h1"}, {"hash": "forged"}, anchor],
+               "truncated": [anchor]}[ledger]  # entries 1-2 deleted, the anchor renumbered
+    link = lineage._evidence_branch(entries, 1, {"dvc.lock": b"stages: {}\n"}, tmp_path)
+    assert link["status"] == status and phrase in link["detail"], link

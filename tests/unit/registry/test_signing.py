@@ -65,14 +65,61 @@ def test_a_signed_ledger_verifies_and_every_entry_carries_a_signature(signed):
     assert all(e["signature"]["key"] == keys.trusted[0] for e in registry.read_ledger(store))
 
 
+def test_readers_of_a_rewritten_ledger_fail_closed(signed):
+    """Serving, lineage and promotion read the ledger through read_ledger: with trusted keys set, a
+    ledger whose signatures do not hold yields nothing (the swap below would serve other weights)."""
+    from pipelines.core.errors import CheckFailed
+
+    store, keys, _ = signed
+    entries = registry.read_ledger(store)
+    entries[2]["aliases"] = {"champion": 1}
+    _rewrite(store, entries)
+    with pytest.raises(CheckFailed, match="ledger line 3 \\(promote\\): signature does not match the entry"):
+        registry.read_ledger(_reader(store, keys))
+    assert registry.aliases(registry.read_ledger(registry.open_store(str(Path(store.base).parent), MODEL))) == {
+        "champion": 1}  # a reader that trusts no key is fooled: configure registry.trusted_keys
+
+
+@pytest.mark.parametrize("trusted, says", [
+    (["not base64!"], "is not a base64 Ed25519 public key (32 bytes)"),
+    (["AAAA"], "is not a base64 Ed25519 public key (32 bytes)"),
+])
+def test_a_bad_trusted_key_is_a_clear_config_error(trusted, says):
+    from pipelines.core.config import parse_params
+
+    with pytest.raises(ConfigError, match="registry.trusted_keys"):
+        parse_params({"registry": {"trusted_keys": trusted}})
+    try:
+        parse_params({"registry": {"trusted_keys": trusted}})
+    except ConfigError as err:
+        assert says in str(err)
+
+
+def test_keys_from_params_sign_only_for_a_writer(tmp_path):
+    from pipelines.core.config import parse_params
+
+    pem = signing.new_key_pem()
+    public = signing.public_key(signing.load_key(pem, "t"))
+    rp = parse_params({"registry": {"trusted_keys": [public]}}).registry
+    assert signing.keys_for(rp) == Keys(trusted=(public,))  # a reader: no key loaded
+    writer = signing.keys_for(rp, {"PIPELINES_REGISTRY_SIGNING_KEY": pem.decode()})
+    assert signing.public_key(writer.signer) == public
+    (tmp_path / "k.pem").write_bytes(pem)
+    from_file = parse_params({"registry": {"trusted_keys": [public], "signing_key_file": str(tmp_path / "k.pem")}})
+    assert signing.public_key(signing.keys_for(from_file.registry, {}).signer) == public
+    with pytest.raises(ConfigError, match="not a PEM private key"):
+        signing.keys_for(rp, {"PIPELINES_REGISTRY_SIGNING_KEY": "garbage"})
+
+
 def test_a_rewritten_ledger_with_every_hash_recomputed_is_named(signed):
     store, keys, _ = signed
     entries = registry.read_ledger(store)
     entries[1]["by"] = "someone-else"  # who promoted v1, rewritten; hashes recomputed, signatures kept
     _rewrite(store, entries)
     problems = registry.verify(_reader(store, keys))
-    assert "ledger line 2 (promote): signature does not match the entry" in problems
-    assert not any("chain broken" in p or "hash mismatch" in p for p in problems)  # the hash chain alone is fooled
+    assert problems == ["ledger line 2 (promote): signature does not match the entry (+1 more)"]  # and line 3's
+    plain = registry.open_store(str(Path(store.base).parent), MODEL)  # trusting no key: the hash chain is fooled
+    assert registry.verify(plain) == []
 
 
 def test_swapped_files_and_manifest_with_the_ledger_made_consistent_are_named(signed):
@@ -98,12 +145,14 @@ def test_an_entry_signed_by_another_key_or_unsigned_is_named(signed):
     entries[2]["hash"] = registry.entry_hash({**entries[2], "prev_hash": entries[1]["hash"]})
     del entries[1]["signature"]
     _rewrite(store, entries)
-    entries = registry.read_ledger(store)
+    plain = registry.open_store(str(Path(store.base).parent), MODEL)  # no keys: reads without checking
+    entries = registry.read_ledger(plain)
     entries[2]["signature"] = Keys(signer=mallory).sign(entries[2]["hash"])
     Path(store.path(registry.LEDGER)).write_bytes(b"".join(registry._canonical(e) + b"\n" for e in entries))
     problems = registry.verify(_reader(store, keys))
-    assert problems[:2] == ["ledger line 2 (promote): unsigned",
-                            "ledger line 3 (promote): signed by a key the registry does not trust"]
+    assert problems == ["ledger line 2 (promote): unsigned (+1 more)"]
+    assert signing.problems(registry.read_ledger(plain), keys.trusted) == [  # every problem, line by line
+        "ledger line 2 (promote): unsigned", "ledger line 3 (promote): signed by a key the registry does not trust"]
 
 
 def test_a_replayed_entry_is_named(signed):
