@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import os
 import sys
+from pathlib import Path
 from typing import Callable, Sequence, get_args
 
 from pipelines.core.config import LifecycleParams
@@ -262,12 +263,17 @@ def _registry(args: argparse.Namespace) -> int:
             raise ConfigError("registry alias needs --name ALIAS and --version N")
         registry.move_alias(store, model, args.name, args.version, reason=args.reason or "")
     elif args.action == "verify":
+        from pipelines.registry.audit import ledger_against_git
+
         problems = registry.verify(store)
+        problems = problems or [p for p in [ledger_against_git(registry.read_ledger(store), model, Path.cwd())] if p]
         if problems:
             for problem in problems[1:]:
                 print(f"also: {problem}", file=sys.stderr)
             raise CheckFailed(f"registry {model} failed verification: {problems[0]}")
-        print(f"registry {model}: ledger chain, manifests and every file verified", file=sys.stderr)
+        signed = ", every signature" if store.keys.trusted else ""
+        print(f"registry {model}: ledger chain{signed}, manifests and every file verified; the ledger holds "
+              "the head its newest run kept in git (if any)", file=sys.stderr)
     return 0
 
 

@@ -244,6 +244,7 @@ def trace(params: Params, model: str, alias: str | None = "champion", version: i
     entries = registry.read_ledger(store)
     vdir = store.path("versions", f"v{number:04d}")
     problems = [p for p in registry.verify(store) if p.startswith((f"v{number}:", "ledger", "alias"))]
+    problems += [p for p in [ledger_against_git(entries, model, root)] if p]
     try:
         manifest = registry.read_manifest(store, number, registry.registered(entries)[number])
     except CheckFailed as err:
@@ -306,6 +307,28 @@ def _evidence_branch(entries: list, number: int, stored: dict[str, bytes], root:
                      "stored with the version", **data)
     return _link("evidence_branch", "ok", f"commit {commit[:12]} is on branch {branch!r} with the same dvc.lock",
                  **data)
+
+
+def ledger_against_git(entries: list, model: str, root: Path, runs: int = 20) -> str | None:
+    """The newest ledger head the model's runs kept in git (each run ref's record holds the head after
+    its lineage anchor) must still be in the ledger: one cut short or rewritten since, even with every
+    hash and `head.json` made consistent, disagrees with history that lives outside the registry."""
+    refs = subprocess.run(["git", "for-each-ref", "--sort=-committerdate", f"--count={runs}", "--format=%(refname)",
+                           f"refs/runs/{model}/"], cwd=root, capture_output=True, text=True)
+    seen: list[tuple[dict, str]] = []
+    for ref in refs.stdout.split() if refs.returncode == 0 else []:  # a run that stopped early kept no head
+        shown = subprocess.run(["git", "show", f"{ref}:lineage/run.json"], cwd=root, capture_output=True)
+        head = _ledger_seen(shown.stdout) if shown.returncode == 0 else None
+        seen += [(head, ref.rsplit("/", 1)[-1])] if head else []
+    if not seen:
+        return None
+    head, run_id = max(seen, key=lambda item: item[0]["seq"])
+    where = f"run {run_id} recorded ledger head {head['seq']} in git"
+    if len(entries) < head["seq"]:
+        return f"ledger cut short: it has {len(entries)} entries, {where} (entries deleted)"
+    if entries[head["seq"] - 1]["hash"] != head["hash"]:
+        return f"ledger rewritten: its entry {head['seq']} is not the one {where}"
+    return None
 
 
 def _ledger_seen(run_json: bytes) -> dict | None:

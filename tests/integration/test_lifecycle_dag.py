@@ -2,7 +2,9 @@
 of the platform: promotion, a verified lineage chain, the user's checkout untouched (every task in a
 checkout of its own), a challenger with form params, a gate rejection with reasons and the unchanged
 stages restored from DVC's run-cache, a deterministic failure that is not retried, a rollback, bad
-form values refused, and tampering named by `pipelines lineage`."""
+form values refused, and tampering named by `pipelines lineage`. The registry's ledger is signed
+(registry.trusted_keys): the promoting tasks sign with a key file outside the registry, and a worker
+without it cannot write."""
 from __future__ import annotations
 
 import json
@@ -12,6 +14,8 @@ import pytest
 import yaml
 
 from pipelines.devtools import airflow_local
+from pipelines.registry import signing
+from pipelines.registry import store as registry
 from tests.lifecycle_support import (
     airflow_env,
     dags_test,
@@ -28,11 +32,22 @@ pytestmark = pytest.mark.integration
 STAGES = {"validate", "prepare", "train", "evaluate", "gate"}
 DAG = "lifecycle__text-classifier"
 MODEL = "projects/text-classifier"
+PEM = signing.new_key_pem()
+PUBLIC = signing.public_key(signing.load_key(PEM, "test"))
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    repo = make_project(tmp_path_factory.mktemp("lifecycle"))
+def key_file(tmp_path_factory):
+    """The promoting component's private key: a file outside the project and its registry."""
+    path = tmp_path_factory.mktemp("keys") / "registry.pem"
+    path.write_bytes(PEM)
+    return path
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory, key_file):
+    repo = make_project(tmp_path_factory.mktemp("lifecycle"),
+                        registry={"trusted_keys": [PUBLIC], "signing_key_file": str(key_file)})
     airflow_local.setup(repo)
     return repo
 
@@ -94,6 +109,12 @@ def test_first_run_promotes_and_leaves_a_verified_lineage(repo):
                                                          "validation", "raw", "evidence_branch", "orchestration"]
     assert chain["links"][-2]["status"] == "ok" and chain["links"][-2]["commit"] == record["lineage_commit"]
     assert "champion v1" in pipelines(repo, "models").stdout
+    # every ledger entry is signed by the promoting tasks' key; git keeps the head the run saw
+    entries = [json.loads(line) for line in ledger(repo).splitlines()]
+    assert [e["action"] for e in entries] == ["init", "promote", "lineage"]
+    assert all(e["signature"]["key"] == PUBLIC for e in entries)
+    assert json.loads(git(repo, "show", "lineage:lineage/run.json"))["ledger_head"]["seq"] == 2
+    assert record["ledger_head"] == {"seq": 3, "hash": entries[-1]["hash"]}  # after the anchor, on the run's ref
     # the champion Asset's event says what was promoted (the Airflow UI shows it on the Asset)
     reg = json.loads(ledger(repo).splitlines()[1])["registered"]
     event = asset_events(repo)[-1]
@@ -179,6 +200,54 @@ def test_form_values_out_of_bounds_are_refused_before_the_run(repo, conf, field)
     proc = dags_test(repo, DAG, conf)
     assert proc.returncode != 0
     assert field in (proc.stdout + proc.stderr) and "Invalid input for param" in (proc.stdout + proc.stderr)
+    assert ledger(repo) == before
+
+
+def rewrite(repo, change) -> None:
+    """What a storage admin without the key can do: edit the ledger, recompute every hash and the head."""
+    path = repo / "registry" / "text-classifier" / registry.LEDGER
+    entries = change([json.loads(line) for line in path.read_text().splitlines()])
+    prev = registry.GENESIS
+    for e in entries:
+        e["prev_hash"], e["hash"] = prev, None
+        e["hash"] = prev = registry.entry_hash(e)
+    path.write_bytes(b"".join(registry._canonical(e) + b"\n" for e in entries))
+    path.with_name(registry.HEAD).write_bytes(registry._canonical({"seq": len(entries), "hash": prev}))
+
+
+def by_mallory(entries):
+    entries[1]["by"] = "mallory"  # who promoted v1; the signatures kept
+    return entries
+
+
+@pytest.mark.parametrize("change, named", [
+    (by_mallory, "ledger line 2 (promote): signature does not match the entry"),
+    (lambda entries: entries[:-1], "ledger cut short: it has 4 entries, run "),  # the last entry deleted
+])
+def test_a_ledger_rewritten_or_cut_short_without_the_key_is_named(repo, change, named):
+    folder = repo / "registry" / "text-classifier"
+    saved = {name: (folder / name).read_bytes() for name in (registry.LEDGER, registry.HEAD)}
+    assert len(saved[registry.LEDGER].splitlines()) == 5  # init, then promote and lineage for v1 and v2
+    try:
+        rewrite(repo, change)
+        out = model_cli(repo, "lineage", check=False)
+        assert out.returncode == 1 and named in out.stderr, out.stderr
+        verify = model_cli(repo, "registry", "verify", check=False)
+        assert verify.returncode != 0 and named in verify.stderr, verify.stderr
+    finally:
+        for name, data in saved.items():
+            (folder / name).write_bytes(data)
+    assert json.loads(model_cli(repo, "lineage", "--json").stdout)["verified"] is True
+
+
+def test_a_worker_without_the_key_cannot_roll_back_and_nothing_is_written(repo, key_file):
+    before = ledger(repo)
+    key_file.rename(key_file.with_suffix(".away"))
+    try:
+        proc = dags_test(repo, "rollback", {"model": "text-classifier", "reason": "no key here"})
+    finally:
+        key_file.with_suffix(".away").rename(key_file)
+    assert proc.returncode != 0 and "registry.signing_key_file" in proc.stdout + proc.stderr
     assert ledger(repo) == before
 
 
