@@ -17,6 +17,8 @@ from pathlib import Path
 
 from pipelines.core.errors import CheckFailed
 
+OL_EXTRACTOR = "lifecycle_openlineage.LifecycleExtractor"  # dags/lifecycle_openlineage.py
+
 
 def env(root: Path | str, home: Path | str | None = None) -> dict[str, str]:
     root = Path(root).resolve()
@@ -29,7 +31,11 @@ def env(root: Path | str, home: Path | str | None = None) -> dict[str, str]:
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
             "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}", "HF_HUB_OFFLINE": "1",
-            "DVC_NO_ANALYTICS": "1", "GX_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
+            "DVC_NO_ANALYTICS": "1", "GX_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1",
+            # the lifecycle tasks' lineage for the OpenLineage provider (inert until [openlineage] has a transport)
+            "AIRFLOW__OPENLINEAGE__EXTRACTORS": os.environ.get("AIRFLOW__OPENLINEAGE__EXTRACTORS", OL_EXTRACTOR),
+            # it reads the task's XCom on completion: emit in a thread, not a fork sharing the supervisor's socket
+            "AIRFLOW__OPENLINEAGE__EXECUTE_IN_THREAD": os.environ.get("AIRFLOW__OPENLINEAGE__EXECUTE_IN_THREAD", "True")}
 
 
 def airflow(root: Path | str, *args: str, check: bool = True, home: Path | str | None = None,

@@ -32,6 +32,7 @@ import yaml
 from pipelines.core.config import Params, check_model_name, load_params
 from pipelines.core.errors import CheckFailed, ConfigError, InputError, PipelineError
 from pipelines.orchestration import checkpoints, gitops, records
+from pipelines.orchestration import openlineage as ol
 from pipelines.orchestration.gitops import TransientError
 from pipelines.orchestration.runconf import apply_overrides, check_conf, overrides
 from pipelines.orchestration.runspace import RunRef, Shared, TaskSpace, run_ref_name, stage_error, task_space
@@ -117,7 +118,8 @@ def start(shared: Shared, project: str, model: str, raw_conf: dict[str, Any] | N
                        started_at=time.time())
         new = ws.commit(f"{model} run {run['run_id']}: snapshot of {conf.dataset} ({md5[:12]})",
                         force=[f"{project}/{rel}.dvc", f"{project}/params.yaml"])
-    return {**new.to_xcom(), "snapshot": snapshot, "require_approval": conf.require_approval}
+        io = ol.snapshot_io(params, ws.project, project, shared.git_remote)
+    return {**new.to_xcom(), "snapshot": snapshot, "require_approval": conf.require_approval, "lineage_io": io}
 
 
 # ---------------------------------------------------------------- stages
@@ -158,7 +160,8 @@ def run_stage(shared: Shared, run: RunRef, stage: str) -> dict[str, Any]:
         records.update(ws.root, stages=stages)
         new = ws.commit(f"{run.model} run {run.run_id}: {stage} ({'ran' if outcome['ran'] else 'cached'})")
         outcome |= {"checkout_seconds": checkout, "commit_seconds": round(time.perf_counter() - t1, 2)}
-    return {**new.to_xcom(), **outcome}
+        io = ol.stage_io(_params(ws), ws.project, run.project, shared.git_remote, stage)
+    return {**new.to_xcom(), **outcome, "lineage_io": io}
 
 
 def gate_summary(params: Params, project: Path) -> dict[str, Any]:
@@ -184,7 +187,8 @@ def gate(shared: Shared, run: RunRef) -> dict[str, Any]:
         records.update(ws.root, stages=stages, gate=summary)
         verdict = "passed" if summary["passed"] else "rejected"
         new = ws.commit(f"{run.model} run {run.run_id}: gate {verdict} ({summary['summary']})")
-    return {**new.to_xcom(), **summary}
+        io = ol.stage_io(_params(ws), ws.project, run.project, shared.git_remote, "gate")
+    return {**new.to_xcom(), **summary, "lineage_io": io}
 
 
 # ---------------------------------------------------------------- registry, serving, lineage
@@ -254,8 +258,14 @@ def promote(shared: Shared, run: RunRef, info: dict[str, Any], approved_by: str 
         gate = records.load(ws.root).get("gate") or {}
         records.update(ws.root, promotion=promotion)
         new = ws.commit(f"{model} run {run.run_id}: promoted v{result['version']}")
-    reg = registry.registered(registry.read_ledger(store))[result["version"]]
-    return {**new.to_xcom(), **promotion, "champion": {  # the champion Asset event's metadata
+        entries = registry.read_ledger(store)
+        reg = registry.registered(entries)[result["version"]]
+        signed = next((e.get("signature") or {} for e in entries if (e.get("registered") or {}).get("version")
+                       == result["version"]), {})
+        io = ol.promote_io(params, proj, run.project, shared.git_remote, params.registry.root,
+                           registry.read_manifest(store, result["version"], reg), reg["manifest_sha256"],
+                           signed.get("key"))
+    return {**new.to_xcom(), **promotion, "lineage_io": io, "champion": {  # the champion Asset event's metadata
         **promotion, "manifest_sha256": reg["manifest_sha256"], "candidate_hash": reg["candidate_hash"],
         "gate": gate.get("summary"), "run_id": run.run_id}}
 
@@ -319,7 +329,11 @@ def record(shared: Shared, run: RunRef, info: dict[str, Any], review: dict[str, 
         rec = records.update(ws.root, lineage_commit=commit, lineage_branch=branch,
                              ledger_head=registry.read_head(store))  # after the anchor: on the run's ref
         new = ws.commit(f"{run.model} run {run.run_id}: lineage {commit[:12]}")
-    return {**new.to_xcom(), "lineage_commit": commit, "lineage_branch": branch, "note": rec["note"]}
+        read = ol.stage_io(params, ws.project, run.project, shared.git_remote, "gate")["outputs"] + (
+            [ol.alias(params.registry.root, run.model, params.serve.alias, promoted["version"])] if promoted else [])
+        io = ol.record_io(shared.git_remote, branch, commit, rec["ledger_head"], read)
+    return {**new.to_xcom(), "lineage_commit": commit, "lineage_branch": branch, "note": rec["note"],
+            "lineage_io": io}
 
 
 # ---------------------------------------------------------------- other DAGs and run bookkeeping

@@ -4,7 +4,7 @@ checkout of its own), a challenger with form params, a gate rejection with reaso
 stages restored from DVC's run-cache, a deterministic failure that is not retried, a rollback, bad
 form values refused, and tampering named by `pipelines lineage`. The registry's ledger is signed
 (registry.trusted_keys): the promoting tasks sign with a key file outside the registry, and a worker
-without it cannot write."""
+without it cannot write. OpenLineage is on (file transport): every task reports what it read and wrote."""
 from __future__ import annotations
 
 import json
@@ -45,7 +45,18 @@ def key_file(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory, key_file):
+def ol_events(tmp_path_factory):
+    """Airflow's [openlineage] section (as its env vars): the file transport, one JSON event per line."""
+    path = tmp_path_factory.mktemp("openlineage") / "events.jsonl"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AIRFLOW__OPENLINEAGE__TRANSPORT", json.dumps({"type": "file", "log_file_path": str(path),
+                                                                 "append": True}))
+        mp.setenv("AIRFLOW__OPENLINEAGE__NAMESPACE", "lifecycle-test")
+        yield path
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory, key_file, ol_events):
     repo = make_project(tmp_path_factory.mktemp("lifecycle"),
                         registry={"trusted_keys": [PUBLIC], "signing_key_file": str(key_file)})
     airflow_local.setup(repo)
@@ -80,7 +91,7 @@ def model_cli(repo, *args, check=True):
     return pipelines(repo, "--model", "text-classifier", *args, check=check)
 
 
-def test_first_run_promotes_and_leaves_a_verified_lineage(repo):
+def test_first_run_promotes_and_leaves_a_verified_lineage(repo, ol_events):
     before, params_before = user_state(repo), (repo / MODEL / "params.yaml").read_bytes()
     proc = dags_test(repo, DAG)
     assert proc.returncode == 0, proc.stdout[-4000:]
@@ -141,6 +152,49 @@ def test_first_run_promotes_and_leaves_a_verified_lineage(repo):
                                 "source": "tuned by the version's evaluation (its routing evidence)"}
     assert (repo / MODEL / "reports" / "route" / "tune.json").is_file()
     assert "<- chosen, served" in model_cli(repo, "route", "tune").stdout
+    check_openlineage(repo, ol_events, record)
+
+
+def check_openlineage(repo, path, record):
+    """The run's OpenLineage events: a START and a COMPLETE per task; the datasets connected from the
+    raw drop to the served alias; the facets' hashes those of the registry's manifest and ledger."""
+    events = [json.loads(line) for line in path.read_text().splitlines()]
+    tasks = [e for e in events if e["job"]["name"].startswith(f"{DAG}.")]
+    kinds: dict[str, list[str]] = {}
+    for e in tasks:
+        kinds.setdefault(e["job"]["name"].split(".", 1)[1], []).append(e["eventType"])
+    ran = STAGES | {"snapshot", "decide", "promote", "notify_serving", "lineage", "finish"}  # approve: skipped
+    assert kinds == {task: ["START", "COMPLETE"] for task in ran}, kinds
+    assert {e["job"]["namespace"] for e in events} == {"lifecycle-test"}
+    done = {e["job"]["name"].split(".", 1)[1]: e for e in tasks if e["eventType"] == "COMPLETE"}
+    assert all(done[t]["run"]["facets"]["mlops_run"]["run_id"] == record["run_id"] for t in STAGES)
+    # connected: follow outputs into the tasks that read them, from the raw drop to the served alias
+    key = lambda d: (d["namespace"], d["name"], d["facets"].get("version", {}).get("datasetVersion"))  # noqa: E731
+    reached, frontier = set(), [key(d) for d in done["snapshot"]["outputs"]]
+    while frontier:
+        reached |= set(frontier)
+        frontier = [key(o) for e in done.values() if {key(i) for i in e.get("inputs", [])} & reached
+                    for o in e.get("outputs", []) if key(o) not in reached]
+    names = {name for _, name, _ in reached}
+    assert {f"{MODEL}/data/prepared", f"{MODEL}/models/candidate", f"{MODEL}/reports/gate/decision.json",
+            "text-classifier/v0001", "text-classifier@champion"} <= names, names
+    # the facets carry what the registry and the evidence hold
+    entry = json.loads(ledger(repo).splitlines()[1])
+    manifest = json.loads((repo / "registry" / "text-classifier" / "versions" / "v0001" / "manifest.json").read_text())
+    version = next(o for o in done["promote"]["outputs"] if o["name"] == "text-classifier/v0001")["facets"]
+    assert version["mlops_registryVersion"]["manifest_sha256"] == entry["registered"]["manifest_sha256"]
+    assert version["mlops_registryVersion"]["signed_by"] == entry["signature"]["key"] == PUBLIC
+    for field in ("candidate_hash", "adapter_sha256", "base_hash", "data_version"):
+        assert version["mlops_registryVersion"][field] == manifest[field], field
+    raw, = done["snapshot"]["outputs"]
+    stored_raw = yaml.safe_load((repo / "registry" / "text-classifier" / "versions" / "v0001" / "evidence" /
+                                 "raw.dvc").read_text())
+    assert raw["facets"]["mlops_contentHash"]["hash"] == stored_raw["outs"][0]["md5"]
+    gx = next(o for o in done["validate"]["outputs"] if o["name"].endswith("result.json"))["facets"]
+    assert gx["mlops_gxValidation"]["success"] is True
+    decision = next(o for o in done["gate"]["outputs"] if o["name"].endswith("decision.json"))["facets"]
+    assert decision["mlops_gateDecision"]["passed"] is True
+    assert decision["mlops_gateDecision"]["candidate_hash"] == manifest["candidate_hash"]
 
 
 def test_new_drop_with_form_params_trains_a_challenger(repo):
