@@ -159,6 +159,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from pipelines.core.paths import outside_experiment
     from pipelines.registry import store as registry
     from pipelines.registry.signing import keys_for
     from pipelines.stages.evaluate import evaluate
@@ -166,7 +167,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     params = _params(args)
     _workspace(args, params, inputs=[params.train.output_dir, params.prepare.output_dir]).check_dir(
         params.evaluate.report_dir)
-    store = registry.open_store(params.registry.root, params.registry.model_name, keys_for(params.registry))
+    # inside `dvc exp run --queue/--temp` the git-ignored registry is the origin repository's, not the workspace's
+    root = outside_experiment(params.registry.root, Path(args.params or "params.yaml").resolve().parent)
+    store = registry.open_store(root, params.registry.model_name, keys_for(params.registry))
     champ_dir, champ_version = registry.champion(store, params.evaluate.compare_with)
     evaluate(params, champ_dir, champ_version)
     return 0

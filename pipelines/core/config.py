@@ -347,7 +347,7 @@ class LineageParams(_Section):
     branch: str = Field("lineage", pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,99}$")
     push: bool = True                                   # `dvc push` data and models after each run
     evidence: tuple[str, ...] = ("reports/validate/result.json", "reports/train/metrics.json",
-                                 "reports/train/loss.csv", "reports/evaluate/metrics.json",
+                                 "reports/train/plots/metrics/loss.tsv", "reports/evaluate/metrics.json",
                                  "reports/evaluate/routing.json",
                                  "reports/gate/decision.json", "data/prepared/data_card.json")
 

@@ -223,8 +223,9 @@ OUTPUT_MARKER = ".pipelines-output"
 
 
 def check_replaceable(path: Path, owner: str) -> None:
-    """Refuse (OutputError) to replace `path` unless it is absent, an empty directory, or a directory
-    that `owner` wrote before (it holds the marker naming `owner`). Nothing else is ever deleted."""
+    """Refuse (OutputError) to replace `path` unless it is absent, a directory holding no file (empty
+    folders at most), or a directory that `owner` wrote before (it holds the marker naming `owner`).
+    Nothing else is ever deleted."""
     if not path.exists() and not path.is_symlink():
         return
     if path.is_symlink() or not path.is_dir():
@@ -232,7 +233,7 @@ def check_replaceable(path: Path, owner: str) -> None:
     marker = path / OUTPUT_MARKER
     if marker.is_file() and marker.read_text(encoding="utf-8", errors="replace").strip() == owner:
         return
-    if any(path.iterdir()):
+    if any(p.is_file() or p.is_symlink() for p in path.rglob("*")):  # empty folders (DVC makes outs' parents) hold nothing
         made_by = marker.read_text(encoding="utf-8", errors="replace").strip() if marker.is_file() else None
         why = f"it holds the output of {made_by!r}" if made_by else "it is not empty and was not written by it"
         raise OutputError(f"refusing to replace {path} with the output of {owner!r}: {why}; "

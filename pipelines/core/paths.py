@@ -93,3 +93,27 @@ class Workspace:
         if target.is_dir():
             raise OutputError(f"refusing to write output file {path}: it is a directory")
         return target
+
+
+EXPERIMENT_WORKSPACES = Path(".dvc") / "tmp" / "exps"  # where `dvc exp run --queue/--temp` checks a commit out
+
+
+def experiment_origin(folder: Path) -> tuple[Path, Path] | None:
+    """For a folder inside a DVC experiment's temporary workspace (`<repo>/.dvc/tmp/exps/<tmp>/...`):
+    (the workspace root, the repository it was made from); None for any other folder."""
+    folder = _abs(folder)
+    for parent in (folder, *folder.parents):
+        if parent.parts[-4:-1] == EXPERIMENT_WORKSPACES.parts:
+            return parent, parent.parents[3]
+    return None
+
+
+def outside_experiment(location: str, folder: Path) -> str:
+    """A relative location (the registry root) as the repository the experiment came from sees it:
+    git-ignored state such as the registry is not in the experiment's workspace, only in its origin.
+    A URL, an absolute path, or a folder outside an experiment workspace is returned as given."""
+    found = experiment_origin(folder) if "://" not in location and not Path(location).is_absolute() else None
+    if found is None:
+        return location
+    workspace, origin = found
+    return str(_abs(origin / _abs(folder).relative_to(workspace) / location))

@@ -177,7 +177,7 @@ def stored_evidence(params: Params, model: str, version: int, name: str, root: P
 
 
 def pictures(params: Params, model: str, version: int, root: Path = Path(".")) -> dict[str, Any]:
-    """What the version page draws: the training loss curve (`train_loss.csv`) as SVG coordinates and
+    """What the version page draws: the training loss curve (DVCLive's `metrics_loss.tsv`) as SVG coordinates and
     the confusion matrix (`evaluate_confusion.csv`) as counts, from sha-checked evidence; a picture
     whose evidence was not kept is absent, an altered one is named in `errors`."""
     import io
@@ -185,10 +185,14 @@ def pictures(params: Params, model: str, version: int, root: Path = Path(".")) -
     import pandas as pd
 
     out: dict[str, Any] = {"errors": []}
-    for name, key in (("train_loss.csv", "loss"), ("evaluate_confusion.csv", "confusion")):
+    # DVCLive's loss series (`metrics_loss.tsv`); versions trained before DVCLive kept `train_loss.csv`
+    for name, key, sep in (("metrics_loss.tsv", "loss", "\t"), ("train_loss.csv", "loss", ","),
+                           ("evaluate_confusion.csv", "confusion", ",")):
+        if key in out:
+            continue
         try:
             raw = stored_evidence(params, model, version, name, root)
-            frame = pd.read_csv(io.BytesIO(raw)) if raw else None
+            frame = pd.read_csv(io.BytesIO(raw), sep=sep) if raw else None
         except (CheckFailed, ValueError) as err:
             out["errors"].append(str(err))
             continue

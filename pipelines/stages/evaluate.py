@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines.core import canaries, pii
+from pipelines.core import canaries, live, pii
 from pipelines.core.config import Params
 from pipelines.core.dataio import atomic_dir, normalise_text, read_file, write_json
 from pipelines.core.errors import InputError
@@ -293,7 +293,7 @@ def evaluate(params: Params, champion_dir: Path | None = None, champion_version:
            "base_rows": len(base[1]) if base else 0, "champion": champ_metrics, "champion_version": champion_version,
            "champion_hash": champ_hash}
     with atomic_dir(ep.report_dir, owner="evaluate") as tmp:
-        write_json(tmp / "metrics.json", doc)
+        live.write(tmp, doc)  # metrics.json, by DVCLive
         per.to_parquet(tmp / "predictions.parquet", index=False)
         if task_spec(params.data.task).labelled:
             _confusion(tmp, cand_dir, cand_per)

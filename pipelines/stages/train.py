@@ -5,15 +5,14 @@ the `train` params. Outputs, each replaced as a whole in one rename:
 - `train.output_dir`: `adapter/` (peft adapter, safetensors), `tokenizer/`, `label_map.json`,
   `train_config.json` (resolved config: base id/path/hash, labels, data version, params),
   `metrics.json`, `model_card.md` and `model_card.json`;
-- `train.report_dir`: `metrics.json` (DVC metrics) and `loss.csv` (DVC plot);
+- `train.report_dir`, written by DVCLive: `metrics.json` (DVC metrics) and `plots/metrics/loss.tsv`
+  and `lr.tsv` per logged step (DVC plots);
 - `train.checkpoint_dir`: atomic checkpoints every `checkpoint_every` steps; a re-run with the
   same config and data resumes from the newest valid one.
 The same code runs on CPU (fp32, all cores) and CUDA (bf16/fp16, optional 4-bit QLoRA).
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import random
 import sys
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipelines.core import live
 from pipelines.core.config import Params
 from pipelines.core.dataio import atomic_dir, write_json
 from pipelines.core.errors import InputError
@@ -323,12 +323,7 @@ def _write_outputs(tp, model, tok, labels, config, metrics, history, weights: di
         write_json(tmp / "model_card.json", card)
         (tmp / "model_card.md").write_text(_card_md(card), encoding="utf-8")
     with atomic_dir(tp.report_dir, owner="train-report") as tmp:
-        write_json(tmp / "metrics.json", metrics)
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=["step", "loss", "lr"], lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(history)
-        (tmp / "loss.csv").write_text(buf.getvalue(), encoding="utf-8")
+        live.write(tmp, metrics, history)  # metrics.json and plots/metrics/{loss,lr}.tsv, by DVCLive
 
 
 def _card_md(card: dict) -> str:

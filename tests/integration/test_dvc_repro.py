@@ -1,8 +1,12 @@
 """`dvc repro` by hand in a model folder of a temporary copy of the platform: first run, no-op, one
-param change, a pinned champion; the stages' code is the repository's `pipelines` package."""
+param change, a pinned champion, then a queued sweep (`dvc exp run --queue`) read back by `dvc exp
+show`, `dvc metrics diff` and `dvc plots diff` from DVCLive's files; the stages' code is the
+repository's `pipelines` package."""
+import json
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
@@ -53,7 +57,7 @@ def ran(proc) -> set[str]:
     return {ln.split("'")[1] for ln in proc.stdout.splitlines() if ln.startswith("Running stage")}
 
 
-def test_repro_first_run_noop_and_param_change(project):
+def test_repro_first_run_noop_param_change_pinned_champion_and_a_queued_sweep(project):
     first = dvc("repro", cwd=project)
     assert ran(first) == ALL
     lock = yaml.safe_load((project / "dvc.lock").read_text())
@@ -100,6 +104,7 @@ def test_repro_first_run_noop_and_param_change(project):
     assert ran(dvc("repro", cwd=project)) == {"evaluate", "gate"}
     metrics = yaml.safe_load((project / "reports" / "evaluate" / "metrics.json").read_text())
     assert metrics["champion_version"] == 1
+    queued_sweep(project)
 
 
 def test_a_new_drop_reruns_both_and_a_faulty_drop_stops_prepare(project):
@@ -116,3 +121,44 @@ def test_a_new_drop_reruns_both_and_a_faulty_drop_stops_prepare(project):
     assert failed.returncode != 0
     assert "validation failed" in failed.stderr
     assert (project / "data" / "prepared" / "data_card.json").read_bytes() == card_before
+
+
+def queued_sweep(project):
+    """Two queued experiments over the LoRA rank, each in a temporary workspace that has no registry
+    (git-ignored): evaluate still compares with champion v1 of the repository they came from."""
+    repo = project.parents[1]
+    shutil.copy(ROOT / ".gitignore", repo / ".gitignore")  # the registry and the DVC remote stay out of git
+    sh("git", "add", "-A", cwd=repo)
+    sh("git", "-c", "user.email=t@example.com", "-c", "user.name=t", "commit", "-qm", "sweep base", cwd=repo)
+    for rank in (4, 8):
+        dvc("exp", "run", "--queue", "-S", f"train.lora.r={rank}", cwd=project)
+    subprocess.run([sys.executable, "-m", "dvc", "queue", "start", "-j", "1"], cwd=project, env=cli_env(),
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)  # its worker outlives it
+    deadline = time.monotonic() + 480
+    while time.monotonic() < deadline:
+        status = dvc("queue", "status", cwd=project).stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(3)
+    dvc("queue", "stop", cwd=project)  # the idle worker would otherwise outlive the test
+    assert status.count("Success") == 2, status
+    shown = json.loads(dvc("exp", "show", "--json", cwd=project).stdout)
+    exps = {r["name"]: r["data"] for b in shown for e in b.get("experiments") or [] for r in e["revs"]}
+    assert len(exps) == 2
+    ranks, metrics = set(), {}
+    for name, data in exps.items():
+        ranks.add(data["params"]["projects/text-classifier/params.yaml"]["data"]["train"]["lora"]["r"])
+        found = {path.rsplit("projects/text-classifier/", 1)[-1]: m["data"] for path, m in data["metrics"].items()}
+        assert found["reports/evaluate/metrics.json"]["champion_version"] == 1, name  # the origin's registry
+        trained = found["reports/train/metrics.json"]  # DVCLive's summary: the series' last step and values
+        assert trained["step"] == trained["steps"] and trained["loss"] == trained["final_train_loss"]
+        metrics[name] = found
+    assert ranks == {4, 8}
+    first, second = sorted(exps)
+    diff = json.loads(dvc("metrics", "diff", first, second, "--all", "--json", cwd=project).stdout)
+    row = diff["reports/evaluate/metrics.json"]["candidate.accuracy"]
+    assert (row["old"], row["new"]) == tuple(metrics[n]["reports/evaluate/metrics.json"]["candidate"]["accuracy"]
+                                             for n in (first, second))
+    plots = json.loads(dvc("plots", "diff", first, second, "--json", "--split", cwd=project).stdout)["data"]
+    loss, = plots["reports/train/plots/metrics/loss.tsv"]  # DVCLive's series, one curve per experiment
+    assert sorted(loss["revisions"]) == [first, second]

@@ -66,7 +66,7 @@ def test_causal_lm_trains_saves_and_reloads_identically(arch, tiny_bases, tmp_pa
     params = make_params(tmp_path, "causal_lm", base_model=str(tiny_bases[arch]), max_length=64, epochs=6,
                          batch_size=4, learning_rate=0.01, checkpoint_every=1000)
     result = train(params)
-    losses = pd.read_csv(tmp_path / "reports" / "loss.csv")["loss"].tolist()
+    losses = pd.read_csv(tmp_path / "reports" / "plots" / "metrics" / "loss.tsv", sep="\t")["loss"].tolist()
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5, losses
     assert (tmp_path / "model" / "adapter" / "adapter_model.safetensors").exists()
     assert not list((tmp_path / "model").rglob("*.bin"))

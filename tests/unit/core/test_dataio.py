@@ -86,6 +86,8 @@ def test_atomic_dir_replaces_whole_or_nothing(tmp_path):
 @pytest.mark.parametrize("existing, owner, refused", [
     ("absent", "prepare", False),
     ("empty", "prepare", False),
+    ("empty-folders", "prepare", False),        # the parents DVC makes for declared outs (dvc exp workspaces)
+    ("data-in-a-subfolder", "prepare", True),
     ("own-output", "prepare", False),
     ("other-stage-output", "prepare", True),   # validate's report dir is not prepare's to replace
     ("unmarked-data", "prepare", True),         # the registry, raw drops, anything a user made
@@ -99,7 +101,11 @@ def test_atomic_dir_replaces_only_its_own_or_an_empty_directory(tmp_path, existi
         out.write_text("precious")
     elif existing != "absent":
         out.mkdir()
-        if existing != "empty":
+        if existing in ("empty-folders", "data-in-a-subfolder"):
+            (out / "plots" / "metrics").mkdir(parents=True)
+        if existing == "data-in-a-subfolder":
+            (out / "plots" / "metrics" / "precious.tsv").write_bytes(b"keep me")
+        elif existing not in ("empty", "empty-folders"):
             (out / "precious.bin").write_bytes(b"keep me")
         if existing == "own-output":
             (out / ".pipelines-output").write_text("prepare\n")

@@ -209,7 +209,9 @@ def test_the_model_page_charts_each_versions_metrics_and_a_version_page_is_a_che
         evaluation.write_text(json.dumps({"candidate": {"accuracy": acc, "macro_f1": acc - 0.05, "per_class": {}}}))
         registry.promote(store, "text-classifier", cand, decision, evaluation, by="tester", reason=f"run {i}",
                          evidence={"gate_decision.json": decision.read_bytes(),
-                                   "train_loss.csv": b"step,loss,lr\n1,2.0,0.1\n2,1.0,0.1\n4,0.5,0.1\n",
+                                   **({"train_loss.csv": b"step,loss,lr\n1,2.0,0.1\n2,1.0,0.1\n4,0.5,0.1\n"}
+                                      if i == 3 else  # before DVCLive; then DVCLive's series (v4)
+                                      {"metrics_loss.tsv": b"timestamp\tstep\tloss\n9\t1\t2.0\n9\t2\t1.0\n9\t4\t0.5\n"}),
                                    "evaluate_confusion.csv": b"actual,predicted\na,a\na,b\nb,b\nb,b\n<i>,a\n"})
     page = client.get("/models/text-classifier").text
     points = re.findall(r'data-metric="(\w+)" data-version="(\d+)" data-value="([\d.]+)"', page)
@@ -229,10 +231,13 @@ def test_the_model_page_charts_each_versions_metrics_and_a_version_page_is_a_che
     cells = re.findall(r'<rect class="cell"[^>]*data-count="(\d+)"', version.text)
     assert cells == ["0", "1", "0", "0", "1", "1", "0", "0", "2"]  # labels <i>, a, b: rows actual, columns predicted
     assert "&lt;i&gt;" in version.text and "<i>" not in version.text  # labels are escaped
-    stored = tmp_path / "registry" / "text-classifier" / "versions" / "v0004" / "evidence" / "train_loss.csv"
-    stored.write_bytes(b"step,loss,lr\n1,0.0,0.1\n")
+    older = client.get("/models/text-classifier/versions/3?format=json").json()["pictures"]
+    assert older["loss"]["points"] == client.get("/models/text-classifier/versions/4?format=json").json()[
+        "pictures"]["loss"]["points"]  # the same curve, from the CSV a version kept before DVCLive
+    stored = tmp_path / "registry" / "text-classifier" / "versions" / "v0004" / "evidence" / "metrics_loss.tsv"
+    stored.write_bytes(b"timestamp\tstep\tloss\n9\t1\t0.0\n")
     drawn = client.get("/models/text-classifier/versions/4?format=json").json()["pictures"]
-    assert drawn["errors"] == ["v4: evidence train_loss.csv altered (sha256 differs from the manifest's)"]
+    assert drawn["errors"] == ["v4: evidence metrics_loss.tsv altered (sha256 differs from the manifest's)"]
     assert "loss" not in drawn and drawn["confusion"]["rows"] == [[0, 1, 0], [0, 1, 1], [0, 0, 2]]
 
 
