@@ -247,11 +247,35 @@ def _rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keygen(out: str | None) -> int:
+    """A new Ed25519 signing key: the private key to a new file only its owner reads, the public key
+    (for `registry.trusted_keys`) on stdout."""
+    from pipelines.registry import signing
+
+    if not out:
+        raise ConfigError("registry keygen needs --out FILE (the new private key; keep it out of the registry)")
+    path = Path(out)
+    pem = signing.new_key_pem()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never replaces a key
+    except FileExistsError:
+        raise ConfigError(f"registry keygen: {path} exists; a key is never overwritten") from None
+    except OSError as err:
+        raise ConfigError(f"registry keygen: cannot create {path} ({err.strerror})") from None
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(pem)
+    print(signing.public_key(signing.load_key(pem, str(path))))
+    print(f"private key in {path}; add the public key above to registry.trusted_keys", file=sys.stderr)
+    return 0
+
+
 def _registry(args: argparse.Namespace) -> int:
     import json
 
     from pipelines.registry import store as registry
 
+    if args.action == "keygen":
+        return _keygen(args.out)
     _, model, store = _store(args)
     if args.action == "init":
         registry.init(store)
@@ -265,6 +289,21 @@ def _registry(args: argparse.Namespace) -> int:
         if not args.name or args.version is None:
             raise ConfigError("registry alias needs --name ALIAS and --version N")
         registry.move_alias(store, model, args.name, args.version, reason=args.reason or "")
+    elif args.action == "rotate-key":
+        from pipelines.core.config import RegistryParams
+
+        if not args.new_key:
+            raise ConfigError("registry rotate-key needs --new-key BASE64 (the public key keygen printed)")
+        if not store.keys.trusted:
+            raise ConfigError("registry rotate-key: this registry's ledger is not signed (registry.trusted_keys)")
+        try:
+            RegistryParams(trusted_keys=(args.new_key,))  # the same check as params' trusted keys
+        except ValueError:
+            raise ConfigError(f"registry rotate-key --new-key: {args.new_key[:16]!r} is not a base64 Ed25519 "
+                              "public key (32 bytes)") from None
+        entry = registry.rotate_key(store, args.new_key, retire=args.retire)
+        print(f"registry {model}: key {args.new_key[:12]}... introduced at ledger entry {entry['seq']}"
+              + (", the previous key retired" if args.retire else ""), file=sys.stderr)
     elif args.action == "verify":
         from pipelines.registry.audit import ledger_against_git
 
@@ -647,11 +686,14 @@ def build_parser() -> argparse.ArgumentParser:
     rb.set_defaults(handler=_rollback)
 
     rg = sub.add_parser("registry", help="inspect and verify the model registry")
-    rg.add_argument("action", choices=["init", "list", "show", "verify", "alias"])
+    rg.add_argument("action", choices=["init", "list", "show", "verify", "alias", "keygen", "rotate-key"])
     rg.add_argument("--model")
     rg.add_argument("--version", type=int)
     rg.add_argument("--name", help="alias name (for `alias`)")
     rg.add_argument("--reason")
+    rg.add_argument("--out", help="keygen: where to write the new private key (PEM, mode 0600; never in the registry)")
+    rg.add_argument("--new-key", help="rotate-key: the new base64 public key (what keygen printed)")
+    rg.add_argument("--retire", action="store_true", help="rotate-key: the current key signs nothing after")
     rg.set_defaults(handler=_registry)
 
     sv = sub.add_parser("serve", help="serve the version a registry alias points at (OpenAI-compatible)")

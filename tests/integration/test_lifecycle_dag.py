@@ -366,3 +366,20 @@ def test_lineage_names_altered_raw_data(repo):
     finally:
         obj.write_bytes(original)
     assert model_cli(repo, "lineage").returncode == 0
+
+
+def test_keygen_and_key_rotation_from_the_command_line(repo, tmp_path):
+    new = tmp_path / "next.pem"
+    public = model_cli(repo, "registry", "keygen", "--out", str(new)).stdout.strip()
+    assert oct(new.stat().st_mode & 0o777) == "0o600" and signing.public_key(
+        signing.load_key(new.read_bytes(), "test")) == public
+    again = model_cli(repo, "registry", "keygen", "--out", str(new), check=False)
+    assert again.returncode == 2 and "exists; a key is never overwritten" in again.stderr
+    assert again.stderr.count("\n") == 1 and signing.public_key(signing.load_key(new.read_bytes(), "t")) == public
+    before = ledger(repo)
+    bad = model_cli(repo, "registry", "rotate-key", "--new-key", "bm90LWEta2V5", check=False)
+    assert bad.returncode == 2 and "is not a base64 Ed25519 public key" in bad.stderr and ledger(repo) == before
+    model_cli(repo, "registry", "rotate-key", "--new-key", public)  # signed by the current key (the key file)
+    last = json.loads(ledger(repo).splitlines()[-1])
+    assert (last["action"], last["new_key"], last["signature"]["key"]) == ("rotate_key", public, PUBLIC)
+    assert model_cli(repo, "registry", "verify").returncode == 0
