@@ -369,6 +369,7 @@ def test_lineage_names_altered_raw_data(repo):
 
 
 def test_keygen_and_key_rotation_from_the_command_line(repo, tmp_path):
+    model_cli(repo, "registry", "init")  # no-op after the runs above
     new = tmp_path / "next.pem"
     public = model_cli(repo, "registry", "keygen", "--out", str(new)).stdout.strip()
     assert oct(new.stat().st_mode & 0o777) == "0o600" and signing.public_key(
