@@ -8,6 +8,9 @@ registry, the DVC directory (cache, config) and any local DVC remote, the git di
 project root itself; and when it lies outside the project, unless `allow_outside` is set
 (`pipelines --allow-outside-project`). `dataio.atomic_dir` adds the second half of the rule: an
 existing directory is replaced only when it is empty or the same stage's earlier output.
+
+Also here: `outside_experiment`, where git-ignored state (the registry) is when a stage runs in a
+DVC experiment's temporary workspace (`dvc exp run --queue/--temp`): in the repository it came from.
 """
 from __future__ import annotations
 
