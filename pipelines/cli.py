@@ -59,8 +59,8 @@ def _models(args: argparse.Namespace) -> int:
 
     from pipelines.core.config import load_params
     from pipelines.orchestration import records
+    from pipelines.registry import audit
     from pipelines.registry import store as registry
-    from pipelines.registry.signing import keys_for
 
     projects = find_projects(Path.cwd())
     if projects is None:
@@ -70,10 +70,7 @@ def _models(args: argparse.Namespace) -> int:
         name = path.parent.name
         try:
             params = load_params(path, must_exist=True)
-            root = params.registry.root
-            root = root if "://" in root or Path(root).is_absolute() else str((path.parent / root).resolve())
-            champ = registry.aliases(registry.read_ledger(registry.open_store(
-                root, name, keys_for(params.registry)))).get("champion")
+            champ = registry.aliases(registry.read_ledger(audit.model_store(params, name, path.parent))).get("champion")
             runs = records.list_runs(str(projects.parent), name, limit=1)
             rows.append({"model": name, "dag_id": f"lifecycle__{name}", "task": params.data.task,
                          "champion": champ, "last_run": runs[0].get("run_id") if runs else None,

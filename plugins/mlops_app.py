@@ -65,12 +65,9 @@ def _params(model: str):
 
 
 def _store(model: str):
-    from pipelines.registry import store as registry
-    from pipelines.registry.signing import keys_for
+    from pipelines.registry import audit
 
-    root = _params(model).registry.root
-    root = root if "://" in root or Path(root).is_absolute() else str((_folder(model) / root).resolve())
-    return registry.open_store(root, model, keys_for(_params(model).registry))
+    return audit.model_store(_params(model), model, _folder(model))
 
 
 def _records(model: str, limit: int = 50) -> list[dict[str, Any]]:

@@ -92,7 +92,7 @@ def start(shared: Shared, project: str, model: str, raw_conf: dict[str, Any] | N
         reg_root = shared.resolve(project, params.registry.root, "registry.root")
         if reg_root != params.registry.root:  # the run's params name the registry every worker uses
             changes.setdefault("registry", {})["root"] = reg_root
-        store = registry.open_store(reg_root, model, signing.keys_for(params.registry, dict(os.environ)))
+        store = _writer_store(params, reg_root, model)
         registry.init(store, by=run.get("triggered_by"))
         champ = registry.aliases(registry.read_ledger(store)).get("champion")
         if champ != params.evaluate.compare_with:  # this run compares with today's champion, whatever happens meanwhile
@@ -120,6 +120,11 @@ def start(shared: Shared, project: str, model: str, raw_conf: dict[str, Any] | N
                         force=[f"{project}/{rel}.dvc", f"{project}/params.yaml"])
         io = ol.snapshot_io(params, ws.project, project, shared.git_remote)
     return {**new.to_xcom(), "snapshot": snapshot, "require_approval": conf.require_approval, "lineage_io": io}
+
+
+def _writer_store(params: Params, root: str, model: str) -> registry.Store:
+    """The registry as a writer opens it: with the signing key this worker holds (file or env var)."""
+    return registry.open_store(root, model, signing.keys_for(params.registry, dict(os.environ)))
 
 
 # ---------------------------------------------------------------- stages
@@ -239,7 +244,7 @@ def promote(shared: Shared, run: RunRef, info: dict[str, Any], approved_by: str 
         tp, proj = params.train, ws.project
         metrics = f"{params.evaluate.report_dir}/metrics.json"
         model = params.registry.model_name
-        store = registry.open_store(params.registry.root, model, signing.keys_for(params.registry, dict(os.environ)))
+        store = _writer_store(params, params.registry.root, model)
         result = _already_champion(store, records.load(ws.root).get("gate") or {})
         if result is None:
             _pull(ws, params, [tp.output_dir, params.gate.decision_path, metrics,
@@ -313,7 +318,7 @@ def record(shared: Shared, run: RunRef, info: dict[str, Any], review: dict[str, 
         rec = records.update(ws.root, compute=compute, **({"review": review} if review else {}))
         branch = params.lineage.branch
         message = f"lineage: {run.model} {info.get('dag_id')} {run.run_id}\n\n{records.run_note(rec)}"
-        store = registry.open_store(params.registry.root, run.model, signing.keys_for(params.registry, dict(os.environ)))
+        store = _writer_store(params, params.registry.root, run.model)
         head = registry.read_head(store)  # kept in git too: a rewritten or truncated ledger disagrees with it
         for _ in range(8):
             tip = gitops.fetch(ws.root, shared.git_remote, f"refs/heads/{branch}", into=f"refs/heads/{branch}")
@@ -346,7 +351,7 @@ def rollback(shared: Shared, project: str, model: str, to_version: int | None, r
     with task_space(shared, ref, start_ref="HEAD", dvc=False) as ws:
         params = _params(ws)
     root = shared.resolve(project, params.registry.root, "registry.root")
-    store = registry.open_store(root, model, signing.keys_for(params.registry, dict(os.environ)))
+    store = _writer_store(params, root, model)
     if not registry.read_ledger(store):
         raise InputError(f"model {model!r} has no registry at {root}")
     entry = registry.move_alias(store, model, "champion", to_version, by=info.get("triggered_by"),

@@ -301,10 +301,11 @@ def _evidence_branch(entries: list, number: int, stored: dict[str, bytes], root:
         return _link("evidence_branch", "altered", f"commit {commit[:12]} is no longer on branch {branch!r} "
                      "(moved or rewritten)", **data)
     seen = _ledger_seen(git("show", f"{commit}:lineage/run.json").stdout)
-    if seen and (len(entries) < seen["seq"] or entries[seen["seq"] - 1]["hash"] != seen["hash"]):
+    lost = _head_lost(entries, seen) if seen else None
+    if lost:
         return _link("evidence_branch", "altered", f"the ledger is not the one lineage commit {commit[:12]} saw: "
                      + (f"it has {len(entries)} entries, the commit saw {seen['seq']} (deleted)"
-                        if len(entries) < seen["seq"] else f"its entry {seen['seq']} was rewritten"), **data)
+                        if lost == "deleted" else f"its entry {seen['seq']} was rewritten"), **data)
     lock = git("show", f"{commit}:./dvc.lock")  # ./: the dvc.lock of the model folder `root` (git resolves it)
     if "dvc.lock" in stored and (lock.returncode != 0 or lock.stdout != stored["dvc.lock"]):
         return _link("evidence_branch", "altered", f"dvc.lock in commit {commit[:12]} differs from the one "
@@ -328,11 +329,19 @@ def ledger_against_git(entries: list, model: str, root: Path, runs: int = 20) ->
         return None
     head, run_id = max(seen, key=lambda item: item[0]["seq"])
     where = f"run {run_id} recorded ledger head {head['seq']} in git"
-    if len(entries) < head["seq"]:
+    lost = _head_lost(entries, head)
+    if lost == "deleted":
         return f"ledger cut short: it has {len(entries)} entries, {where} (entries deleted)"
-    if entries[head["seq"] - 1]["hash"] != head["hash"]:
+    if lost == "rewritten":
         return f"ledger rewritten: its entry {head['seq']} is not the one {where}"
     return None
+
+
+def _head_lost(entries: list, head: dict) -> str | None:
+    """Whether a ledger head recorded elsewhere is still in the ledger: None, "deleted" or "rewritten"."""
+    if len(entries) < head["seq"]:
+        return "deleted"
+    return "rewritten" if entries[head["seq"] - 1]["hash"] != head["hash"] else None
 
 
 def _ledger_seen(run_json: bytes) -> dict | None:
