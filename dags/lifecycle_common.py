@@ -20,7 +20,10 @@ from pipelines.core.config import MODEL_NAME_PATTERN, Params, load_params
 from pipelines.core.errors import PipelineError
 
 # The checkout the DAGs were parsed from (an Airflow DAG bundle): its projects/ folders are the models.
-REPO = Path(os.environ.get("PIPELINES_REPO") or Path(__file__).resolve().parents[1])
+# PIPELINES_REPO names it when the DAG files are mounted elsewhere; a checkout moved since that was set
+# (the variable names a folder that is gone) is the one these files are in.
+_NAMED = Path(os.environ.get("PIPELINES_REPO") or Path(__file__).resolve().parents[1])
+REPO = _NAMED if _NAMED.is_dir() else Path(__file__).resolve().parents[1]
 
 
 class Model(NamedTuple):

@@ -13,7 +13,10 @@ import jinja2
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-REPO = Path(os.environ.get("PIPELINES_REPO") or Path(__file__).resolve().parents[1])
+from pipelines.core.errors import PipelineError
+
+_NAMED = Path(os.environ.get("PIPELINES_REPO") or Path(__file__).resolve().parents[1])
+REPO = _NAMED if _NAMED.is_dir() else Path(__file__).resolve().parents[1]  # a checkout moved since it was named
 # Every stored value (ledger reasons, run notes, model names) is rendered through autoescaping templates.
 TEMPLATES = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).resolve().parent / "templates"),
                                autoescape=True)
@@ -34,6 +37,26 @@ async def airflow_user(request: Request):
 
 app = FastAPI(title="MLOps: models, versions, gate decisions, lineage", dependencies=[Depends(airflow_user)],
               docs_url=None, redoc_url=None, openapi_url=None)
+
+
+def _said(request: Request, status: int, message: str) -> Response:
+    if _wants_json(request):
+        return JSONResponse({"error": message}, status)
+    return _page("error.html", status, title="Cannot show this page", message=message,
+                 home=request.scope.get("root_path", "") + "/")
+
+
+@app.exception_handler(PipelineError)
+async def _named(request: Request, err: PipelineError) -> Response:
+    """A model whose params do not parse, a damaged ledger or record: this page says which and why (409);
+    every other page keeps working."""
+    return _said(request, 409, str(err))
+
+
+@app.exception_handler(Exception)
+async def _unexpected(request: Request, err: Exception) -> Response:
+    """Anything else is named on the page too (and logged by the server), never a bare 500."""
+    return _said(request, 500, f"internal error: {type(err).__name__}: {str(err)[:300]}")
 
 
 def _remote() -> str:
@@ -65,9 +88,9 @@ def _params(model: str):
 
 
 def _store(model: str):
-    from pipelines.registry import audit
+    from pipelines.registry import access
 
-    return audit.model_store(_params(model), model, _folder(model))
+    return access.model_store(_params(model), model, _folder(model))
 
 
 def _records(model: str, limit: int = 50) -> list[dict[str, Any]]:
@@ -90,13 +113,14 @@ def _summary(model: str) -> dict[str, Any]:
     from pipelines.orchestration.records import awaiting_approval
     from pipelines.registry import store as registry
 
-    waiting = [r.get("run_id") for r in _records(model) if awaiting_approval(r)]
     try:
+        waiting = [r.get("run_id") for r in _records(model) if awaiting_approval(r)]
         entries = registry.read_ledger(_store(model))
     except HTTPException:
         raise
-    except (PipelineError, OSError) as err:
-        return {"model": model, "aliases": {}, "versions": [], "awaiting_approval": waiting, "error": str(err)}
+    except Exception as err:  # its params, records or ledger: this row says what, the others show
+        said = str(err) if isinstance(err, (PipelineError, OSError)) else f"{type(err).__name__}: {err}"
+        return {"model": model, "aliases": {}, "versions": [], "awaiting_approval": [], "error": said}
     return {"model": model, "aliases": registry.aliases(entries), "versions": sorted(registry.registered(entries)),
             "awaiting_approval": waiting}
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from airflow.listeners import hookimpl
 
-REPO = Path(os.environ.get("PIPELINES_REPO") or Path(__file__).resolve().parents[1])
+_NAMED = Path(os.environ.get("PIPELINES_REPO") or Path(__file__).resolve().parents[1])
+REPO = _NAMED if _NAMED.is_dir() else Path(__file__).resolve().parents[1]  # a checkout moved since it was named
 PREFIX = "lifecycle__"
 
 

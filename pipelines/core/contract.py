@@ -120,6 +120,9 @@ def validation_frame(frame: pd.DataFrame, data: DataParams) -> pd.DataFrame:
         out["_response_conflict"] = (answers > 1).fillna(False).astype(bool)
         if data.response_format == "json_object":
             out["_response_json"] = response.map(is_json_object).astype(bool)
+    if task_spec(data.task).labelled and data.label_column in frame.columns:
+        # a label is a name: a number, a boolean or a list in JSONL or Parquet would silently become a class
+        out["_label_text"] = frame[data.label_column].map(lambda v: isinstance(v, str) or _missing(v)).astype(bool)
     if task_spec(data.task).labelled and {data.text_column, data.label_column} <= set(out.columns):
         # Class statistics use the label as prepare will write it (stripped): a stray space is
         # reported by label_well_formed, not as a fake extra class.
@@ -130,6 +133,13 @@ def validation_frame(frame: pd.DataFrame, data: DataParams) -> pd.DataFrame:
         n_labels = label.groupby(text).transform("nunique")
         out["_label_conflict"] = (n_labels > 1).fillna(False).astype(bool)
     return out
+
+
+def _missing(value: Any) -> bool:
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):  # a list or a dict: not missing, not text
+        return False
 
 
 def parse_messages(value: Any) -> Any:
@@ -233,6 +243,9 @@ def _label_checks(vframe: pd.DataFrame, data: DataParams, rules: ValidateParams)
     counts = vframe[col].str.strip().value_counts()
     checks = [
         Check("label_not_null", gxe.ExpectColumnValuesToNotBeNull(column=col), "row", col),
+        Check("label_is_text", gxe.ExpectColumnValuesToBeInSet(column="_label_text", value_set=[True]), "row", col,
+              explain=lambda r: f"{r.get('unexpected_count')} labels are not text (a number, a boolean or a list "
+                                "in JSONL or Parquet); write each label as a string"),
         Check("label_well_formed", gxe.ExpectColumnValuesToMatchRegex(column=col, regex=LABEL_FORM), "row", col,
               explain=lambda r: f"{r.get('unexpected_count')} labels empty or with stray whitespace, such as "
                                 f"{[str(v) for v in (r.get('partial_unexpected_list') or [])[:3]]}"),

@@ -49,6 +49,9 @@ class Shared:
         path is relative to the model's folder in the source checkout (only when that is local)."""
         if "://" in location or Path(location).is_absolute():
             return location
+        if self.local_source is None and "://" not in self.git_remote and ":" not in self.git_remote:
+            raise ConfigError(f"the git remote {self.git_remote} does not exist (the checkout moved or was "
+                              "deleted?): set PIPELINES_GIT_REMOTE (and PIPELINES_REPO) to where it is now")
         if self.local_source is None:
             raise ConfigError(f"{what} {location!r} is relative, but the git remote {self.git_remote} is not a "
                               "local checkout: give an absolute path or a URL every worker can reach")

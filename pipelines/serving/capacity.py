@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from pipelines.core.config import Params
 from pipelines.core.dataio import read_dataset, write_json
 from pipelines.core.errors import InputError
@@ -121,18 +123,58 @@ def measure(params: Params, folder: Path, version: int, seconds: float = 5.0,
 
 def champion_of(name: str, folder: Path, params: Params) -> int | None:
     """The version the model's serving alias points at (its registry, relative to the model folder)."""
-    from pipelines.registry import audit
+    from pipelines.registry import access
     from pipelines.registry import store as registry
 
-    return registry.aliases(registry.read_ledger(audit.model_store(params, name, folder))).get(params.serve.alias)
+    return registry.aliases(registry.read_ledger(access.model_store(params, name, folder))).get(params.serve.alias)
+
+
+class _Best(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    requests_per_s: float = Field(gt=0, allow_inf_nan=False)
+    p99_ms: float = Field(ge=0, allow_inf_nan=False)
+    concurrency: int = Field(ge=1)
+
+
+class _Record(BaseModel):
+    """What `cost.report` reads of a kept capacity record (more fields are allowed)."""
+
+    model_config = ConfigDict(extra="allow")
+    version: int
+    best: _Best | None = None
+    levels: list[dict[str, Any]] = []
+    input_tokens_per_request: float | None = Field(None, ge=0, allow_inf_nan=False)
+    output_tokens_per_request: float | None = Field(None, ge=0, allow_inf_nan=False)
+
+
+def read_record(path: Path) -> dict[str, Any] | None:
+    """The kept capacity record (None when none was measured); a damaged one is an InputError naming
+    the file and the field, never a crash downstream."""
+    import json
+
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, RecursionError) as err:
+        raise InputError(f"{path}: unreadable ({type(err).__name__}); run pipelines cost --measure") from None
+    try:
+        _Record.model_validate(record)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "the record"
+        raise InputError(f"{path}: damaged capacity record ({where}: {first['msg']}); run pipelines cost --measure") \
+            from None
+    if record.get("best") and (record.get("input_tokens_per_request") is None
+                               or record.get("output_tokens_per_request") is None):
+        raise InputError(f"{path}: damaged capacity record (tokens per request missing); run pipelines cost --measure")
+    return record
 
 
 def report(name: str, folder: Path, params: Params, hardware: str | None = None, volume: float | None = None,
            measure_seconds: float | None = None) -> dict[str, Any]:
     """The champion's self-hosted cost against API prices (`economics.cost.report`), from its kept
     capacity record or, given `measure_seconds`, a new measurement; `unknown` with the reason otherwise."""
-    import json
-
     cp = params.cost
     kind = hardware or cp.serve_on
     champion = champion_of(name, folder, params)
@@ -141,12 +183,7 @@ def report(name: str, folder: Path, params: Params, hardware: str | None = None,
               file=sys.stderr, flush=True)
         record = measure(params, folder, champion, seconds=measure_seconds)
     else:
-        try:
-            record = json.loads((folder / CAPACITY_FILE).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            record = None
-        except (OSError, ValueError) as err:
-            raise InputError(f"{folder / CAPACITY_FILE}: unreadable ({err}); run pipelines cost --measure") from None
+        record = read_record(folder / CAPACITY_FILE)
     api = {m: (cp.api[m].usd_per_1m_input, cp.api[m].usd_per_1m_output) for m in cp.compare_with}
     return cost.report(name, champion, record, kind, cp.hardware[kind].usd_per_hour, cp.hours_per_month, api,
                        volume or cp.monthly_requests)

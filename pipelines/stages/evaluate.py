@@ -31,7 +31,7 @@ import pandas as pd
 
 from pipelines.core import canaries, live, pii
 from pipelines.core.config import Params
-from pipelines.core.dataio import atomic_dir, normalise_text, read_file, write_json
+from pipelines.core.dataio import atomic_dir, normalise_text, read_file, spreadsheet_safe, write_json
 from pipelines.core.errors import InputError
 from pipelines.core.hashing import content_hash, sha256_file
 from pipelines.economics import routing
@@ -335,8 +335,9 @@ def _confusion(out: Path, model_dir: Path, per: pd.DataFrame) -> None:
 
     label_map = json.loads((model_dir / "label_map.json").read_text(encoding="utf-8"))
     labels = sorted(label_map, key=label_map.get)
-    pd.DataFrame({"actual": [labels[i] for i in per["label_id"]],
-                  "predicted": [labels[i] for i in per["pred"]]}).to_csv(out / "confusion.csv", index=False)
+    safe = [spreadsheet_safe(label) for label in labels]  # labels come from the data: no formula reaches a sheet
+    pd.DataFrame({"actual": [safe[i] for i in per["label_id"]],
+                  "predicted": [safe[i] for i in per["pred"]]}).to_csv(out / "confusion.csv", index=False)
     matrix = np.zeros((len(labels), len(labels)), dtype=int)
     np.add.at(matrix, (per["label_id"].to_numpy(), per["pred"].to_numpy()), 1)
     size = max(4.0, 0.25 * len(labels) + 2)

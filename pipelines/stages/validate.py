@@ -9,6 +9,7 @@ tolerance), `failed` (raises CheckFailed, exit 1).
 """
 from __future__ import annotations
 
+import html
 import json
 import os
 import sys
@@ -76,14 +77,6 @@ def run_suite(frame: pd.DataFrame, data: DataParams, rules: ValidateParams,
     checks = build_checks(frame, vframe, data, rules)
     ctx = gx.get_context(mode="ephemeral")
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
-    actions = []
-    if docs_dir is not None:
-        ctx.add_data_docs_site(site_name="report", site_config={
-            "class_name": "SiteBuilder",
-            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(Path(docs_dir).resolve())},
-        })
-        actions = [gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=["report"])]
     batch = (ctx.data_sources.add_pandas("dataset").add_dataframe_asset("rows")
              .add_batch_definition_whole_dataframe("whole"))
     suite = ctx.suites.add(gx.ExpectationSuite(name="data_contract"))
@@ -91,14 +84,44 @@ def run_suite(frame: pd.DataFrame, data: DataParams, rules: ValidateParams,
         suite.add_expectation(check.expectation)
     vd = ctx.validation_definitions.add(gx.ValidationDefinition(name="validate", data=batch, suite=suite))
     checkpoint = ctx.checkpoints.add(gx.Checkpoint(
-        name="validate", validation_definitions=[vd], actions=actions,
+        name="validate", validation_definitions=[vd], actions=[],
         result_format={"result_format": "COMPLETE", "partial_unexpected_count": MAX_EXAMPLES,
                        "return_unexpected_index_query": False},
     ))
     run = checkpoint.run(batch_parameters={"dataframe": vframe})
     (validation,) = run.run_results.values()
-    results = [_to_result(check, r, frame) for check, r in zip(checks, validation.results)]
-    return _verdict(frame, results, checks, validation.results, rules)
+    by_id = {r.expectation_config.id: r for r in validation.results}  # GX orders results its own way
+    raw = [by_id[check.expectation.id] for check in checks]
+    results = [_to_result(check, r, frame) for check, r in zip(checks, raw)]
+    outcome = _verdict(frame, results, checks, raw, rules)
+    if docs_dir is not None:
+        _data_docs(ctx, run, docs_dir)
+    return outcome
+
+
+def _data_docs(ctx: Any, run: Any, docs_dir: Path) -> None:
+    """GX Data Docs of the run, every value that came from the data HTML-escaped first: GX writes the
+    unexpected values it shows into the page as they are, so a `<script>` in a row would run there."""
+    ctx.add_data_docs_site(site_name="report", site_config={
+        "class_name": "SiteBuilder",
+        "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(Path(docs_dir).resolve())},
+    })
+    for identifier, validation in run.run_results.items():
+        for r in validation.results:
+            r.result = _escaped(r.result)
+        ctx.validation_results_store.set(identifier, validation)
+    ctx.build_data_docs(site_names=["report"])
+
+
+def _escaped(value: Any) -> Any:
+    if isinstance(value, str):
+        return html.escape(value)
+    if isinstance(value, (list, tuple)):
+        return [_escaped(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _escaped(v) for k, v in value.items()}
+    return value
 
 
 def _to_result(check: Check, r: Any, frame: pd.DataFrame) -> CheckResult:

@@ -76,7 +76,10 @@ def test_measured_on_loopback_and_set_against_api_prices(model):
 
 @pytest.mark.parametrize("args, says", [
     (["--hardware", "tpu-v9"], "unknown hardware kind 'tpu-v9'"),
-    (["--seconds", "0"], "--seconds: must be > 0"),
+    (["--seconds", "0"], "--seconds: must be a finite number > 0"),
+    (["--measure", "--seconds", "inf"], "--seconds: must be a finite number > 0, not inf"),  # never ends otherwise
+    (["--measure", "--seconds", "nan"], "--seconds: must be a finite number > 0, not nan"),
+    (["--measure", "--seconds", "86400"], "--seconds: at most 600 seconds"),
     (["--volume", "-3"], "--volume"),
 ])
 def test_bad_input_is_one_line(model, args, says):
@@ -84,16 +87,26 @@ def test_bad_input_is_one_line(model, args, says):
     assert out.returncode == 2 and says in out.stderr and "Traceback" not in out.stderr
 
 
-def test_a_damaged_measurement_is_named(model, tmp_path):
+@pytest.mark.parametrize("damage, says", [
+    ("{not json", "capacity.json: unreadable"),
+    ("[1, 2]", "damaged capacity record (the record: Input should be a valid dictionary"),
+    ('{"version": 1, "best": {"requests_per_s": "fast", "p99_ms": 3, "concurrency": 1}}',
+     "damaged capacity record (best.requests_per_s:"),
+    ('{"version": 1, "best": {"requests_per_s": 5, "p99_ms": 3, "concurrency": 1}}', "tokens per request missing"),
+    ('{"version": "one"}', "damaged capacity record (version:"),
+])
+def test_a_damaged_measurement_is_named(model, damage, says):
     folder, _ = model
     kept = folder / "reports" / "cost" / "capacity.json"
     kept.parent.mkdir(parents=True, exist_ok=True)
     saved = kept.read_bytes() if kept.exists() else None
-    kept.write_text("{not json")
+    kept.write_text(damage)
     try:
         out = cost(folder, check=False)
-        assert out.returncode == 2 and "capacity.json: unreadable" in out.stderr and "Traceback" not in out.stderr
+        assert out.returncode == 2 and says in out.stderr and "Traceback" not in out.stderr, out.stderr
+        assert out.stderr.count("\n") == 1
     finally:
+        kept.unlink()
         if saved is not None:
             kept.write_bytes(saved)
 

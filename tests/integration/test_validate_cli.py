@@ -103,3 +103,23 @@ def test_console_script_exit_codes(tmp_path, run_cli):
     (tmp_path / "semi.csv").write_bytes(b"text;label\nhello;a\n")
     proc = run_cli("validate", "semi.csv", cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+
+
+def test_html_in_the_data_never_reaches_data_docs_as_markup_and_labels_must_be_text(tmp_path, monkeypatch, capsys):
+    """GX writes the unexpected values it shows into Data Docs: they are escaped first. A label that is
+    not text (a number or a boolean in JSONL) is a named failure, not a new class."""
+    monkeypatch.chdir(tmp_path)
+    rows = [{"text": f"ordinary request {i}", "label": "a"} for i in range(6)]
+    rows += [{"text": "<script>alert(1)</script> my card", "label": "<img src=x onerror=alert(2)>"},
+             {"text": "a numeric label", "label": 1}, {"text": "a boolean label", "label": True}]
+    (tmp_path / "drop.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (tmp_path / "params.yaml").write_text("validate: {min_examples_per_label: 1, allowed_labels: [a], "
+                                          "quarantine_tolerance: 0.0}\n")
+    rc = main(["validate", "drop.jsonl"])
+    assert rc == 1
+    result = json.loads((tmp_path / "reports" / "validate" / "result.json").read_text())
+    failed = {c["check"]: c for c in result["checks"] if not c["success"]}
+    assert failed["label_is_text"]["unexpected_count"] == 2 and "not text" in failed["label_is_text"]["detail"]
+    pages = [p.read_text() for p in (tmp_path / "reports" / "validate" / "data_docs").rglob("*.html")]
+    assert any("&lt;img src=x onerror=alert(2)&gt;" in page for page in pages)  # shown, as text
+    assert not any("<img src=x" in page or "<script>alert" in page for page in pages)

@@ -317,3 +317,40 @@ def test_the_audit_page_lists_decisions_and_rejections_and_says_what_does_not_ve
     assert bad.status_code == 422 and "since: 'yesterday' is not a date" in bad.text
     assert client.get("/models/no-such-model/audit").status_code == 404
     assert 'id="audit-link"' in client.get("/models/text-classifier").text
+
+
+def test_a_broken_model_or_record_is_named_and_the_other_pages_keep_working(client, tmp_path):
+    """A model folder whose params do not parse, and a run record someone damaged: each page says which and
+    why (409, one line naming the file), never a bare 500; the other models' pages are unaffected."""
+    (tmp_path / "projects" / "broken").mkdir()
+    (tmp_path / "projects" / "broken" / "params.yaml").write_text("registry: {root: [not, a, path]\n")
+    ref = run_ref_name("text-classifier", "manual__damaged")  # someone edits a record by hand
+    with tempfile.TemporaryDirectory() as tmp:
+        gitops.checkout(Path(tmp), str(tmp_path), "HEAD")
+        (Path(tmp) / records.RECORD).parent.mkdir(parents=True)
+        (Path(tmp) / records.RECORD).write_text(json.dumps({"run_id": "manual__damaged", "gate": ["not", "an"],
+                                                           "snapshot": "x"}))
+        gitops.push(Path(tmp), str(tmp_path), gitops.commit_all(Path(tmp), "damaged", [records.RECORD]), ref)
+    rows = {r["model"]: r for r in client.get("/?format=json").json()}
+    assert "params.yaml" in rows["broken"]["error"] and rows["text-classifier"]["versions"] == [1, 2]
+    index = client.get("/")
+    assert index.status_code == 200 and "damaged:" in index.text and "champion=v2" in index.text
+    broken = client.get("/models/broken")
+    assert broken.status_code == 409 and "params.yaml" in broken.text and 'id="problem"' in broken.text
+    assert client.get("/models/broken?format=json").json()["error"].count("\n") == 0
+    good = client.get("/models/text-classifier?format=json")
+    assert good.status_code == 200
+    damaged = next(d for d in good.json()["gate_decisions"] if d["run_id"] == "manual__damaged")
+    assert "run record malformed (snapshot, gate not an object)" in damaged["note"]
+    assert client.get("/models/text-classifier/runs/manual__damaged").status_code == 200
+    assert client.get("/models/broken/cost").status_code == 409
+
+
+def test_a_damaged_capacity_record_is_said_on_the_cost_page(client, tmp_path):
+    kept = tmp_path / "projects" / "text-classifier" / "reports" / "cost" / "capacity.json"
+    kept.parent.mkdir(parents=True)
+    kept.write_text('{"version": 2, "best": {"requests_per_s": "fast", "p99_ms": 3, "concurrency": 1}}')
+    page = client.get("/models/text-classifier/cost?format=json")
+    assert page.status_code == 200, page.text
+    assert "damaged capacity record (best.requests_per_s:" in page.json()["served"]["unknown"]
+    assert client.get("/models/text-classifier/cost").status_code == 200

@@ -60,3 +60,18 @@ def test_a_holdout_on_a_generative_task_is_a_config_error(tmp_path):
 
     with pytest.raises(ConfigError, match="evaluate.holdout is a labelled file for classifiers"):
         parse_params({"data": {"task": "causal_lm"}, "evaluate": {"holdout": "golden/holdout.csv"}})
+
+
+def test_labels_reach_the_confusion_csv_without_a_formula(tmp_path):
+    """CSV evidence is opened in spreadsheets: a label from the data starting with = + - @ is defused
+    (OWASP's leading apostrophe), a plain number is kept as it is."""
+    import pandas as pd
+
+    from pipelines.stages.evaluate import _confusion
+
+    labels = ["=HYPERLINK(\"http://evil\")", "+cmd|' /C calc'!A0", "@SUM(1+1)", "-1", "ok", "\tpad"]
+    (tmp_path / "label_map.json").write_text(json.dumps({lab: i for i, lab in enumerate(labels)}))
+    per = pd.DataFrame({"label_id": range(len(labels)), "pred": list(range(len(labels)))})
+    _confusion(tmp_path, tmp_path, per)
+    kept = pd.read_csv(tmp_path / "confusion.csv", dtype=str, keep_default_na=False)["actual"].tolist()
+    assert kept == ["'=HYPERLINK(\"http://evil\")", "'+cmd|' /C calc'!A0", "'@SUM(1+1)", "-1", "ok", "'\tpad"]
