@@ -53,15 +53,24 @@ def form(lc: LifecycleParams) -> dict[str, Param]:
 
 
 class Approval(ApprovalOperator):
-    """Airflow's approval step that keeps the answer, whichever it is, as XCom `answer` (who, what,
-    when): on "Reject" the operator skips `promote` by raising, so its return value is never stored."""
+    """Airflow's approval step that keeps the answer, whichever it is, in the run's record in git (who,
+    what, when; `steps.record_review`): `promote` promotes only on an "Approve" by an approver recorded
+    there, so the step marked done through the API without an answer, or an XCom written by hand,
+    promotes nothing. Only Airflow's answer event reaches this method."""
+
+    def __init__(self, *, model: Model, **kwargs):
+        super().__init__(**kwargs)
+        self.model = model
 
     def execute_complete(self, context, event):
         if "error" not in event:
-            at = event.get("responded_at")
-            context["ti"].xcom_push(key="answer", value={
-                "chosen_options": event["chosen_options"], "responded_by_user": event.get("responded_by_user"),
-                "responded_at": at.isoformat() if hasattr(at, "isoformat") else at})
+            from pipelines.orchestration import steps
+            from pipelines.orchestration.runspace import RunRef
+
+            answer = {"chosen_options": event["chosen_options"], "responded_by_user": event.get("responded_by_user"),
+                      "responded_at": event.get("responded_at")}
+            guarded("approve", self.model, steps.record_review, RunRef.of(context["ti"].xcom_pull(task_ids="gate")),
+                    run_info(), answer)
         return super().execute_complete(context=context, event=event)
 
 
@@ -157,7 +166,7 @@ def build(model: Model):
             return ["approve" if snap["require_approval"] else "promote", "lineage"]
 
         approve = Approval(
-            task_id="approve", subject=f"Promote the new {model.name} candidate to champion?",
+            model=model, task_id="approve", subject=f"Promote the new {model.name} candidate to champion?",
             body=APPROVAL_BODY.replace("MODEL", model.name), retries=0,
             assigned_users=[{"id": user, "name": user} for user in lc.approvers] or None,
             response_timeout=timedelta(hours=lc.approval_timeout_h))
@@ -165,12 +174,10 @@ def build(model: Model):
         @task(trigger_rule="none_failed_min_one_success", outlets=[champion(model)], retries=1)
         def promote(ti=None, outlet_events=None) -> dict:
             from pipelines.orchestration import steps
-            from pipelines.orchestration.records import review
             from pipelines.orchestration.runspace import RunRef
 
-            said = review(ti.xcom_pull(task_ids="approve", key="answer"))  # skipped on "Reject": here it said "Approve"
-            promoted = guarded("promote", model, steps.promote, RunRef.of(ti.xcom_pull(task_ids="gate")), run_info(),
-                               said and said["by"])
+            # an approval, when the run asked for one, is read from the run's record in git (steps.promote)
+            promoted = guarded("promote", model, steps.promote, RunRef.of(ti.xcom_pull(task_ids="gate")), run_info())
             outlet_events[champion(model)].extra = promoted["champion"]  # what the Asset's event shows
             return promoted
 
@@ -184,12 +191,10 @@ def build(model: Model):
         @task(trigger_rule="none_failed_min_one_success")
         def lineage(ti=None) -> dict:
             from pipelines.orchestration import steps
-            from pipelines.orchestration.records import review
             from pipelines.orchestration.runspace import RunRef
 
             latest = ti.xcom_pull(task_ids="promote") or ti.xcom_pull(task_ids="gate")
-            return guarded("lineage", model, steps.record, RunRef.of(latest), run_info(),
-                           review(ti.xcom_pull(task_ids="approve", key="answer")))
+            return guarded("lineage", model, steps.record, RunRef.of(latest), run_info())
 
         @teardown
         def finish() -> bool:

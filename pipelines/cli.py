@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import sys
 from pathlib import Path
@@ -59,7 +60,7 @@ def _models(args: argparse.Namespace) -> int:
 
     from pipelines.core.config import load_params
     from pipelines.orchestration import records
-    from pipelines.registry import audit
+    from pipelines.registry import access
     from pipelines.registry import store as registry
 
     projects = find_projects(Path.cwd())
@@ -70,7 +71,7 @@ def _models(args: argparse.Namespace) -> int:
         name = path.parent.name
         try:
             params = load_params(path, must_exist=True)
-            champ = registry.aliases(registry.read_ledger(audit.model_store(params, name, path.parent))).get("champion")
+            champ = registry.aliases(registry.read_ledger(access.model_store(params, name, path.parent))).get("champion")
             runs = records.list_runs(str(projects.parent), name, limit=1)
             rows.append({"model": name, "dag_id": f"lifecycle__{name}", "task": params.data.task,
                          "champion": champ, "last_run": runs[0].get("run_id") if runs else None,
@@ -96,13 +97,15 @@ def _params(args: argparse.Namespace):
 
 
 def _workspace(args: argparse.Namespace, params, inputs=()):
-    """The output-path policy of this project (the params file's directory); see pipelines.core.paths."""
+    """The output-path policy of this project (the params file's directory); see pipelines.core.paths.
+    The params file in use is an input of every command."""
     from pathlib import Path
 
     from pipelines.core.paths import Workspace
 
-    root = Path(args.params or "params.yaml").resolve().parent
-    return Workspace.of(params, root, inputs=inputs, allow_outside=args.allow_outside_project)
+    params_file = Path(args.params or "params.yaml").resolve()
+    return Workspace.of(params, params_file.parent, inputs=[params_file, *inputs],
+                        allow_outside=args.allow_outside_project)
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -157,16 +160,20 @@ def _train(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from pipelines.core.paths import outside_experiment
+    from pipelines.registry import access
     from pipelines.registry import store as registry
-    from pipelines.registry.signing import keys_for
     from pipelines.stages.evaluate import evaluate
 
     params = _params(args)
     _workspace(args, params, inputs=[params.train.output_dir, params.prepare.output_dir]).check_dir(
         params.evaluate.report_dir)
-    # inside `dvc exp run --queue/--temp` the git-ignored registry is the origin repository's, not the workspace's
-    root = outside_experiment(params.registry.root, Path(args.params or "params.yaml").resolve().parent)
-    store = registry.open_store(root, params.registry.model_name, keys_for(params.registry))
+    # inside `dvc exp run --queue/--temp` the git-ignored registry (and its keys) are the origin repository's
+    folder = Path(args.params or "params.yaml").resolve().parent
+    rp = params.registry
+    moved = {key: outside_experiment(value, folder)
+             for key in ("root", "trusted_keys_file", "signing_key_file") if (value := getattr(rp, key))}
+    params = params.model_copy(update={"registry": rp.model_copy(update=moved)})
+    store = access.model_store(params, params.registry.model_name, folder)
     champ_dir, champ_version = registry.champion(store, params.evaluate.compare_with)
     evaluate(params, champ_dir, champ_version)
     return 0
@@ -192,15 +199,33 @@ def _distinct(paths, names) -> None:
                 raise OutputError(f"{names[j]} ({b}) lies inside {names[i]} ({a}): give each output its own directory")
 
 
-def _store(args: argparse.Namespace):
-    from pipelines.core.config import check_model_name
-    from pipelines.registry import store as registry
-    from pipelines.registry.signing import keys_for
+def _model_params(args: argparse.Namespace):
+    """(params, model, folder) of the model a command names: its own `--model`, else the params'. A model
+    other than the params' is read with its own folder's params, never with another model's."""
+    from pipelines.core.config import check_model_name, load_params
 
+    if args.params is None and not Path("params.yaml").exists():
+        raise ConfigError("no params.yaml here: run in a model's folder, or name the model "
+                          "(pipelines --model NAME ...)")
     params = _params(args)
+    folder = Path(args.params or "params.yaml").resolve().parent
     model = check_model_name(getattr(args, "model", None) or params.registry.model_name)
-    return params, model, registry.open_store(params.registry.root, model,
-                                              keys_for(params.registry, dict(os.environ)))
+    if model != params.registry.model_name:
+        projects = find_projects(folder)
+        own = projects / model / "params.yaml" if projects is not None else None
+        if own is None or not own.is_file():
+            raise ConfigError(f"--model {model}: these params are {params.registry.model_name}'s and there is no "
+                              f"model folder projects/{model}/ (run `pipelines --model {model} ...`)")
+        params, folder = load_params(own, must_exist=True), own.parent
+    return params, model, folder
+
+
+def _store(args: argparse.Namespace, writer: bool = True):
+    """The model's registry (see `registry.access`); a writer holds the signing key from this environment."""
+    from pipelines.registry import access
+
+    params, model, folder = _model_params(args)
+    return params, model, access.model_store(params, model, folder, dict(os.environ) if writer else None)
 
 
 def _airflow_task() -> dict[str, str | None]:
@@ -216,12 +241,13 @@ def _promote(args: argparse.Namespace) -> int:
     from pipelines.registry import store as registry
 
     params, model, store = _store(args)
+    folder = Path(args.params or "params.yaml").resolve().parent
     registry.init(store)
     result = registry.promote(store, model, Path(args.candidate or params.train.output_dir),
                               Path(args.decision or params.gate.decision_path),
                               Path(params.evaluate.report_dir) / "metrics.json",
                               approved_by=args.approved_by, reason=args.reason or "",
-                              evidence=lineage.evidence(params), run=_airflow_task())
+                              evidence=lineage.evidence(params, folder), root=folder, run=_airflow_task())
     _mirror(params, model, result["version"] if result["changed"] else None, args.reason or "promoted")
     return 0
 
@@ -244,14 +270,18 @@ def _rollback(args: argparse.Namespace) -> int:
     return 0
 
 
-def _keygen(out: str | None) -> int:
-    """A new Ed25519 signing key: the private key to a new file only its owner reads, the public key
+def _keygen(args: argparse.Namespace) -> int:
+    """A new Ed25519 signing key: the private key to a new file only its owner reads (where the output
+    policy allows a file; outside the project too: a key belongs outside the repository), the public key
     (for `registry.trusted_keys`) on stdout."""
+    from pipelines.core.paths import Workspace
     from pipelines.registry import signing
 
-    if not out:
+    if not args.out:
         raise ConfigError("registry keygen needs --out FILE (the new private key; keep it out of the registry)")
-    path = Path(out)
+    params = _params(args)
+    path = Workspace.of(params, Path(args.params or "params.yaml").resolve().parent,
+                        allow_outside=True).check_file(args.out)
     pem = signing.new_key_pem()
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never replaces a key
@@ -272,8 +302,8 @@ def _registry(args: argparse.Namespace) -> int:
     from pipelines.registry import store as registry
 
     if args.action == "keygen":
-        return _keygen(args.out)
-    _, model, store = _store(args)
+        return _keygen(args)
+    _, model, store = _store(args, writer=args.action in ("init", "alias", "rotate-key"))
     if args.action == "init":
         registry.init(store)
     elif args.action == "list":
@@ -302,10 +332,7 @@ def _registry(args: argparse.Namespace) -> int:
         print(f"registry {model}: key {args.new_key[:12]}... introduced at ledger entry {entry['seq']}"
               + (", the previous key retired" if args.retire else ""), file=sys.stderr)
     elif args.action == "verify":
-        from pipelines.registry.audit import ledger_against_git
-
         problems = registry.verify(store)
-        problems = problems or [p for p in [ledger_against_git(registry.read_ledger(store), model, Path.cwd())] if p]
         if problems:
             for problem in problems[1:]:
                 print(f"also: {problem}", file=sys.stderr)
@@ -321,26 +348,24 @@ def _serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from pipelines.core.config import check_model_name, with_overrides
+    from pipelines.core.config import with_overrides
     from pipelines.serving.app import create_app
     from pipelines.serving.engine import auth_line, server_config
 
-    params = _params(args)
-    if args.model:
-        check_model_name(args.model)
+    params, model, folder = _model_params(args) if not args.all else (_params(args), None, None)
     sp = with_overrides(params.serve, host=args.host, port=args.port, alias=args.alias,
                         allow_unauthenticated=args.allow_unauthenticated or None)
     params = params.model_copy(update={"serve": sp})
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(params, alias=sp.alias, model=args.model, batching=not args.no_batching,
-                     models=_every_model() if args.all else None)
+    models, folders = _every_model() if args.all else ({model: params}, {model: folder})
+    app = create_app(params, alias=sp.alias, batching=not args.no_batching, models=models, folders=folders)
     print(auth_line(app.state.keys, sp.host, sp.allow_unauthenticated), file=sys.stderr, flush=True)
     uvicorn.Server(server_config(app, sp, sp.host, sp.port)).run()
     return 0
 
 
-def _every_model() -> dict:
-    """name -> params of every model folder of the checkout, registry roots made absolute."""
+def _every_model() -> tuple[dict, dict]:
+    """name -> params, and name -> folder, of every model folder of the checkout."""
     from pathlib import Path
 
     from pipelines.core.config import load_params
@@ -348,13 +373,8 @@ def _every_model() -> dict:
     projects = find_projects(Path.cwd())
     if projects is None:
         raise ConfigError("serve --all: no projects/ folder with a model here or above")
-    out = {}
-    for path in sorted(projects.glob("*/params.yaml")):
-        params = load_params(path, must_exist=True)
-        root = params.registry.root
-        root = root if "://" in root or Path(root).is_absolute() else str((path.parent / root).resolve())
-        out[path.parent.name] = params.model_copy(update={"registry": params.registry.model_copy(update={"root": root})})
-    return out
+    paths = sorted(projects.glob("*/params.yaml"))
+    return ({p.parent.name: load_params(p, must_exist=True) for p in paths}, {p.parent.name: p.parent for p in paths})
 
 
 def _vllm_promote(args: argparse.Namespace) -> int:
@@ -363,12 +383,17 @@ def _vllm_promote(args: argparse.Namespace) -> int:
     from pipelines.registry import store as registry
     from pipelines.serving.vllm import promote_to_vllm
 
-    params, model, store = _store(args)
+    params, model, store = _store(args, writer=False)
     entries = registry.read_ledger(store)
     current = registry.aliases(entries)
-    version = args.version or current.get("champion")
+    if args.version is not None and args.version < 1:
+        raise ConfigError(f"--version must be a registered version number (1 or more), not {args.version}")
+    version = current.get("champion") if args.version is None else args.version
     if version is None:
         raise CheckFailed(f"{model} has no champion to load into vLLM")
+    if version not in registry.registered(entries):
+        raise CheckFailed(f"{model} has no registered version {version}")
+    registry.require_intact(store, model, version, registry.registered(entries)[version])
     adapter = args.adapter_root.rstrip("/") + f"/{model}/versions/v{version:04d}/files/adapter" if args.adapter_root \
         else str(registry.version_dir(store, version) / "adapter")
     name = promote_to_vllm(args.url, model, version, adapter, os.environ.get(args.api_key_env),
@@ -378,12 +403,21 @@ def _vllm_promote(args: argparse.Namespace) -> int:
 
 
 def _positive_float(text: str) -> float:
+    import math
+
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
+    if not math.isfinite(value) or not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, not {text}")
+    return value
+
+
+def _level_seconds(text: str) -> float:
+    value = _positive_float(text)
+    if value > 600:
+        raise argparse.ArgumentTypeError(f"at most 600 seconds per load level, not {text}")
     return value
 
 
@@ -503,13 +537,11 @@ def _route_tune(args: argparse.Namespace) -> int:
 def _lineage(args: argparse.Namespace) -> int:
     import json
 
-    from pipelines.core.config import check_model_name
     from pipelines.registry import audit as lineage
 
-    params = _params(args)
+    params, model, folder = _model_params(args)
     html_path = _workspace(args, params).check_file(args.html) if args.html else None
-    chain = lineage.trace(params, check_model_name(args.model or params.registry.model_name),
-                          alias=None if args.version else args.alias, version=args.version)
+    chain = lineage.trace(params, model, alias=None if args.version else args.alias, version=args.version, root=folder)
     if html_path:
         from pipelines.core.dataio import atomic_write_text
 
@@ -578,6 +610,8 @@ def _iso_date(text: str):
 def _sample(args: argparse.Namespace) -> int:
     from pipelines.devtools.sample_data import write_sample
 
+    ws = _workspace(args, _params(args))  # a drop may go into the raw data, never onto what is protected
+    (ws.check_file if Path(args.out).suffix else ws.check_dir)(args.out, may_be=("the raw data",))
     path = write_sample(args.out, rows=args.rows, seed=args.seed, faulty=args.faulty, fmt=args.format,
                         domain=args.domain, mislabelled=args.mislabelled, label_noise=args.label_noise)
     print(f"wrote {path}", file=sys.stderr)
@@ -624,8 +658,15 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments are one line like every other error (`--help` shows the usage)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pipelines", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="pipelines", description=__doc__.splitlines()[0])
     parser.add_argument("--params", default=None, help="params file (default: params.yaml; a named file must exist)")
     parser.add_argument("--model", dest="project_model", metavar="NAME", default=None,
                         help="run in the model's folder projects/NAME (default: the current directory)")
@@ -717,7 +758,8 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--model", default=None, help="one model (default: every model of the checkout)")
     co.add_argument("--measure", action="store_true",
                     help="serve the champion on loopback and measure its capacity first (kept in reports/cost/)")
-    co.add_argument("--seconds", type=_positive_float, default=5.0, help="length of each load level (--measure)")
+    co.add_argument("--seconds", type=_level_seconds, default=5.0,
+                    help="length of each load level (--measure; at most 600)")
     co.add_argument("--hardware", default=None, help="price this machine as that kind (default: cost.serve_on)")
     co.add_argument("--volume", type=_positive_int, default=None, help="requests a month for the monthly bills")
     co.add_argument("--runs", action="store_true", help="instead: every lifecycle run's compute cost")
@@ -754,7 +796,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="write a deterministic sample dataset (a weekly drop)")
     s.add_argument("--out", default="data/raw", help="directory (a drop file is written in it) or file path")
-    s.add_argument("--rows", type=int, default=2000)
+    s.add_argument("--rows", type=_positive_int, default=2000)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--format", choices=["csv", "jsonl", "parquet"], default="csv")
     s.add_argument("--faulty", action="store_true", help="plant contract violations (validation stops the run)")
@@ -783,6 +825,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -798,12 +843,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
-    except Exception as err:  # a bug, not bad input: still one line, traceback on request
-        if os.environ.get("PIPELINES_DEBUG"):
-            raise
-        print(f"error: internal error in '{args.command}': {type(err).__name__}: {err} "
-              "(set PIPELINES_DEBUG=1 for the traceback)", file=sys.stderr)
-        return 3
+    except OSError as err:  # the machine's state, not a bug: a full disk, a file too large, no permission
+        if err.errno not in _ENVIRONMENT_ERRNOS:
+            return _internal_error(args, err)
+        where = f" ({err.filename})" if err.filename else ""
+        print(f"error: {err.strerror or os.strerror(err.errno)}{where}; writes are atomic: nothing was "
+              "half-written", file=sys.stderr)
+        return 2
+    except Exception as err:
+        return _internal_error(args, err)
+
+
+def _internal_error(args: argparse.Namespace, err: Exception) -> int:
+    """A bug, not bad input: still one line, the traceback on request."""
+    if os.environ.get("PIPELINES_DEBUG"):
+        raise err
+    print(f"error: internal error in '{args.command}': {type(err).__name__}: {err} "
+          "(set PIPELINES_DEBUG=1 for the traceback)", file=sys.stderr)
+    return 3
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from pipelines.devtools import airflow_local
 from tests.conftest import ROOT, cli_env
 
 GIT_ID = ["-c", "user.name=test", "-c", "user.email=test@example.com"]
@@ -56,6 +57,7 @@ def make_project(tmp: Path, rows: int = 600, models: tuple[str, ...] = ("text-cl
             shutil.rmtree(folder)
     for model in models:
         ci_sized(repo, model, **params_update)
+    airflow_local.registry_keys(repo)  # the signed registry's key pair, as the embedded default's set-up makes it
     sh("git", "init", "-q", "-b", "main", cwd=repo)
     sh("git", "add", "-A", cwd=repo)
     sh("git", *GIT_ID, "commit", "-qm", "project under test", cwd=repo)
@@ -72,8 +74,6 @@ def drop(repo: Path, model: str, rows: int, seed: int, faulty: bool = False) -> 
 
 
 def airflow_env(repo: Path, **extra: str) -> dict[str, str]:
-    from pipelines.devtools import airflow_local
-
     return {**airflow_local.env(repo), **extra}
 
 

@@ -236,7 +236,8 @@ class RegistryParams(_Section):
     # whose signatures the ledger must carry; empty: unsigned entries are accepted. Kept here, in git,
     # never in the registry, so that write access to the registry's storage cannot change them.
     trusted_keys: tuple[str, ...] = ()
-    signing_key_file: str | None = None  # the promoting component's private key (PEM) ...
+    trusted_keys_file: str | None = None  # ... and/or a file of them, one per line (must exist when named)
+    signing_key_file: str | None = None  # the promoting component's private key (PEM, mode 0600) ...
     signing_key_env: str = "PIPELINES_REGISTRY_SIGNING_KEY"  # ... or the env var holding it
 
     @field_validator("trusted_keys")

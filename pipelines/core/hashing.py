@@ -53,3 +53,22 @@ def content_hash(directory: str | Path) -> str:
             for block in iter(lambda: fh.read(BLOCK), b""):
                 digest.update(block)
     return digest.hexdigest()
+
+
+def copy_tree_hashed(src: str | Path, dst: str | Path) -> tuple[str, dict[str, str]]:
+    """Copy every file of `src` into the new directory `dst`, each read once: returns the `content_hash`
+    and the `tree_sha256` of the bytes written, so that what is checked is what the copy holds."""
+    src, dst = Path(src), Path(dst)
+    content, files = hashlib.sha256(), {}
+    for f in _files(src):
+        rel = f.relative_to(src).as_posix()
+        content.update(rel.encode() + b"\0")
+        digest = hashlib.sha256()
+        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+        with open(f, "rb") as fin, open(dst / rel, "xb") as fout:
+            for block in iter(lambda: fin.read(BLOCK), b""):
+                digest.update(block)
+                content.update(block)
+                fout.write(block)
+        files[rel] = digest.hexdigest()
+    return content.hexdigest(), files

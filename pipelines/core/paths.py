@@ -54,6 +54,17 @@ def dvc_locations(root: Path) -> list[Path]:
     return found
 
 
+# Files no command ever writes, wherever they are and whatever `--allow-outside-project` says: the
+# platform's configuration and DVC's records of it (any model's).
+PROTECTED_NAMES = ("params.yaml", "dvc.yaml", "dvc.lock", ".dvcignore", ".gitignore")
+PROTECTED_SUFFIXES = (".dvc",)
+
+
+def repository_root(root: Path) -> Path | None:
+    """The nearest folder at or above `root` holding a `.git` or `.dvc`: the checkout a model folder is in."""
+    return next((p for p in (root, *root.parents) if (p / ".git").exists() or (p / ".dvc").is_dir()), None)
+
+
 @dataclass(frozen=True)
 class Workspace:
     root: Path
@@ -62,40 +73,70 @@ class Workspace:
 
     @classmethod
     def of(cls, params: Params, root: str | Path, inputs: Iterable[str | Path] = (),
-           allow_outside: bool = False) -> "Workspace":
-        """The policy for one command: `root` is the project, `inputs` what the command reads."""
+           allow_outside: bool = False, relative_to: str | Path | None = None) -> "Workspace":
+        """The policy for one command: `root` is the project, `inputs` what the command reads (relative to
+        the working directory); the params' own paths are relative to `relative_to` (default: the
+        working directory, where the CLI runs a model's commands)."""
         root = _abs(root)
         cwd = Path.cwd()
-        named: list[tuple[str, Path]] = [("the project root", root), ("the git directory", root / ".git")]
-        named += [("the DVC cache or remote", p) for p in dvc_locations(root)]
+        base = _abs(relative_to) if relative_to is not None else cwd
+        named: list[tuple[str, Path]] = [("the project root", root)]
+        for top in dict.fromkeys([root, repository_root(root) or root]):
+            named.append(("the git directory", top / ".git"))
+            named += [("the DVC cache or remote", p) for p in dvc_locations(top)]
         if "://" not in params.registry.root:
-            named.append(("the model registry", _abs(params.registry.root, cwd)))
+            named.append(("the model registry", _abs(params.registry.root, base)))
         raw = {params.data.raw, *params.lifecycle.datasets.values()}
-        named += [("the raw data", _abs(p, cwd)) for p in sorted(raw)]
+        named += [("the raw data", _abs(p, base)) for p in sorted(raw) if "://" not in p]
+        golden = [p for p in (params.evaluate.holdout, params.evaluate.golden_prompts) if p]
+        named += [("a reviewed golden set", _abs(p, base)) for p in golden]
         named += [("an input of this command", _abs(p, cwd)) for p in inputs]
-        return cls(root, tuple(named), allow_outside)
+        return cls(root, tuple(dict.fromkeys(named)), allow_outside)
 
-    def _check(self, path: str | Path, kind: str) -> Path:
-        target = _abs(path, Path.cwd())
+    def _collision(self, target: Path, skip: tuple[str, ...] = ()) -> str | None:
+        """Why `target` may not be written (it is, lies inside or around something protected), or None."""
+        if ".git" in target.parts:
+            return "it lies inside a git directory"
         for what, protected in self.protected:
+            if what in skip:
+                continue
             if target == protected:
-                raise OutputError(f"refusing to write {kind} {path}: it is {what}")
+                return f"it is {what}"
             if _inside(protected, target) or (what != "the project root" and _inside(target, protected)):
-                where = "inside" if _inside(target, protected) else "around"
-                raise OutputError(f"refusing to write {kind} {path}: it lies {where} {what} ({protected})")
+                return f"it lies {'inside' if _inside(target, protected) else 'around'} {what} ({protected})"
+        return None
+
+    def _check(self, path: str | Path, kind: str, may_be: tuple[str, ...] = ()) -> Path:
+        target = _abs(path, Path.cwd())
+        if target.name in PROTECTED_NAMES or target.suffix in PROTECTED_SUFFIXES:
+            raise OutputError(f"refusing to write {kind} {path}: {target.name} is the platform's configuration "
+                              "or DVC's record of it, never an output")
+        why = self._collision(target, skip=may_be)
+        if why:
+            raise OutputError(f"refusing to write {kind} {path}: {why}")
         if not self.allow_outside and not _inside(target, self.root):
             raise OutputError(f"refusing to write {kind} {path}: it is outside the project {self.root} "
                               "(pass --allow-outside-project to allow it)")
         return target
 
-    def check_dir(self, path: str | Path) -> Path:
-        return self._check(path, "output directory")
+    def check_dir(self, path: str | Path, may_be: tuple[str, ...] = ()) -> Path:
+        """`may_be`: protected things this command may write into (`sample`: the raw data)."""
+        return self._check(path, "output directory", may_be)
 
-    def check_file(self, path: str | Path) -> Path:
-        target = self._check(path, "output file")
+    def check_file(self, path: str | Path, may_be: tuple[str, ...] = ()) -> Path:
+        target = self._check(path, "output file", may_be)
         if target.is_dir():
             raise OutputError(f"refusing to write output file {path}: it is a directory")
         return target
+
+    def check_registry_root(self, location: str) -> None:
+        """`registry.root` (a local one) is state of its own: never the project folder, nor inside or
+        around the raw data, a golden set, the git or DVC directory."""
+        if "://" in location:
+            return
+        why = self._collision(_abs(location, Path.cwd()), skip=("the model registry", "an input of this command"))
+        if why:
+            raise OutputError(f"registry.root {location}: {why}")
 
 
 EXPERIMENT_WORKSPACES = Path(".dvc") / "tmp" / "exps"  # where `dvc exp run --queue/--temp` checks a commit out

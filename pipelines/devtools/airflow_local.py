@@ -107,8 +107,35 @@ class _Status:
             self.stream.flush()
 
 
+REGISTRY_KEYS = Path(".airflow") / "registry-keys"  # what the model folders' params name (registry section)
+
+
+def registry_keys(root: Path | str) -> Path:
+    """The embedded default's registry key pair (made once, like Airflow's generated admin password):
+    `signing.pem` (the private key: mode 0600, in a 0700 folder, git-ignored) and `trusted.pub` (its
+    public key, which the model folders' `registry.trusted_keys_file` names). Returns the folder."""
+    from pipelines.registry import signing
+
+    folder = Path(root) / REGISTRY_KEYS
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o700)
+    private = folder / "signing.pem"
+    if not private.exists():
+        fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(signing.new_key_pem())
+    public = signing.public_key(signing.load_key(private.read_bytes(), str(private)))
+    trusted = folder / "trusted.pub"
+    if not trusted.exists() or public not in trusted.read_text(encoding="utf-8"):
+        trusted.write_text(f"# the embedded default's registry signing key (made by its set-up)\n{public}\n",
+                           encoding="utf-8")
+    return folder
+
+
 def setup(root: Path | str, home: Path | str | None = None, extra: dict[str, str] | None = None) -> None:
-    """Migrate the metadata DB (idempotent) and create the `gpu` pool the train task runs in."""
+    """Migrate the metadata DB (idempotent), create the `gpu` pool the train task runs in, and make the
+    registry's signing key pair (once)."""
+    registry_keys(root)
     airflow(root, "db", "migrate", home=home, extra=extra)
     airflow(root, "pools", "set", "gpu", "1", "accelerators for train (1 slot per device)", home=home, extra=extra)
 

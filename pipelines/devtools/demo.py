@@ -163,8 +163,29 @@ def _play(root: Path, model: str, params: Params, raw: Path, rnd: Round, verbose
     return row
 
 
+def _verify_registry(folder: Path, model: str, params: Params) -> dict:
+    """`pipelines registry verify`: the ledger's chain, every signature, the head git keeps, every file."""
+    from pipelines.registry import access
+    from pipelines.registry import store as registry
+
+    store = access.model_store(params, model, folder)
+    problems = registry.verify(store)
+    if problems:
+        raise CheckFailed(f"the registry of {model} did not verify: {problems[0]}")
+    entries = registry.read_ledger(store)
+    signers = sorted({(e.get("signature") or {}).get("key") or "unsigned" for e in entries})
+    kept = store.anchor.read(store.model, store.location) if store.anchor else None
+    _say(f"== {model}: registry verified (pipelines registry verify): {len(entries)} ledger entries, "
+         + (f"each signed by key {signers[0][:12]}... (registry.trusted_keys_file)" if store.keys.trusted
+            and signers != ["unsigned"] else "UNSIGNED (no registry.trusted_keys)")
+         + f", chain, manifests and every file re-hashed; git keeps its head {kept['seq'] if kept else '-'}")
+    return {"entries": len(entries), "signed_by": signers, "trusted_keys": list(store.keys.trusted),
+            "head_in_git": kept}
+
+
 def _verify_and_serve(root: Path, model: str, params: Params, verbose: bool = False) -> dict:
     folder = root / "projects" / model
+    checked = _verify_registry(folder, model, params)
     chain = lineage.trace(params, model, alias="champion", root=folder)
     for link in chain["links"] if verbose or not chain["verified"] else []:
         _say(f"  lineage {link['status']:>8}  {link['step']:<15} {link['detail']}")
@@ -172,7 +193,8 @@ def _verify_and_serve(root: Path, model: str, params: Params, verbose: bool = Fa
         raise CheckFailed(f"the lineage of {model}'s champion did not verify: {chain['links']}")
     _say(f"\n== {model}: champion v{chain['version']} lineage verified ({len(chain['links'])} links, served "
          "model back to the raw rows; `pipelines lineage` shows each)")
-    return {"lineage": {"version": chain["version"], "verified": True, "branch": params.lineage.branch,
+    return {"registry": checked,
+            "lineage": {"version": chain["version"], "verified": True, "branch": params.lineage.branch,
                         "runs": f"refs/runs/{model}/", "remote": _remote_url(root)},
             "served": _serve_once(folder, params)}
 

@@ -34,6 +34,11 @@ def rev(cwd: Path, ref: str) -> str | None:
     return git(cwd, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", check=False) or None
 
 
+def is_ancestor(cwd: Path, ancestor: str, commit: str) -> bool:
+    proc = subprocess.run(["git", "merge-base", "--is-ancestor", ancestor, commit], cwd=cwd, capture_output=True)
+    return proc.returncode == 0
+
+
 def tip(remote: str, ref: str) -> str | None:
     """The sha `ref` points at in `remote`, or None if it has no such ref."""
     import tempfile

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.core.dataio import write_json
+from pipelines.core.errors import CheckFailed
 from pipelines.orchestration import gitops
 from pipelines.orchestration.runspace import run_ref_name
 
@@ -45,7 +46,27 @@ def review(response: dict[str, Any] | None) -> dict[str, Any] | None:
     user = response.get("responded_by_user") or {}
     at = response.get("responded_at")
     return {"decision": "approved" if response["chosen_options"] == ["Approve"] else "rejected",
-            "by": user.get("name") or user.get("id") or "unknown", "at": at.isoformat() if hasattr(at, "isoformat") else at}
+            "by": user.get("name") or user.get("id") or "unknown", "by_id": user.get("id"),
+            "at": at.isoformat() if hasattr(at, "isoformat") else at}
+
+
+def approved_by(record: dict[str, Any], approvers: tuple[str, ...]) -> str | None:
+    """Who approved the promotion of a run that asked for a person's approval (None: it did not ask).
+    Raises CheckFailed unless the record holds an "Approve" answer from an allowed approver (any user
+    Airflow let answer, when `approvers` is empty): a step marked done without an answer, a rejection,
+    or an answer by someone else promotes nothing."""
+    if not (record.get("snapshot") or {}).get("require_approval"):
+        return None
+    said = record.get("review")
+    if not isinstance(said, dict):
+        raise CheckFailed("this run needs a person's approval to promote (require_approval) and none is recorded: "
+                          "the approval step was skipped or marked done without an answer; nothing promoted")
+    if said.get("decision") != "approved":
+        raise CheckFailed(f"{said.get('by')} rejected the promotion; nothing promoted")
+    if approvers and said.get("by_id") not in approvers:
+        raise CheckFailed(f"{said.get('by')} approved, but is not one of lifecycle.approvers "
+                          f"({', '.join(approvers)}); nothing promoted")
+    return str(said.get("by"))
 
 
 def awaiting_approval(record: dict[str, Any]) -> bool:
@@ -86,6 +107,21 @@ def _decided(record: dict[str, Any]) -> str:
     return "running" if not record.get("finished") else "finished without promotion"
 
 
+OBJECTS = ("snapshot", "stages", "gate", "promotion", "review", "failed", "compute", "run")
+
+
+def checked(value: Any, run_id: str) -> dict[str, Any]:
+    """A record as readers may use it: an object whose parts are objects; otherwise a stand-in that
+    says the record is damaged (pages and lists show that, and go on)."""
+    if not isinstance(value, dict):
+        return {"run_id": run_id, "note": "run record malformed (not an object)"}
+    bad = [k for k in OBJECTS if value.get(k) is not None and not isinstance(value.get(k), dict)]
+    if bad:
+        return {"run_id": value.get("run_id") if isinstance(value.get("run_id"), str) else run_id,
+                "note": f"run record malformed ({', '.join(bad)} not an object)"}
+    return value
+
+
 def read(remote: str, model: str, run_id: str) -> dict[str, Any] | None:
     """The record of one run, from the tip of its ref in the git remote; None if there is none."""
     with tempfile.TemporaryDirectory(prefix="pipelines-record-") as tmp:
@@ -96,9 +132,9 @@ def read(remote: str, model: str, run_id: str) -> dict[str, Any] | None:
         return None
     try:
         value = json.loads(blob)
-    except ValueError:
+    except (ValueError, RecursionError):
         return {"run_id": run_id, "note": "run record unreadable"}
-    return value if isinstance(value, dict) else {"run_id": run_id, "note": "run record malformed"}
+    return checked(value, run_id)
 
 
 def list_runs(remote: str, model: str, limit: int = 50) -> list[dict[str, Any]]:
@@ -113,8 +149,9 @@ def list_runs(remote: str, model: str, limit: int = 50) -> list[dict[str, Any]]:
         blob = gitops.show(local, remote, ref, RECORD)
         try:
             value = json.loads(blob) if blob else None
-        except ValueError:
+        except (ValueError, RecursionError):
             value = None
-        records.append(value if isinstance(value, dict) else {"run_id": ref.rsplit("/", 1)[-1],
-                                                               "note": "run record unreadable"})
+        run_id = ref.rsplit("/", 1)[-1]
+        records.append(checked(value, run_id) if value is not None else {"run_id": run_id,
+                                                                           "note": "run record unreadable"})
     return records

@@ -24,6 +24,7 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from pipelines.orchestration.runconf import apply_overrides, check_conf, overrid
 from pipelines.orchestration.runspace import RunRef, Shared, TaskSpace, run_ref_name, stage_error, task_space
 from pipelines.registry import signing
 from pipelines.registry import store as registry
+from pipelines.registry.anchor import GitAnchor
 
 STAGES = ("validate", "prepare", "train", "evaluate", "gate")
 
@@ -89,10 +91,12 @@ def start(shared: Shared, project: str, model: str, raw_conf: dict[str, Any] | N
         rel = where if not ("://" in where or Path(where).is_absolute()) else f"data/datasets/{conf.dataset}"
         if rel != params.data.raw:
             changes.setdefault("data", {})["raw"] = rel
-        reg_root = shared.resolve(project, params.registry.root, "registry.root")
-        if reg_root != params.registry.root:  # the run's params name the registry every worker uses
-            changes.setdefault("registry", {})["root"] = reg_root
-        store = _writer_store(params, reg_root, model)
+        store = _writer_store(shared, ws, params, model)
+        for key in ("root", "trusted_keys_file", "signing_key_file"):  # the run's params name the registry
+            given = getattr(params.registry, key)                      # (and its keys) every worker uses
+            where = shared.resolve(project, os.path.expanduser(given), f"registry.{key}") if given else given
+            if where != given:
+                changes.setdefault("registry", {})[key] = where
         registry.init(store, by=run.get("triggered_by"))
         champ = registry.aliases(registry.read_ledger(store)).get("champion")
         if champ != params.evaluate.compare_with:  # this run compares with today's champion, whatever happens meanwhile
@@ -122,9 +126,17 @@ def start(shared: Shared, project: str, model: str, raw_conf: dict[str, Any] | N
     return {**new.to_xcom(), "snapshot": snapshot, "require_approval": conf.require_approval, "lineage_io": io}
 
 
-def _writer_store(params: Params, root: str, model: str) -> registry.Store:
-    """The registry as a writer opens it: with the signing key this worker holds (file or env var)."""
-    return registry.open_store(root, model, signing.keys_for(params.registry, dict(os.environ)))
+def _writer_store(shared: Shared, ws: TaskSpace, params: Params, model: str) -> registry.Store:
+    """The registry as a lifecycle writer opens it: its root and key files as every worker sees them, the
+    signing key this worker holds (file or env var), and the heads kept in the shared git remote."""
+    rp = params.registry
+    where = {key: shared.resolve(ws.run.project, os.path.expanduser(value), f"registry.{key}")
+             for key in ("root", "signing_key_file", "trusted_keys_file") if (value := getattr(rp, key))}
+    rp = rp.model_copy(update=where)
+    anchor = GitAnchor(ws.root, remote=shared.git_remote)
+    store = registry.open_store(rp.root, model, signing.keys_for(rp, dict(os.environ)), anchor)
+    anchor.fetch(model, store.location)
+    return store
 
 
 # ---------------------------------------------------------------- stages
@@ -235,16 +247,48 @@ def _already_champion(store: registry.Store, gate: dict[str, Any]) -> dict[str, 
     return {"version": champ, "changed": False}
 
 
-def promote(shared: Shared, run: RunRef, info: dict[str, Any], approved_by: str | None = None) -> dict[str, Any]:
-    """Register the candidate and make it champion, with its lineage evidence beside it."""
+def _at_tip(shared: Shared, run: RunRef, info: dict[str, Any]) -> RunRef:
+    """This run's pointer at the tip of its own ref in the git remote (where the approval step commits a
+    person's answer), never another run's: the pointer an XCom carried must be this run's ref."""
+    if run.ref != run_ref_name(run.model, str(info.get("run_id"))):
+        raise CheckFailed(f"the run pointer names {run.ref}, not this run's ref; nothing done")
+    return replace(run, commit=gitops.tip(shared.git_remote, run.ref) or run.commit)
+
+
+def _descends(ws: TaskSpace, commit: str) -> None:
+    if not gitops.is_ancestor(ws.root, commit, "HEAD"):
+        raise CheckFailed(f"the run's ref no longer holds commit {commit[:12]} (rewritten); nothing done")
+
+
+def record_review(shared: Shared, run: RunRef, info: dict[str, Any], answer: dict[str, Any]) -> dict[str, Any]:
+    """Keep a person's answer to the approval step (Airflow's HITL response: who, what, when) in the run's
+    record, in git: `promote` and `lineage` read it there, never from an XCom that anyone allowed to use
+    Airflow's API could write. Called only when Airflow hands the approval step an answer."""
+    said = records.review(answer)
+    if said is None:
+        raise CheckFailed("the approval step resumed without an answer; nothing recorded")
+    at = _at_tip(shared, run, info)
+    with task_space(shared, at, dvc=False) as ws:
+        _descends(ws, run.commit)
+        records.update(ws.root, review=said)
+        new = ws.commit(f"{run.model} run {run.run_id}: {said['decision']} by {said['by']}")
+    return {**new.to_xcom(), "review": said}
+
+
+def promote(shared: Shared, run: RunRef, info: dict[str, Any]) -> dict[str, Any]:
+    """Register the candidate and make it champion, with its lineage evidence beside it; when the run asked
+    for a person's approval, only with an "Approve" by an allowed approver recorded in the run's git ref."""
     from pipelines.registry import audit as lineage
 
+    gated, run = run, _at_tip(shared, run, info)
     with task_space(shared, run) as ws:
+        _descends(ws, gated.commit)
         params = _params(ws)
+        approved_by = records.approved_by(records.load(ws.root), params.lifecycle.approvers)
         tp, proj = params.train, ws.project
         metrics = f"{params.evaluate.report_dir}/metrics.json"
         model = params.registry.model_name
-        store = _writer_store(params, params.registry.root, model)
+        store = _writer_store(shared, ws, params, model)
         result = _already_champion(store, records.load(ws.root).get("gate") or {})
         if result is None:
             _pull(ws, params, [tp.output_dir, params.gate.decision_path, metrics,
@@ -259,7 +303,7 @@ def promote(shared: Shared, run: RunRef, info: dict[str, Any], approved_by: str 
             print("note: registry.gto_tags is not mirrored from task workspaces (git tags belong to the "
                   "user's repository); run `pipelines registry` by hand to mirror", flush=True)
         promotion = {"model": model, "version": result["version"], "changed": result["changed"],
-                     "approved_by": approved_by}
+                     "registered": result.get("registered", False), "approved_by": approved_by}
         gate = records.load(ws.root).get("gate") or {}
         records.update(ws.root, promotion=promotion)
         new = ws.commit(f"{model} run {run.run_id}: promoted v{result['version']}")
@@ -301,13 +345,15 @@ def notify_serving(shared: Shared, run: RunRef, version: int) -> list[str]:
     return confirmed
 
 
-def record(shared: Shared, run: RunRef, info: dict[str, Any], review: dict[str, Any] | None = None) -> dict[str, Any]:
+def record(shared: Shared, run: RunRef, info: dict[str, Any]) -> dict[str, Any]:
     """Commit the run's evidence to the lineage branch (compare-and-swap: other runs may push too), with
-    the person's answer to the approval step when there was one (`records.review`)."""
+    the person's answer to the approval step when there was one (in the run's record since `record_review`)."""
     from pipelines.economics.cost import run_cost
     from pipelines.registry.evidence_branch import commit_run
 
+    last, run = run, _at_tip(shared, run, info)
     with task_space(shared, run) as ws:
+        _descends(ws, last.commit)
         params = _params(ws)
         files = [f"{run.project}/{p}" for p in _evidence(ws, params)]
         cp = params.cost
@@ -315,10 +361,10 @@ def record(shared: Shared, run: RunRef, info: dict[str, Any], review: dict[str, 
                            (cp.train_on, cp.hardware[cp.train_on].usd_per_hour),
                            (cp.workers_on, cp.hardware[cp.workers_on].usd_per_hour))
         compute["trained_tokens"] = _trained_tokens(ws.project / params.train.report_dir / "metrics.json")
-        rec = records.update(ws.root, compute=compute, **({"review": review} if review else {}))
+        rec = records.update(ws.root, compute=compute, failed=None)  # got here: a failed try before was retried
         branch = params.lineage.branch
         message = f"lineage: {run.model} {info.get('dag_id')} {run.run_id}\n\n{records.run_note(rec)}"
-        store = _writer_store(params, params.registry.root, run.model)
+        store = _writer_store(shared, ws, params, run.model)
         head = registry.read_head(store)  # kept in git too: a rewritten or truncated ledger disagrees with it
         for _ in range(8):
             tip = gitops.fetch(ws.root, shared.git_remote, f"refs/heads/{branch}", into=f"refs/heads/{branch}")
@@ -328,7 +374,9 @@ def record(shared: Shared, run: RunRef, info: dict[str, Any], review: dict[str, 
         else:
             raise TransientError(f"the {branch} branch kept moving; will retry")
         promoted = rec.get("promotion")
-        if promoted and promoted.get("changed"):  # anchor the commit in the ledger for auditors
+        # anchor the commit in the ledger for auditors, for the version this run registered (a version
+        # registered before and promoted again keeps the lineage commit of the run that trained it)
+        if promoted and promoted.get("changed") and promoted.get("registered", True):
             registry.record_lineage_commit(store, promoted["version"], commit, branch,
                                            run=f"{info.get('dag_id')} run {run.run_id}", by=info.get("triggered_by"))
         rec = records.update(ws.root, lineage_commit=commit, lineage_branch=branch,
@@ -350,12 +398,11 @@ def rollback(shared: Shared, project: str, model: str, to_version: int | None, r
     ref = RunRef(model, project, info.get("run_id", ""), "", "")
     with task_space(shared, ref, start_ref="HEAD", dvc=False) as ws:
         params = _params(ws)
-    root = shared.resolve(project, params.registry.root, "registry.root")
-    store = _writer_store(params, root, model)
-    if not registry.read_ledger(store):
-        raise InputError(f"model {model!r} has no registry at {root}")
-    entry = registry.move_alias(store, model, "champion", to_version, by=info.get("triggered_by"),
-                                reason=reason, run=f"{info.get('dag_id')} run {info.get('run_id')}")
+        store = _writer_store(shared, ws, params, model)
+        if not registry.read_ledger(store):
+            raise InputError(f"model {model!r} has no registry at {store.base}")
+        entry = registry.move_alias(store, model, "champion", to_version, by=info.get("triggered_by"),
+                                    reason=reason, run=f"{info.get('dag_id')} run {info.get('run_id')}")
     return {"model": model, "champion": entry["version"], "ledger_seq": entry["seq"]}
 
 

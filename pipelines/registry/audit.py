@@ -21,7 +21,7 @@ import yaml
 from pipelines.core.config import Params
 from pipelines.core.errors import CheckFailed, InputError
 from pipelines.core.hashing import md5_file, sha256_bytes
-from pipelines.registry import signing
+from pipelines.registry import access
 from pipelines.registry import store as registry
 
 Link = dict[str, Any]
@@ -146,14 +146,6 @@ def _guarded(step: str, build, *args) -> Link:
                      f"{str(err).splitlines()[0][:160] if str(err) else ''})")
 
 
-def model_store(params: Params, model: str, root: Path) -> registry.Store:
-    """The model's registry; a relative root is the model folder's (`root`), not the process' cwd."""
-    reg_root = params.registry.root
-    if "://" not in reg_root and not Path(reg_root).is_absolute():
-        reg_root = str(Path(root) / reg_root)  # relative to the project, not the process' cwd
-    return registry.open_store(reg_root, model, signing.keys_for(params.registry))
-
-
 ANSWERS = "evaluate_predictions.parquet"  # the evaluation's per-example results, when kept as evidence
 ANSWER_COLUMNS = ("prompt", "reference", "candidate_answer", "base_answer")
 
@@ -161,19 +153,12 @@ ANSWER_COLUMNS = ("prompt", "reference", "candidate_answer", "base_answer")
 def stored_evidence(params: Params, model: str, version: int, name: str, root: Path = Path(".")) -> bytes | None:
     """One evidence file stored beside a registered version, only if its sha256 is the (ledger-checked)
     manifest's; None when the version kept no such file."""
-    store = model_store(params, model, root)
+    store = access.model_store(params, model, root)
     entries = registry.read_ledger(store)
     if version not in registry.registered(entries):
         raise InputError(f"no registered version {version}")
     manifest = registry.read_manifest(store, version, registry.registered(entries)[version])
-    want = (manifest.get("evidence") or {}).get(name)
-    path = store.path("versions", f"v{version:04d}", "evidence", name)
-    if want is None or not store.fs.exists(path):
-        return None
-    raw = store.fs.cat_file(path)
-    if sha256_bytes(raw) != want:
-        raise CheckFailed(f"v{version}: evidence {name} altered (sha256 differs from the manifest's)")
-    return raw
+    return registry.read_evidence(store, version, name, manifest)
 
 
 def pictures(params: Params, model: str, version: int, root: Path = Path(".")) -> dict[str, Any]:
@@ -243,12 +228,11 @@ def answers(params: Params, model: str, version: int, root: Path = Path("."), li
 def trace(params: Params, model: str, alias: str | None = "champion", version: int | None = None,
           root: Path = Path(".")) -> dict[str, Any]:
     """Walk and re-verify the chain of one registered version."""
-    store = model_store(params, model, root)
+    store = access.model_store(params, model, root)
     number = resolve_version(store, alias, version)
     entries = registry.read_ledger(store)
     vdir = store.path("versions", f"v{number:04d}")
     problems = [p for p in registry.verify(store) if p.startswith((f"v{number}:", "ledger", "alias"))]
-    problems += [p for p in [ledger_against_git(entries, model, root)] if p]
     try:
         manifest = registry.read_manifest(store, number, registry.registered(entries)[number])
     except CheckFailed as err:
@@ -312,29 +296,6 @@ def _evidence_branch(entries: list, number: int, stored: dict[str, bytes], root:
                      "stored with the version", **data)
     return _link("evidence_branch", "ok", f"commit {commit[:12]} is on branch {branch!r} with the same dvc.lock",
                  **data)
-
-
-def ledger_against_git(entries: list, model: str, root: Path, runs: int = 20) -> str | None:
-    """The newest ledger head the model's runs kept in git (each run ref's record holds the head after
-    its lineage anchor) must still be in the ledger: one cut short or rewritten since, even with every
-    hash and `head.json` made consistent, disagrees with history that lives outside the registry."""
-    refs = subprocess.run(["git", "for-each-ref", "--sort=-committerdate", f"--count={runs}", "--format=%(refname)",
-                           f"refs/runs/{model}/"], cwd=root, capture_output=True, text=True)
-    seen: list[tuple[dict, str]] = []
-    for ref in refs.stdout.split() if refs.returncode == 0 else []:  # a run that stopped early kept no head
-        shown = subprocess.run(["git", "show", f"{ref}:lineage/run.json"], cwd=root, capture_output=True)
-        head = _ledger_seen(shown.stdout) if shown.returncode == 0 else None
-        seen += [(head, ref.rsplit("/", 1)[-1])] if head else []
-    if not seen:
-        return None
-    head, run_id = max(seen, key=lambda item: item[0]["seq"])
-    where = f"run {run_id} recorded ledger head {head['seq']} in git"
-    lost = _head_lost(entries, head)
-    if lost == "deleted":
-        return f"ledger cut short: it has {len(entries)} entries, {where} (entries deleted)"
-    if lost == "rewritten":
-        return f"ledger rewritten: its entry {head['seq']} is not the one {where}"
-    return None
 
 
 def _head_lost(entries: list, head: dict) -> str | None:

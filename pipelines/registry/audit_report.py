@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.core.config import Params
-from pipelines.registry import audit
+from pipelines.registry import access, audit
 from pipelines.registry import store as registry
 
 DECISIONS = {"promote": "promoted", "rollback": "rolled back to", "alias": "moved an alias to"}
@@ -70,7 +70,7 @@ def version(params: Params, model: str, number: int, root: Path) -> dict[str, An
     """One version's evidence: its gate decision, headline metrics, training data and lineage now."""
     chain = audit.trace(params, model, alias=None, version=number, root=root)
     links = {link["step"]: link for link in chain["links"]}
-    store = audit.model_store(params, model, root)
+    store = access.model_store(params, model, root)
     try:
         manifest = registry.read_manifest(store, number, registry.registered(registry.read_ledger(store))[number])
     except Exception as err:  # the chain above names what is wrong with it
@@ -89,7 +89,7 @@ def version(params: Params, model: str, number: int, root: Path) -> dict[str, An
 
 def build(params: Params, model: str, root: Path, runs: list[dict], since: date | None = None) -> dict[str, Any]:
     """The report: decisions and rejections in the period, and the versions they put into service."""
-    entries = registry.read_ledger(audit.model_store(params, model, root))
+    entries = registry.read_ledger(access.model_store(params, model, root))
     moves = decisions(entries, since)
     numbers = sorted({d["version"] for d in moves if isinstance(d["version"], int)})
     versions = [version(params, model, n, root) for n in numbers]

@@ -11,15 +11,25 @@ Layout under `<root>/<model>/` (root: a local directory or any fsspec URL):
 `head.json` is the single commit point: a change appends its entry to the ledger, then replaces the
 head in one atomic write. Readers take the ledger up to the head and check that its entry there has
 the head's hash, so a truncated, emptied or deleted ledger (or a lost last line) is an error, never an
-older state; lines after the head are an interrupted write's and are dropped by the next write. A
-version directory is complete (world-readable, like any file) before the entry naming it is written,
-so a process killed at any moment leaves `champion` on a complete version, old or new; its leftovers
-(temp files, an unreferenced version directory) are reported by `verify` and removed by the next
-write. Aliases only ever move to a version that verifies. Writers take an exclusive lock (`.lock`,
-local roots); object stores need a single writer (an Airflow pool).
+older state; lines after the head are an interrupted write's and are dropped by the next write.
+
+Every reader goes through `read_ledger`, which fails closed unless each line has its shape, each
+entry's hash is the hash of its content and names the previous one, every signature holds (signed
+ledgers), and the ledger still holds the newest head kept in git (`anchor`, when the reader has the
+repository). Every write appends only to a ledger that passed those checks, signed by a key trusted
+at its tip, and then records its head in git.
+
+A version directory is complete (world-readable, like any file) before the entry naming it is
+written, so a process killed at any moment leaves `champion` on a complete version, old or new. A
+promotion notes the version it is writing in `pending.json` first; the next write removes what such
+a note names if the ledger never did (and temp files), never a version directory the note does not
+name: `verify` reports those, a person decides. Aliases only ever move to a version that verifies.
+Writers take an exclusive lock (`.lock`, local roots); object stores need a single writer (an Airflow
+pool).
 """
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import os
@@ -38,13 +48,14 @@ from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, ValidationErro
 from pipelines.core.config import check_model_name
 from pipelines.core.dataio import atomic_write_bytes, current_umask
 from pipelines.core.errors import CheckFailed, ConfigError, InputError
-from pipelines.core.hashing import content_hash, tree_sha256
+from pipelines.core.hashing import content_hash, copy_tree_hashed, tree_sha256
 from pipelines.core.hashing import sha256_bytes as _sha
 from pipelines.registry import signing
+from pipelines.registry.anchor import GitAnchor
 from pipelines.registry.signing import Keys
 
 GENESIS = "0" * 64
-LEDGER, HEAD = "ledger.jsonl", "head.json"
+LEDGER, HEAD, PENDING = "ledger.jsonl", "head.json", "pending.json"
 
 
 @dataclass(frozen=True)
@@ -53,12 +64,22 @@ class Store:
     base: str  # <root>/<model> inside fs
     local: bool
     keys: Keys = field(default_factory=Keys)  # signing key and trusted keys (registry.signing)
+    anchor: GitAnchor | None = None  # where heads are kept in git (None: no repository to check against)
 
     def path(self, *parts: str) -> str:
         return "/".join([self.base.rstrip("/"), *parts])
 
+    @property
+    def model(self) -> str:
+        return self.base.rstrip("/").rsplit("/", 1)[-1]
 
-def open_store(root: str, model: str, keys: Keys | None = None) -> Store:
+    @property
+    def location(self) -> str:
+        """The registry's identity for its git anchor: the resolved path, or the URL."""
+        return self.base if self.local else self.fs.unstrip_protocol(self.base)
+
+
+def open_store(root: str, model: str, keys: Keys | None = None, anchor: GitAnchor | None = None) -> Store:
     import fsspec
 
     check_model_name(model)  # the name becomes a path: never `../x`
@@ -66,7 +87,7 @@ def open_store(root: str, model: str, keys: Keys | None = None) -> Store:
     local = "file" in (fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,))
     if local:
         base = str(Path(base).resolve())
-    return Store(fs, f"{base.rstrip('/')}/{model}", local, keys or Keys())
+    return Store(fs, f"{base.rstrip('/')}/{model}", local, keys or Keys(), anchor)
 
 
 def _canonical(obj: Any) -> bytes:
@@ -131,6 +152,8 @@ def _parse_line(number: int, raw: bytes) -> dict[str, Any]:
         raise CheckFailed(f"{where} is not UTF-8 (altered or torn)") from None
     except json.JSONDecodeError:
         raise CheckFailed(f"{where} is not valid JSON (altered or torn)") from None
+    except RecursionError:
+        raise CheckFailed(f"{where} is nested too deeply to be an entry (altered)") from None
     if not isinstance(entry, dict):
         raise CheckFailed(f"{where} is a JSON {type(entry).__name__}, not an entry object (altered)")
     try:
@@ -184,10 +207,40 @@ def read_ledger(store: Store) -> list[dict[str, Any]]:
     if entries[-1]["hash"] != head["hash"]:
         raise CheckFailed(f"registry ledger line {head['seq']}: its hash differs from the one {HEAD} anchors "
                           "(altered or rewritten)")
+    _check_chain(entries)
     unsigned = signing.problems(entries, store.keys.trusted) if store.keys.trusted else []
     if unsigned:  # fail closed: nothing is read from a signed ledger whose signatures do not hold
         raise CheckFailed(unsigned[0] + (f" (+{len(unsigned) - 1} more)" if len(unsigned) > 1 else ""))
+    _check_anchor(store, entries)
     return entries
+
+
+def _check_chain(entries: list[dict[str, Any]]) -> None:
+    """Each entry's hash is recomputed from its content and names the one before: an entry edited, added
+    or removed without recomputing every later hash is named."""
+    prev = GENESIS
+    for number, entry in enumerate(entries, start=1):
+        if entry["prev_hash"] != prev:
+            raise CheckFailed(f"registry ledger line {number}: chain broken (its prev_hash is not the hash of line "
+                              f"{number - 1})" if number > 1 else f"registry ledger line 1: chain broken (its prev_hash "
+                              "is not the genesis hash)")
+        if entry_hash(entry) != entry["hash"]:
+            raise CheckFailed(f"registry ledger line {number}: altered (its content does not hash to its hash)")
+        prev = entry["hash"]
+
+
+def _check_anchor(store: Store, entries: list[dict[str, Any]]) -> None:
+    """The newest head kept in git must still be in the ledger (cut short or rewritten otherwise)."""
+    if store.anchor is None:
+        return
+    kept = store.anchor.read(store.model, store.location)
+    if kept is None:
+        return
+    where = f"git ({store.anchor.repo.name}) kept ledger head {kept['seq']}"
+    if len(entries) < kept["seq"]:
+        raise CheckFailed(f"registry ledger cut short: it has {len(entries)} entries, {where} (entries deleted)")
+    if entries[kept["seq"] - 1]["hash"] != kept["hash"]:
+        raise CheckFailed(f"registry ledger rewritten: its entry {kept['seq']} is not the one {where}")
 
 
 def aliases(entries: list[dict[str, Any]]) -> dict[str, int]:
@@ -207,28 +260,61 @@ def _append(store: Store, entries: list[dict[str, Any]], entry: dict[str, Any]) 
     entry = {"seq": len(entries) + 1, "at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **entry,
              "prev_hash": entries[-1]["hash"] if entries else GENESIS}
     entry["hash"] = entry_hash(entry)
+    _check_signer(store, entries)
     signature = store.keys.sign(entry["hash"])
-    if signature is None and store.keys.trusted:  # fail closed: a signed ledger takes no unsigned entry
-        raise ConfigError("this registry's ledger is signed (registry.trusted_keys): writing to it needs the "
-                          "signing key (registry.signing_key_file, or the env var registry.signing_key_env names)")
     if signature is not None:
         entry["signature"] = signature
     body = b"".join(_canonical(e) + b"\n" for e in [*entries, entry])
     _write(store, store.path(LEDGER), body)
-    _write(store, store.path(HEAD), _canonical({"seq": entry["seq"], "hash": entry["hash"]}))  # the commit point
+    head = {"seq": entry["seq"], "hash": entry["hash"]}
+    _write(store, store.path(HEAD), _canonical(head))  # the commit point
+    if store.anchor is not None:  # kept outside the storage too; a failure leaves the older head there
+        warning = store.anchor.record(store.model, store.location, head, entry["action"])
+        if warning:
+            print(f"warning: {warning}; the next registry write records a newer head", file=sys.stderr)
     return entry
 
 
+def _check_signer(store: Store, entries: list[dict[str, Any]]) -> None:
+    """Fail closed before anything is written: a signed ledger takes entries only from a key it trusts now."""
+    if not store.keys.trusted:
+        return
+    if store.keys.signer is None:
+        raise ConfigError("this registry's ledger is signed (registry.trusted_keys): writing to it needs the "
+                          "signing key (registry.signing_key_file, or the env var registry.signing_key_env names)")
+    mine = signing.public_key(store.keys.signer)
+    if mine not in signing.allowed_at_tip(entries, store.keys.trusted):
+        raise ConfigError(f"the signing key {mine[:12]}... is not trusted at the tip of this registry's ledger "
+                          "(not in registry.trusted_keys, or retired by a rotation); nothing was written")
+
+
 def _tidy(store: Store, entries: list[dict[str, Any]]) -> None:
-    """Remove what interrupted writes left (temp files, unreferenced version directories). Under the lock."""
-    known = {f"v{v:04d}" for v in registered(entries)}
+    """Remove what an interrupted write left: temp files, and the version directory a promotion's own
+    note (`pending.json`) names when the ledger never registered it. Nothing else is deleted: a version
+    directory without that note is reported by `verify`, never removed. Under the lock."""
     if store.local:
         base = Path(store.base)
         for leftover in [*base.glob(".*.tmp"), *base.glob("versions/.*.tmp")]:
             shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
-    for name in _version_dirs(store) - known:
+    version = _pending(store)
+    if version is None:
+        return
+    name = f"v{version:04d}"
+    if version not in registered(entries) and store.fs.exists(store.path("versions", name)):
         store.fs.rm(store.path("versions", name), recursive=True)
-        print(f"removed {name}, left by an interrupted promotion", file=sys.stderr)
+        print(f"removed {name}, left by an interrupted promotion ({PENDING})", file=sys.stderr)
+    store.fs.rm(store.path(PENDING))
+
+
+def _pending(store: Store) -> int | None:
+    """The version an interrupted promotion was writing, from its note (None: no note, or not ours)."""
+    if not store.fs.exists(store.path(PENDING)):
+        return None
+    try:
+        version = json.loads(store.fs.cat_file(store.path(PENDING))).get("version")
+    except (ValueError, AttributeError, RecursionError):
+        return None
+    return version if isinstance(version, int) and not isinstance(version, bool) and version >= 1 else None
 
 
 def _version_dirs(store: Store) -> set[str]:
@@ -279,12 +365,17 @@ def _store_version(store: Store, version: int, candidate: Path, manifest: dict[s
     """Copy the candidate (and evidence) in, complete before it becomes visible; return the manifest sha256."""
     target = store.path("versions", f"v{version:04d}")
     data = json.dumps(manifest, indent=2, sort_keys=True, default=str).encode("utf-8")
-    if store.fs.exists(target):  # an orphan left by a killed run (normally gone with _tidy)
-        store.fs.rm(target, recursive=True)
+    if store.fs.exists(target):  # not ours to replace: an interrupted promotion's would be gone (_tidy)
+        raise CheckFailed(f"refusing to register v{version}: versions/v{version:04d} exists but the ledger does not "
+                          "name it (a ledger cut short, or a directory put there by hand); run `pipelines registry "
+                          "verify`; nothing was written")
+    _write(store, store.path(PENDING), _canonical({"version": version}))  # what _tidy may remove if we die
     if store.local:
         Path(target).parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=Path(target).parent, prefix=f".v{version:04d}.", suffix=".tmp"))
-        shutil.copytree(candidate, tmp / "files")
+        if copy_tree_hashed(candidate, tmp / "files")[1] != manifest["files"]:
+            raise CheckFailed(f"refusing to register v{version}: the candidate {candidate} changed while it was "
+                              "copied into the registry; nothing was written")
         for name, blob in (evidence or {}).items():
             (tmp / "evidence").mkdir(exist_ok=True)
             (tmp / "evidence" / name).write_bytes(blob)
@@ -299,10 +390,36 @@ def _store_version(store: Store, version: int, candidate: Path, manifest: dict[s
     return _sha(data)
 
 
-def read_evidence(store: Store, version: int, name: str) -> bytes | None:
-    """One evidence file kept beside `version` (`verify_version` checks it against the manifest), or None."""
+def read_evidence(store: Store, version: int, name: str, manifest: dict[str, Any]) -> bytes | None:
+    """One evidence file kept beside `version`, only if its bytes are the ones `manifest` (read through
+    `read_manifest`, so checked against the ledger) recorded; None when the version kept no such file."""
+    want = (manifest.get("evidence") or {}).get(name)
     path = store.path("versions", f"v{version:04d}", "evidence", name)
-    return store.fs.cat_file(path) if store.fs.exists(path) else None
+    if want is None or not store.fs.exists(path):
+        return None
+    raw = store.fs.cat_file(path)
+    if _sha(raw) != want:
+        raise CheckFailed(f"v{version}: evidence {name} altered (sha256 differs from the manifest's)")
+    return raw
+
+
+def private_copy(store: Store, version: int, reg: dict[str, Any], dest: Path) -> dict[str, Any]:
+    """Copy the files of a registered version into `dest` (a new folder only this process writes), each
+    byte hashed as it is copied, and return its manifest, only if the copy holds exactly the files the
+    (ledger-checked) manifest names: what is loaded from `dest` is what was verified, whatever happens
+    to the registry meanwhile."""
+    manifest = read_manifest(store, version, reg)
+    with tempfile.TemporaryDirectory(prefix="registry-download-") as scratch:
+        _, files = copy_tree_hashed(version_dir(store, version, Path(scratch)), dest)
+    want = manifest["files"]
+    for rel in sorted(set(want) | set(files)):
+        if rel not in files:
+            raise CheckFailed(f"v{version}: file {rel} missing")
+        if rel not in want:
+            raise CheckFailed(f"v{version}: unexpected file {rel}")
+        if files[rel] != want[rel]:
+            raise CheckFailed(f"v{version}: file {rel} altered")
+    return manifest
 
 
 def version_dir(store: Store, version: int, cache: Path | None = None) -> Path:
@@ -325,7 +442,7 @@ def champion(store: Store, pinned: int | None = None) -> tuple[Path | None, int 
         reg = registered(entries).get(pinned)
         if reg is None:
             raise InputError(f"evaluate.compare_with: the registry at {store.base} has no registered version {pinned}")
-        _require_intact(store, store.base.rstrip("/").rsplit("/", 1)[-1], pinned, reg)
+        require_intact(store, store.base.rstrip("/").rsplit("/", 1)[-1], pinned, reg)
     return version_dir(store, current), current
 
 
@@ -384,27 +501,35 @@ def promote(store: Store, model: str, candidate: Path, decision_path: Path, eval
             print(f"{model} v{version} is already champion; nothing to do", file=sys.stderr)
             return {"version": version, "changed": False}
         reg = None
-        if version is None:
-            version = max(registered(entries), default=0) + 1
-            manifest = build_manifest(model, version, candidate, decision, evaluation, by, evidence, root, run)
-            reg = {"version": version, "candidate_hash": current_hash,
-                   "manifest_sha256": _store_version(store, version, candidate, manifest, evidence)}
-        else:
-            _require_intact(store, model, version, registered(entries)[version])
-        moved = {**current, "champion": version}
-        if current.get("champion") is not None:
-            moved["previous"] = current["champion"]
-        entry = _append(store, entries, {"action": "promote", "version": version, "registered": reg,
-                                         "aliases": moved, "by": by, "approved_by": approved_by,
-                                         "reason": reason or "passed gate"})
+        try:
+            if version is None:
+                version = max(registered(entries), default=0) + 1
+                manifest = build_manifest(model, version, candidate, decision, evaluation, by, evidence, root, run)
+                reg = {"version": version, "candidate_hash": current_hash,
+                       "manifest_sha256": _store_version(store, version, candidate, manifest, evidence)}
+            else:
+                require_intact(store, model, version, registered(entries)[version])
+            moved = {**current, "champion": version}
+            if current.get("champion") is not None:
+                moved["previous"] = current["champion"]
+            entry = _append(store, entries, {"action": "promote", "version": version, "registered": reg,
+                                             "aliases": moved, "by": by, "approved_by": approved_by,
+                                             "reason": reason or "passed gate"})
+        except BaseException:  # a full disk, a kill: leave nothing the ledger does not name
+            if reg is not None or store.fs.exists(store.path(PENDING)):
+                with contextlib.suppress(Exception):
+                    _tidy(store, read_ledger(store))
+            raise
+        if reg is not None:
+            store.fs.rm(store.path(PENDING))
     print(f"promoted {model} v{version} to champion (ledger entry {entry['seq']})", file=sys.stderr)
-    return {"version": version, "changed": True, "entry": entry}
+    return {"version": version, "changed": True, "registered": reg is not None, "entry": entry}
 
 
-def _require_intact(store: Store, model: str, version: int, reg: dict[str, Any]) -> None:
+def require_intact(store: Store, model: str, version: int, reg: dict[str, Any]) -> None:
     problems = verify_version(store, version, reg)
     if problems:
-        raise CheckFailed(f"refusing to point an alias of {model} at v{version}: it fails verification "
+        raise CheckFailed(f"refusing to use {model} v{version} (for an alias, or to serve): it fails verification "
                           f"({problems[0]}" + (f"; +{len(problems) - 1} more)" if len(problems) > 1 else ")"))
 
 
@@ -427,7 +552,7 @@ def move_alias(store: Store, model: str, alias: str, to_version: int | None, rea
                 raise CheckFailed(f"cannot roll back {model}: no previous version")
         if to_version not in registered(entries):
             raise CheckFailed(f"{model} has no registered version {to_version}")
-        _require_intact(store, model, to_version, registered(entries)[to_version])
+        require_intact(store, model, to_version, registered(entries)[to_version])
         moved = {**current, alias: to_version}
         if alias == "champion" and current.get("champion") not in (None, to_version):
             moved["previous"] = current["champion"]
@@ -521,22 +646,21 @@ def verify(store: Store) -> list[str]:
     except CheckFailed as err:
         return [str(err)]
     problems: list[str] = []
-    prev = GENESIS
-    for number, e in enumerate(entries, start=1):
-        if e.get("prev_hash") != prev:
-            problems.append(f"ledger line {number}: chain broken (prev_hash does not match line {number - 1})")
-        if entry_hash(e) != e.get("hash"):
-            problems.append(f"ledger line {number}: altered (hash mismatch)")
-        prev = e.get("hash")
     known = registered(entries)
     for version, reg in sorted(known.items()):
         problems += verify_version(store, version, reg)
     for name, version in aliases(entries).items():
         if version not in known:
             problems.append(f"alias {name} points at unregistered version {version}")
+    if store.local:
+        base = Path(store.base)
+        problems += [f"{p.relative_to(base)}: temp file left by an interrupted write (removed by the next registry "
+                     "write)" for p in sorted([*base.glob(".*.tmp"), *base.glob("versions/.*.tmp")])]
     for name in sorted(_version_dirs(store) - {f"v{v:04d}" for v in known}):
-        problems.append(f"{name}: version directory not named by the ledger (left by an interrupted promotion, "
-                        "removed by the next registry write; or its ledger entry was lost)")
+        note = (f"left by an interrupted promotion ({PENDING}), removed by the next registry write"
+                if _pending(store) == int(name[1:]) else "never removed automatically: a ledger cut short, or put "
+                "there by hand; remove it yourself once you know which")
+        problems.append(f"{name}: version directory not named by the ledger ({note})")
     return problems
 
 

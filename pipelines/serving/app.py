@@ -14,6 +14,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -545,15 +546,15 @@ def install_routes(app, sp, models: dict[str, ServedModel], executor, metrics, c
 
 
 def create_app(params: Params, alias: str = "champion", model: str | None = None, batching: bool = True,
-               poll: bool = True, models: dict[str, Params] | None = None):
+               poll: bool = True, models: dict[str, Params] | None = None, folders: dict[str, Path] | None = None):
     """Build the ASGI app. It serves the `alias` version of one model (`model`, else the params'
     registry.model_name) or, given `models` (name -> that model's params: its registry and fallback),
     of each of them, chosen per request by the OpenAI `model` field; each follows its own alias. The
-    server's own settings (address, keys, limits) are `params.serve`."""
+    server's own settings (address, keys, limits) are `params.serve`. `folders` (name -> the model's
+    folder): where relative registry paths start and whose git keeps the registry's heads."""
     from fastapi import FastAPI
 
-    from pipelines.registry import store as registry
-    from pipelines.registry.signing import keys_for
+    from pipelines.registry import access
     from pipelines.serving.fallback import Upstream
 
     sp = params.serve
@@ -564,7 +565,7 @@ def create_app(params: Params, alias: str = "champion", model: str | None = None
     served: dict[str, ServedModel] = {}
     for name, own in models.items():
         served[name] = ServedModel(
-            name, Holder(registry.open_store(own.registry.root, name, keys_for(own.registry)), alias, metrics, name),
+            name, Holder(access.model_store(own, name, (folders or {}).get(name)), alias, metrics, name),
             Batcher(sp.max_batch, sp.max_wait_ms, sp.max_queue, executor, metrics) if batching else None,
             GenerationBatcher(sp.max_generation_batch, executor, metrics, sp.generation_wait_ms) if batching else None,
             Upstream.from_params(own.serve.fallback, name, own.cost.api.get(own.serve.fallback.model)),

@@ -49,37 +49,39 @@ class Loaded:
 
 
 def load_version(store, version: int) -> Loaded:
-    """Load a registered version, only if the registry vouches for it: the manifest's sha256 must be the
-    one the ledger recorded and every file must match the manifest (`registry.verify_version`)."""
+    """Load a registered version, only as the registry vouches for it: the version's files and its base
+    model are copied into a private folder, each byte hashed as it is copied, and loaded from there only
+    if they are the ones the (ledger-checked) manifest names (`registry.private_copy`) and its
+    `base_hash` records; a file swapped on disk during or after the check is never what is loaded."""
     import copy
+    import tempfile
 
-    from pipelines.core.hashing import sha256_file
+    from pipelines.core.hashing import copy_tree_hashed
     from pipelines.registry import store as registry
     from pipelines.training import batching
-    from pipelines.training.modeling import load_trained
+    from pipelines.training.modeling import load_trained, trained_base
 
     reg = registry.registered(registry.read_ledger(store)).get(version)
     if reg is None:
         raise RuntimeError(f"v{version} is not registered")
-    problems = registry.verify_version(store, version, reg)
-    if problems:
-        raise RuntimeError(f"v{version} fails verification: {problems[0]}")
-    directory = registry.version_dir(store, version)
-    if not store.local:  # a downloaded copy: check the bytes that will actually be loaded
-        for rel, digest in registry.read_manifest(store, version, reg)["files"].items():
-            if sha256_file(directory / rel) != digest:
-                raise RuntimeError(f"v{version}: {rel} does not match its manifest")
-    config = json.loads((directory / "train_config.json").read_text(encoding="utf-8"))
-    model, tok = load_trained(directory)
-    labels = None
-    if task_spec(config["task"]).labelled:
-        label_map = json.loads((directory / "label_map.json").read_text(encoding="utf-8"))
-        labels = sorted(label_map, key=label_map.get)
-    else:
-        batching.ensure_chat_template(tok)
+    with tempfile.TemporaryDirectory(prefix="pipelines-serve-") as private:  # mode 0700: ours alone
+        directory = Path(private) / "files"
+        manifest = registry.private_copy(store, version, reg, directory)
+        base = Path(private) / "base"
+        if copy_tree_hashed(trained_base(directory), base)[0] != manifest.get("base_hash"):
+            raise RuntimeError(f"v{version}: its base model is not the one it was trained on (content hash differs "
+                               "from the manifest's base_hash)")
+        config = json.loads((directory / "train_config.json").read_text(encoding="utf-8"))
+        model, tok = load_trained(directory, base=base)
+        labels = None
+        if task_spec(config["task"]).labelled:
+            label_map = json.loads((directory / "label_map.json").read_text(encoding="utf-8"))
+            labels = sorted(label_map, key=label_map.get)
+        else:
+            batching.ensure_chat_template(tok)
+    routing = registry.read_evidence(store, version, ROUTING_EVIDENCE, manifest)
     return Loaded(version, config["task"], model, tok, labels, int(config["params"]["max_length"]),
-                  count_tok=copy.deepcopy(tok),
-                  route_threshold=tuned_threshold(registry.read_evidence(store, version, ROUTING_EVIDENCE)))
+                  count_tok=copy.deepcopy(tok), route_threshold=tuned_threshold(routing))
 
 
 ROUTING_EVIDENCE = "evaluate_routing.json"  # evaluate's routing.json, as a promotion names it

@@ -22,7 +22,7 @@ from pipelines.core.dataio import atomic_write_bytes, write_json
 from pipelines.core.errors import InputError
 from pipelines.economics import cost, routing
 from pipelines.economics.plot import frontier_svg
-from pipelines.registry import audit
+from pipelines.registry import access
 from pipelines.registry import store as registry
 from pipelines.serving.capacity import CAPACITY_FILE
 from pipelines.serving.engine import ROUTING_EVIDENCE, tuned_threshold
@@ -40,11 +40,13 @@ def report(name: str, folder: Path, params: Params, upstream_accuracy: float | N
     if not task_spec(params.data.task).labelled:
         return {"model": name, "unknown": f"{params.data.task} models route by serve.fallback.ood_patterns and "
                                           "min_mean_logprob; route tune sweeps a classifier's confidence threshold"}
-    store = audit.model_store(params, name, folder)
-    champion = registry.aliases(registry.read_ledger(store)).get(params.serve.alias)
+    store = access.model_store(params, name, folder)
+    entries = registry.read_ledger(store)
+    champion = registry.aliases(entries).get(params.serve.alias)
     if champion is None:
         return {"model": name, "unknown": f"no {params.serve.alias} to tune: run the lifecycle first"}
-    blob = registry.read_evidence(store, champion, ROUTING_EVIDENCE)
+    manifest = registry.read_manifest(store, champion, registry.registered(entries)[champion])
+    blob = registry.read_evidence(store, champion, ROUTING_EVIDENCE, manifest)
     evidence = json.loads(blob) if blob else {}
     counts = evidence.get("counts")
     out: dict[str, Any] = {"model": name, "champion": champion, "serving": _serving(params, tuned_threshold(blob))}

@@ -230,9 +230,19 @@ def attach_lora(model, task: str, lora, gradient_checkpointing: bool = False, qu
         raise ConfigError(f"train.lora.target_modules: {str(err).splitlines()[0][:200]}") from None
 
 
-def load_trained(model_dir: str | Path, device: str = "cpu", dtype_name: str = "float32"):
+def trained_base(model_dir: str | Path) -> Path:
+    """The base model a `train` output directory was trained on: where training found it, else by name."""
+    import json
+
+    config = json.loads((Path(model_dir) / "train_config.json").read_text(encoding="utf-8"))
+    base = Path(config["base_path"])
+    return base if base.exists() else resolve_base(config["base_model"])
+
+
+def load_trained(model_dir: str | Path, device: str = "cpu", dtype_name: str = "float32", base: Path | None = None):
     """Reload base + adapter + tokenizer offline from a `train` output directory, on `device` in
-    `dtype_name` (evaluation on a GPU: bf16)."""
+    `dtype_name` (evaluation on a GPU: bf16). `base`: a checked copy of the base model to load instead
+    of the one `trained_base` finds (serving: see `serving.engine.load_version`)."""
     import json
 
     from peft import PeftModel
@@ -241,9 +251,7 @@ def load_trained(model_dir: str | Path, device: str = "cpu", dtype_name: str = "
     adapter = model_dir / "adapter"
     require_safetensors(adapter)
     config = json.loads((model_dir / "train_config.json").read_text(encoding="utf-8"))
-    base = Path(config["base_path"])
-    if not base.exists():
-        base = resolve_base(config["base_model"])
+    base = base or trained_base(model_dir)
     hw = Hardware(device, dtype_name, 0, os.cpu_count() or 1)
     labels = config.get("labels")
     model = load_base(base, config["task"], hw, labels=labels)

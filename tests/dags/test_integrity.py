@@ -168,36 +168,46 @@ def test_adding_a_model_is_adding_a_folder_and_a_broken_one_breaks_only_itself(t
 
 
 class _Ti:
-    """What the approval step's resume needs of its task instance: somewhere to push XCom, and skip."""
+    """What the approval step's resume needs of its task instance: the gate's run pointer by XCom."""
 
     map_index = -1
 
-    def __init__(self):
-        self.pushed = {}
+    def xcom_pull(self, task_ids):
+        return {"task_ids": task_ids}
 
-    def xcom_push(self, key, value):
-        self.pushed[key] = value
+    def xcom_push(self, key, value):  # Airflow's skip bookkeeping on Reject
+        pass
 
 
 @pytest.mark.parametrize("answer, skips", [("Approve", False), ("Reject", True)])
-def test_the_approval_step_keeps_the_answer_either_way(bag, answer, skips):
-    """On Reject, Airflow's ApprovalOperator skips `promote` by raising, so its return value is lost:
-    the DAG's step keeps who answered what, and when, as XCom `answer` for `lineage` and `promote`."""
+def test_the_approval_step_records_the_answer_either_way(bag, monkeypatch, answer, skips):
+    """Only Airflow's answer event resumes the approval step: it keeps who answered what, and when, in the
+    run's record in git (`steps.record_review`), where `promote` and `lineage` read it; on Reject Airflow's
+    ApprovalOperator then skips `promote` by raising."""
+    import sys
     from datetime import datetime, timezone
 
     from airflow.sdk.exceptions import DownstreamTasksSkipped
 
+    from pipelines.orchestration import steps
     from pipelines.orchestration.records import review
 
     task = bag.dags["lifecycle__text-classifier"].get_task("approve")
-    ti = _Ti()
+    module = sys.modules[type(task).__module__]
+    calls = []
+    monkeypatch.setattr(module, "guarded", lambda name, model, fn, *args: calls.append((name, model.name, fn, args)))
+    monkeypatch.setattr(module, "run_info", lambda: {"run_id": "r1"})
+    monkeypatch.setattr("pipelines.orchestration.runspace.RunRef.of", staticmethod(lambda value: value))
     event = {"chosen_options": [answer], "params_input": {}, "responded_by_user": {"id": "ana", "name": "ana"},
              "responded_at": datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)}
     try:
-        task.execute_complete({"ti": ti, "task": task}, event)
+        task.execute_complete({"ti": _Ti(), "task": task}, event)
         skipped = False
     except DownstreamTasksSkipped as raised:
         skipped = [t if isinstance(t, str) else t[0] for t in raised.tasks] == ["promote"]
     assert skipped is skips
+    (name, model, fn, (run, info, said)), = calls
+    assert (name, model, fn, run, info) == ("approve", "text-classifier", steps.record_review, {"task_ids": "gate"},
+                                            {"run_id": "r1"})
     decision = {"Approve": "approved", "Reject": "rejected"}[answer]
-    assert review(ti.pushed["answer"]) == {"decision": decision, "by": "ana", "at": "2026-11-26T12:00:00+00:00"}
+    assert review(said) == {"decision": decision, "by": "ana", "by_id": "ana", "at": "2026-11-26T12:00:00+00:00"}

@@ -36,7 +36,7 @@ def airflow(tmp_path_factory):
     # run_deadline_h 0.005 (18 s): every run here takes longer, so each one's deadline alert fires
     repo = make_project(tmp_path_factory.mktemp("standalone"), train={"epochs": 2, "max_length": 32,
                                                                       "checkpoint_every": 20},
-                        lifecycle={"run_deadline_h": 0.005})
+                        lifecycle={"run_deadline_h": 0.005, "approvers": ["admin"]})
     alerts, hook = [], FastAPI()  # the team's chat webhook, on loopback
 
     @hook.post("/alerts")
@@ -50,7 +50,7 @@ def airflow(tmp_path_factory):
     env = airflow_env(repo, AIRFLOW__API__HOST="127.0.0.1", AIRFLOW__API__PORT=str(port),
                       PIPELINES_ALERT_WEBHOOK=f"{hook_url}/alerts",
                       AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"{url}/execution/",
-                      AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="admin:admin",
+                      AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="admin:admin,mallory:admin",  # mallory: no approver
                       AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="True",
                       AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL="5",
                       AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="5")
@@ -62,8 +62,9 @@ def airflow(tmp_path_factory):
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         token = _wait_token(url, repo, proc)
+        mallory = _wait_token(url, repo, proc, "mallory")
         yield {"url": url, "repo": repo, "token": token, "headers": {"Authorization": f"Bearer {token}"},
-               "alerts": alerts}
+               "mallory": {"Authorization": f"Bearer {mallory}"}, "alerts": alerts}
     finally:
         hook_server.should_exit = True
         os.killpg(proc.pid, signal.SIGTERM)
@@ -74,15 +75,15 @@ def airflow(tmp_path_factory):
         log.close()
 
 
-def _wait_token(url: str, repo: Path, proc) -> str:
+def _wait_token(url: str, repo: Path, proc, user: str = "admin") -> str:
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         assert proc.poll() is None, (repo / ".airflow" / "standalone.log").read_text()[-3000:]
         passwords = repo / ".airflow" / "passwords.json"
         try:
             if passwords.exists() and httpx.get(f"{url}/api/v2/monitor/health", timeout=5).status_code == 200:
-                password = json.loads(passwords.read_text())["admin"]
-                r = httpx.post(f"{url}/auth/token", json={"username": "admin", "password": password}, timeout=10)
+                password = json.loads(passwords.read_text())[user]
+                r = httpx.post(f"{url}/auth/token", json={"username": user, "password": password}, timeout=10)
                 if r.status_code in (200, 201):
                     return r.json()["access_token"]
         except (httpx.HTTPError, ValueError, KeyError):
@@ -91,8 +92,8 @@ def _wait_token(url: str, repo: Path, proc) -> str:
     raise AssertionError("airflow standalone did not come up:\n" + (repo / ".airflow" / "standalone.log").read_text()[-3000:])
 
 
-def _api(af, method: str, path: str, **kw) -> httpx.Response:
-    return httpx.request(method, f"{af['url']}/api/v2{path}", headers=af["headers"], timeout=30, **kw)
+def _api(af, method: str, path: str, headers: dict | None = None, **kw) -> httpx.Response:
+    return httpx.request(method, f"{af['url']}/api/v2{path}", headers=headers or af["headers"], timeout=30, **kw)
 
 
 def _wait_for(predicate, seconds: float, what: str, every: float = 3.0):
@@ -308,6 +309,58 @@ def test_a_person_approves_in_the_airflow_ui_and_rejects_through_the_api(airflow
         kept = subprocess.run(["git", "-C", str(af["repo"]), "show", f"{record['lineage_commit']}:lineage/run.json"],
                               capture_output=True, text=True, check=True).stdout
         assert json.loads(kept)["review"] == {**record["review"], "decision": decision}
+
+
+def _ti_state(af, run_id: str, task_id: str) -> str | None:
+    return _api(af, "GET", f"/dags/{DAG}/dagRuns/{run_id}/taskInstances/{task_id}").json().get("state")
+
+
+def test_an_approval_cannot_be_skipped_by_a_state_change_or_a_forged_answer(airflow):
+    """require_approval with lifecycle.approvers [admin]: mallory (an Airflow admin, not an approver) is
+    refused by the approval endpoint, sets `approve` to success through the API and forges its XCom:
+    `promote` fails, nothing is promoted. The approver doing the same (a state change, not an answer)
+    promotes nothing either. Cleared, the step asks again, and only admin's "Approve" promotes."""
+    af = airflow
+    _wait_for(lambda: _api(af, "GET", f"/dags/{DAG}").status_code == 200, 180, "the DAG to be parsed")
+    assert _api(af, "PATCH", f"/dags/{DAG}", json={"is_paused": False}).status_code == 200
+    form = {"dataset": "default", "base_model": "minilm", "epochs": 2, "lora_rank": 8, "learning_rate": 0.0045,
+            "min_accuracy": None, "min_macro_f1": None, "require_approval": True}
+    created = _api(af, "POST", f"/dags/{DAG}/dagRuns", json={"logical_date": None, "conf": form})
+    assert created.status_code == 200, created.text
+    run_id = created.json()["dag_run_id"]
+    ledger = lambda: (af["repo"] / "registry" / "text-classifier" / "ledger.jsonl").read_bytes()  # noqa: E731
+    hitl = f"/dags/{DAG}/dagRuns/{run_id}/taskInstances/approve/-1/hitlDetails"
+    ti = f"/dags/{DAG}/dagRuns/{run_id}/taskInstances/approve"
+    for who in ("mallory", "admin"):  # a state change by a non-approver, then by an approver: no answer either way
+        _wait_for(lambda: _awaiting(af, run_id), 900, f"{run_id} to ask for approval", every=5)
+        before = ledger()
+        if who == "mallory":
+            refused = _api(af, "PATCH", hitl, headers=af["mallory"], json={"chosen_options": ["Approve"]})
+            assert refused.status_code == 403, refused.text  # the approval endpoint knows who may answer
+            forged = _api(af, "POST", f"/dags/{DAG}/dagRuns/{run_id}/taskInstances/approve/xcomEntries",
+                          headers=af["mallory"], json={"key": "answer", "value": {
+                              "chosen_options": ["Approve"], "responded_by_user": {"id": "admin", "name": "admin"}}})
+            assert forged.status_code in (200, 201, 403, 404, 405), forged.text  # written or not: never read
+        marked = _api(af, "PATCH", ti, headers=af["mallory"] if who == "mallory" else af["headers"],
+                      json={"new_state": "success"})
+        assert marked.status_code == 200, marked.text
+        _wait_for(lambda: _ti_state(af, run_id, "promote") == "failed", 300, f"promote to refuse ({who})", every=3)
+        assert ledger() == before  # nothing promoted
+        said = records.read(str(af["repo"]), "text-classifier", run_id)
+        assert said["failed"]["task"] == "promote" and "none is recorded" in said["failed"]["error"], said
+        cleared = _api(af, "POST", f"/dags/{DAG}/clearTaskInstances", json={
+            "dry_run": False, "dag_run_id": run_id, "task_ids": ["approve"], "include_downstream": True,
+            "only_failed": False})
+        assert cleared.status_code == 200, cleared.text
+    _wait_for(lambda: _awaiting(af, run_id), 300, f"{run_id} to ask again after the clear", every=3)
+    answered = _api(af, "PATCH", hitl, json={"chosen_options": ["Approve"]})
+    assert answered.status_code == 200, answered.text
+    _wait_run(af, DAG, run_id)
+    done = records.read(str(af["repo"]), "text-classifier", run_id)
+    assert done["promotion"]["approved_by"] == "admin" and done["review"]["by_id"] == "admin", done
+    assert done["note"].startswith("promoted") and "approved by admin" in done["note"]  # the refusals are history
+    entry = json.loads(ledger().splitlines()[-2])  # the promotion, then its lineage anchor
+    assert entry["action"] == "promote" and entry["approved_by"] == "admin"
 
 
 @contextlib.contextmanager

@@ -17,13 +17,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipelines.registry import signing
 from pipelines.registry import store as registry
 from tests.conftest import cli_env
 from tests.integration.test_registry import make_candidate
 
 pytestmark = pytest.mark.integration
 MODEL = "text-classifier"
-PROTECTED = ("registry", "data/raw", ".dvc", ".dvc-storage", ".git", "../outside", "params.yaml")
+PROTECTED = ("registry", "data/raw", ".dvc", ".dvc-storage", ".git", "../outside", "params.yaml", "dvc.yaml", "golden")
 
 
 def _snapshot(project: Path) -> dict[str, str]:
@@ -49,7 +50,12 @@ def project(tmp_path_factory):
     (proj / ".dvc-storage" / "files" / "md5" / "ab").mkdir(parents=True)
     (proj / ".dvc-storage" / "files" / "md5" / "ab" / "cdef").write_text("a stored object")
     (proj / "params.yaml").write_text(yaml.safe_dump({"registry": {"root": "registry", "model_name": MODEL},
-                                                      "validate": {"min_examples_per_label": 1}}))
+                                                      "validate": {"min_examples_per_label": 1},
+                                                      "evaluate": {"holdout": "golden/holdout.csv"}}))
+    (proj / "dvc.yaml").write_text("stages: {}\n")
+    (proj / "golden").mkdir()
+    (proj / "golden" / "holdout.csv").write_text("text,label\nreviewed,a\n")
+    (root / "outside" / "params.yaml").write_text("registry: {model_name: another-model}\n")
     proc = subprocess.run([sys.executable, "-m", "pipelines", "sample", "--out", "data/raw", "--rows", "200"],
                           cwd=proj, env=cli_env(), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
@@ -67,8 +73,14 @@ def project(tmp_path_factory):
                           ("train-report-raw.yaml", {"train": {"report_dir": "data/raw"}}),
                           ("eval-registry.yaml", {"evaluate": {"report_dir": "registry"}}),
                           ("gate-raw.yaml", {"gate": {"decision_path": "data/raw/drop-0000.csv"}}),
-                          ("prepare-git.yaml", {"prepare": {"output_dir": ".git"}})):
+                          ("prepare-git.yaml", {"prepare": {"output_dir": ".git"}}),
+                          ("root-raw.yaml", {"registry": {"root": "data/raw"}}),
+                          ("root-in-git.yaml", {"registry": {"root": ".git/registry"}}),
+                          ("root-project.yaml", {"registry": {"root": "."}}),
+                          ("key-open.yaml", {"registry": {"root": "registry", "signing_key_file": "open.pem"}})):
         (proj / name).write_text(yaml.safe_dump({"registry": {"root": "registry"}, **section}))
+    (proj / "open.pem").write_bytes(signing.new_key_pem())
+    (proj / "open.pem").chmod(0o644)  # a private key others can read
     (proj / "inbox").mkdir()
     (proj / "inbox" / "cr.csv").write_bytes(b"text,label\rhello,a\rhi,b\r")
     (proj / "inbox" / "wide.csv").write_bytes(b"text," + b"x" * 140_000 + b"\nhello,a\n")
@@ -118,6 +130,36 @@ CLI_ROWS = [
      "not a JSON object"),
     ("rollback-to-unknown-version", ["rollback", "--to-version", "9", "--reason", "typo test"], 1,
      "no registered version 9"),
+    # round two (issue 26): outputs never overwrite inputs, whatever --allow-outside-project says
+    ("lineage-html-over-params", ["lineage", "--html", "params.yaml"], 2, "platform's configuration"),
+    ("audit-html-over-dvc-yaml", ["audit", "--html", "dvc.yaml"], 2, "platform's configuration"),
+    ("validate-quarantine-over-params", ["validate", "--quarantine", "params.yaml"], 2, "platform's configuration"),
+    ("validate-quarantine-over-golden", ["validate", "--quarantine", "golden/holdout.csv"], 2, "reviewed golden set"),
+    ("sample-over-params", ["sample", "--out", "params.yaml"], 2, "platform's configuration"),
+    ("sample-over-the-golden-set", ["sample", "--out", "golden/holdout.csv"], 2, "reviewed golden set"),
+    ("sample-into-the-registry", ["sample", "--out", "registry/text-classifier"], 2, "model registry"),
+    ("sample-negative-rows", ["sample", "--out", "data/raw", "--rows", "-5"], 2, "--rows"),
+    ("lineage-html-over-git-head", ["--allow-outside-project", "lineage", "--html", ".git/HEAD"], 2,
+     "inside a git directory"),
+    ("audit-html-over-git-config", ["--allow-outside-project", "audit", "--html", ".git/config"], 2,
+     "inside a git directory"),
+    ("lineage-html-over-dvc-config", ["--allow-outside-project", "lineage", "--html", ".dvc/config"], 2, "DVC cache"),
+    ("audit-html-over-another-models-params", ["--allow-outside-project", "audit", "--html", "../outside/params.yaml"],
+     2, "platform's configuration"),
+    ("keygen-over-params", ["registry", "keygen", "--out", "params.yaml"], 2, "platform's configuration"),
+    ("keygen-into-the-registry", ["registry", "keygen", "--out", "registry/k.pem"], 2, "model registry"),
+    ("keygen-into-raw-data", ["registry", "keygen", "--out", "data/raw/k.pem"], 2, "raw data"),
+    ("keygen-into-git", ["registry", "keygen", "--out", ".git/k.pem"], 2, "inside a git directory"),
+    # round two: keys and the registry's place
+    ("signing-key-readable-by-others", ["--params", "key-open.yaml", "rollback", "--reason", "open key"], 2,
+     "readable by others (mode 0644)"),
+    ("registry-root-is-the-raw-data", ["--params", "root-raw.yaml", "registry", "list"], 2, "it is the raw data"),
+    ("registry-root-in-git", ["--params", "root-in-git.yaml", "registry", "list"], 2, "inside a git directory"),
+    ("registry-root-is-the-project", ["--params", "root-project.yaml", "registry", "list"], 2, "it is the project root"),
+    ("vllm-promote-unknown-version", ["vllm-promote", "--url", "http://127.0.0.1:9", "--version", "99"], 1,
+     "no registered version 99"),
+    ("vllm-promote-version-zero", ["vllm-promote", "--url", "http://127.0.0.1:9", "--version", "0"], 2,
+     "--version must be"),
 ]
 
 
@@ -153,6 +195,15 @@ def _set_field(ledger: Path, line: int, **fields) -> None:
     ledger.write_bytes(b"".join(rows))
 
 
+def _append_copy(base: Path, line: int) -> None:
+    """Append a copy of a line as the newest entry (its hash and signature kept) and move the head to it."""
+    rows = _lines(base / "ledger.jsonl")
+    entry = json.loads(rows[line - 1])
+    entry["seq"] = len(rows) + 1
+    (base / "ledger.jsonl").write_bytes(b"".join(rows) + json.dumps(entry).encode() + b"\n")
+    (base / "head.json").write_text(json.dumps({"seq": entry["seq"], "hash": entry["hash"]}))
+
+
 DAMAGE = [  # (id, what is done to the registry, phrase that `registry verify` must name)
     ("truncated", lambda d: (d / "ledger.jsonl").write_bytes(b"".join(_lines(d / "ledger.jsonl")[:1])), "truncated"),
     ("emptied", lambda d: (d / "ledger.jsonl").write_bytes(b""), "truncated or emptied"),
@@ -168,6 +219,12 @@ DAMAGE = [  # (id, what is done to the registry, phrase that `registry verify` m
      "line 1 is not UTF-8"),
     ("wrong-type-aliases", lambda d: _set_field(d / "ledger.jsonl", 2, aliases=["champion"]), "line 2: field 'aliases'"),
     ("wrong-type-version", lambda d: _set_field(d / "ledger.jsonl", 2, version="one"), "line 2: field 'version'"),
+    # an entry edited (or one appended) reusing a valid hash, and signature: every reader recomputes the chain
+    ("entry-edited-hash-kept", lambda d: _set_field(d / "ledger.jsonl", 2, aliases={"champion": 2}),
+     "line 2: altered (its content does not hash to its hash)"),
+    ("entry-appended-reusing-a-hash", lambda d: _append_copy(d, 2), "line 4: chain broken"),
+    ("deeply-nested-line", lambda d: (d / "ledger.jsonl").write_bytes(
+        b"[" * 100_000 + b"]" * 100_000 + b"\n" + b"".join(_lines(d / "ledger.jsonl")[1:])), "nested too deeply"),
     ("manifest-not-json", lambda d: (d / "versions/v0001/manifest.json").write_text("{oops"), "v1: manifest.json altered"),
     ("manifest-deleted", lambda d: (d / "versions/v0001/manifest.json").unlink(), "v1: manifest missing"),
     ("unreferenced-version", lambda d: shutil.copytree(d / "versions/v0001", d / "versions/v0009"),
@@ -214,17 +271,53 @@ def test_aliases_move_only_to_a_version_that_verifies(damaged):
     assert registry.read_ledger(store) == before
 
 
-def test_an_interrupted_write_is_cleaned_up_by_the_next_one(damaged):
+def test_a_write_removes_only_what_an_interrupted_write_noted(damaged):
     base = damaged / "registry" / MODEL
     (base / ".ledger.jsonl.x1.tmp").write_text("torn")
     (base / "versions" / ".v0003.abc.tmp").mkdir()
-    shutil.copytree(base / "versions/v0002", base / "versions/v0003")
+    shutil.copytree(base / "versions/v0002", base / "versions/v0003")  # a promotion killed before its entry
+    (base / "pending.json").write_text('{"version": 3}')  # ... noted it first
+    shutil.copytree(base / "versions/v0002", base / "versions/v0007")  # not noted by anyone: never deleted
     store = registry.open_store(str(damaged / "registry"), MODEL)
-    assert registry.verify(store)[0].startswith("v0003: version directory not named")
+    problems = registry.verify(store)
+    assert any(p.startswith(".ledger.jsonl.x1.tmp: temp file left") for p in problems), problems
+    assert any(p.startswith("v0003: version directory not named by the ledger (left by an interrupted") for p in problems)
+    assert any(p.startswith("v0007: version directory not named by the ledger (never removed") for p in problems)
     assert registry.aliases(registry.read_ledger(store))["champion"] == 2  # leftovers are never state
     registry.move_alias(store, MODEL, "champion", 1, reason="clean-up test")
-    assert registry.verify(store) == []
-    assert not (base / "versions/v0003").exists() and not list(base.glob(".*.tmp"))
+    assert [p.split(":")[0] for p in registry.verify(store)] == ["v0007"]
+    assert not (base / "versions/v0003").exists() and not list(base.glob(".*.tmp")) and (base / "versions/v0007").is_dir()
+
+
+def _limited_file_size(limit: int):
+    def apply():  # what a full disk does to a writer: the write fails (EFBIG here, ENOSPC there)
+        import resource
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def test_a_full_disk_during_a_promotion_is_one_line_and_leaves_nothing(damaged, tmp_path):
+    from pipelines.training.modeling import candidate_hash
+
+    cand, decision = make_candidate(tmp_path, "big")
+    (cand / "adapter" / "adapter_model.safetensors").write_bytes(b"\0" * 3_000_000)
+    decision.write_text(json.dumps({"candidate_hash": candidate_hash(cand), "passed": True, "rules": []}))
+    base = damaged / "registry" / MODEL
+    before = {p: p.read_bytes() for p in base.rglob("*") if p.is_file()}
+    proc = subprocess.run([sys.executable, "-m", "pipelines", "promote", "--candidate", str(cand), "--decision",
+                           str(decision)], cwd=damaged, env=cli_env(), capture_output=True, text=True, timeout=120,
+                          preexec_fn=_limited_file_size(1_000_000))
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: File too large"), proc.stderr
+    assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr
+    assert {p: p.read_bytes() for p in base.rglob("*") if p.is_file()} == before  # nothing left, nothing changed
+    assert registry.verify(registry.open_store(str(damaged / "registry"), MODEL)) == []
+
+
+def test_vllm_promote_refuses_a_version_that_fails_verification(damaged):
+    (damaged / "registry" / MODEL / "versions/v0001/files/train_config.json").write_text("{}")
+    proc = subprocess.run([sys.executable, "-m", "pipelines", "vllm-promote", "--url", "http://127.0.0.1:9",
+                           "--version", "1"], cwd=damaged, env=cli_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "v1: file train_config.json altered" in proc.stderr, proc.stderr
 
 
 def test_version_directories_are_readable_by_other_users(tmp_path):

@@ -55,7 +55,8 @@ def test_two_models_run_at_once_each_task_where_its_queue_says(cluster):
         assert where == {t: "gpu-worker" if t == "train" else "cpu-worker" for t in STAGE_TASKS}, where
         assert c.task(dag_id, run_id, "train")["queue"] == "gpu"
         record = records.read(str(c.repo), model, run_id)
-        assert record["promotion"] == {"model": model, "version": 1, "changed": True, "approved_by": None}
+        assert record["promotion"] == {"model": model, "version": 1, "changed": True, "registered": True,
+                                       "approved_by": None}
         chain = json.loads(pipelines(c.repo, "--model", model, "lineage", "--json").stdout)
         assert chain["verified"] is True and chain["links"][-1]["run_id"] == run_id
     assert user_state(c.repo) == before  # no task wrote into the user's checkout

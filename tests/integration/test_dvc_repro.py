@@ -11,6 +11,7 @@ import time
 import pytest
 import yaml
 
+from pipelines.devtools import airflow_local
 from tests.conftest import ROOT, cli_env
 
 
@@ -43,6 +44,7 @@ def project(tmp_path):
     (repo / ".dvc").mkdir()
     for name in ("config", ".gitignore"):
         shutil.copy(ROOT / ".dvc" / name, repo / ".dvc" / name)
+    airflow_local.registry_keys(repo)  # the signed registry's key pair (params name it)
     sh("git", "init", "-q", cwd=repo)
     sh(sys.executable, "-m", "pipelines", "sample", "--out", "data/raw", "--rows", "600", cwd=folder)
     dvc("add", "-q", "data/raw", cwd=folder)

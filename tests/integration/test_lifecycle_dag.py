@@ -41,6 +41,7 @@ def key_file(tmp_path_factory):
     """The promoting component's private key: a file outside the project and its registry."""
     path = tmp_path_factory.mktemp("keys") / "registry.pem"
     path.write_bytes(PEM)
+    path.chmod(0o600)  # a key others could read is refused
     return path
 
 
@@ -97,7 +98,7 @@ def test_first_run_promotes_and_leaves_a_verified_lineage(repo, ol_events):
     assert proc.returncode == 0, proc.stdout[-4000:]
     record = last_record(repo)
     assert record["gate"]["passed"] and record["promotion"] == {
-        "model": "text-classifier", "version": 1, "changed": True, "approved_by": None}
+        "model": "text-classifier", "version": 1, "changed": True, "registered": True, "approved_by": None}
     assert record["finished"] is True and set(record["stages"]) == STAGES
     # the user's branch, index, files and params are untouched; every task committed to the run's ref
     assert user_state(repo) == before and (repo / MODEL / "params.yaml").read_bytes() == params_before
@@ -126,11 +127,13 @@ def test_first_run_promotes_and_leaves_a_verified_lineage(repo, ol_events):
     assert all(e["signature"]["key"] == PUBLIC for e in entries)
     assert json.loads(git(repo, "show", "lineage:lineage/run.json"))["ledger_head"]["seq"] == 2
     assert record["ledger_head"] == {"seq": 3, "hash": entries[-1]["hash"]}  # after the anchor, on the run's ref
+    kept = git(repo, "for-each-ref", "--format=%(refname)", "refs/registry/text-classifier/")
+    assert json.loads(git(repo, "show", f"{kept}:head.json")) == record["ledger_head"]  # every write's head, in git
     # the champion Asset's event says what was promoted (the Airflow UI shows it on the Asset)
     reg = json.loads(ledger(repo).splitlines()[1])["registered"]
     event = asset_events(repo)[-1]
     assert event["name"] == "champion__text-classifier" and event["extra"] == {
-        "model": "text-classifier", "version": 1, "changed": True, "approved_by": None,
+        "model": "text-classifier", "version": 1, "changed": True, "registered": True, "approved_by": None,
         "manifest_sha256": reg["manifest_sha256"], "candidate_hash": reg["candidate_hash"],
         "gate": record["gate"]["summary"], "run_id": record["run_id"]}
     # what the run's compute cost: each stage's wall time at its hardware's price (train on cost.train_on)
@@ -276,7 +279,7 @@ def by_mallory(entries):
 
 @pytest.mark.parametrize("change, named", [
     (by_mallory, "ledger line 2 (promote): signature does not match the entry"),
-    (lambda entries: entries[:-1], "ledger cut short: it has 4 entries, run "),  # the last entry deleted
+    (lambda entries: entries[:-1], "ledger cut short: it has 4 entries, git (project) kept ledger head 5"),
 ])
 def test_a_ledger_rewritten_or_cut_short_without_the_key_is_named(repo, change, named):
     folder = repo / "registry" / "text-classifier"
@@ -371,7 +374,7 @@ def test_lineage_names_altered_raw_data(repo):
 def test_keygen_and_key_rotation_from_the_command_line(repo, tmp_path):
     model_cli(repo, "registry", "init")  # no-op after the runs above
     new = tmp_path / "next.pem"
-    public = model_cli(repo, "registry", "keygen", "--out", str(new)).stdout.strip()
+    public = model_cli(repo, "registry", "keygen", "--out", str(new)).stdout.strip()  # outside the project
     assert oct(new.stat().st_mode & 0o777) == "0o600" and signing.public_key(
         signing.load_key(new.read_bytes(), "test")) == public
     again = model_cli(repo, "registry", "keygen", "--out", str(new), check=False)

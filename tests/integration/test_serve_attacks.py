@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -206,6 +207,45 @@ def test_weights_and_manifest_edited_together_are_never_served(reg, tmp_path, mo
         assert served.status_code == 503 and "manifest.json altered" in served.json()["error"]["message"]
 
 
+def test_a_file_swapped_after_the_check_is_never_what_is_served(reg, tmp_path, monkeypatch):
+    """The bytes that were hashed are the bytes that are loaded: a file swapped on the registry's disk
+    between the check and the load (here: v2's adapter put in v1's place) changes nothing served."""
+    import numpy as np
+
+    from pipelines.inference import predict
+    from pipelines.training import modeling
+
+    monkeypatch.delenv("PIPELINES_API_KEYS", raising=False)
+    shutil.copytree(reg["root"] / "registry", tmp_path / "registry")
+    files = tmp_path / "registry" / reg["model"] / "versions" / "v0001" / "files"
+    genuine_model, genuine_tok = modeling.load_trained(files)
+    texts = ["my new card has not arrived", "I want my money back", "change my pin please"]
+    genuine = predict.classify(genuine_model, genuine_tok, texts, 32)
+    from safetensors.torch import load_file, save_file
+
+    adapter = files / "adapter" / "adapter_model.safetensors"
+    evil = tmp_path / "evil.safetensors"  # other weights of the same shapes: other answers
+    save_file({k: v + 0.5 for k, v in load_file(adapter).items()}, str(evil))
+    real_load, seen = modeling.load_trained, []
+
+    def swap_then_load(model_dir, *args, **kwargs):
+        adapter.write_bytes(evil.read_bytes())  # after the check, before the load
+        seen.append(Path(model_dir))
+        return real_load(model_dir, *args, **kwargs)
+
+    monkeypatch.setattr(modeling, "load_trained", swap_then_load)
+    params = parse_params({"registry": {"root": str(tmp_path / "registry"), "model_name": reg["model"]}})
+    with TestClient(create_app(params, poll=False)) as c:
+        served = c.post("/v1/classify", json={"texts": texts, "top_k": 3})
+    assert served.status_code == 200, served.text
+    assert seen and files not in [seen[0], *seen[0].parents]  # loaded from a private copy, not the registry
+    label_map = json.loads((files / "label_map.json").read_text())
+    want = [{label: float(p[i]) for label, i in label_map.items()} for p in genuine]
+    got = [{t["label"]: t["score"] for t in item["top_k"]} for item in served.json()["results"]]
+    assert [sorted(g) for g in got] == [sorted(w) for w in want]
+    assert all(np.isclose(g[k], w[k], atol=1e-5) for g, w in zip(got, want) for k in w)  # v1's answers, not v2's
+
+
 def test_an_alias_that_is_not_set_is_said(reg, monkeypatch, caplog):
     monkeypatch.delenv("PIPELINES_API_KEYS", raising=False)
     with caplog.at_level("ERROR", logger="pipelines.serving.engine"):
@@ -304,6 +344,25 @@ def _long_answer(url: str) -> tuple[dict, float]:
         if whole.json()["usage"]["completion_tokens"] >= 600:
             return ask, time.perf_counter() - started
     raise AssertionError("no seed gave a long answer")
+
+
+def test_a_base_model_that_is_not_the_one_trained_on_is_never_served(gen_reg, tmp_path, monkeypatch):
+    monkeypatch.delenv("PIPELINES_API_KEYS", raising=False)
+    config = json.loads((gen_reg["candidates"][0][0] / "train_config.json").read_text())
+    weights = next(Path(config["base_path"]).glob("*.safetensors"))
+    original = weights.read_bytes()
+    changed = bytearray(original)
+    changed[-1] ^= 0x01  # one bit of the base's weights: the adapter's own files are untouched
+    weights.write_bytes(bytes(changed))
+    try:
+        with TestClient(create_app(params_for(gen_reg), poll=False)) as c:
+            r = c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 503 and "base model is not the one it was trained on" in r.json()["error"]["message"]
+    finally:
+        weights.write_bytes(original)
+    with TestClient(create_app(params_for(gen_reg), poll=False)) as c:
+        assert c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}],
+                                                    "max_tokens": 2}).status_code == 200
 
 
 def test_a_streaming_client_that_disconnects_mid_answer_stops_the_generation(gen_reg, monkeypatch):

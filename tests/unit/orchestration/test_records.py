@@ -6,6 +6,7 @@ from datetime import datetime, timezone
 
 import pytest
 
+from pipelines.core.errors import CheckFailed
 from pipelines.orchestration import gitops, records
 from pipelines.orchestration.runspace import run_ref_name
 
@@ -40,12 +41,34 @@ def test_run_note(record, note):
     (None, None), ({}, None), ({"chosen_options": []}, None),  # not asked, or not answered
     ({"chosen_options": ["Approve"], "responded_by_user": {"id": "7", "name": "ana"},
       "responded_at": datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)},
-     {"decision": "approved", "by": "ana", "at": "2026-11-26T12:00:00+00:00"}),
+     {"decision": "approved", "by": "ana", "by_id": "7", "at": "2026-11-26T12:00:00+00:00"}),
     ({"chosen_options": ["Reject"], "responded_by_user": {"id": "bo"}, "responded_at": "2026-11-26T13:00:00Z"},
-     {"decision": "rejected", "by": "bo", "at": "2026-11-26T13:00:00Z"}),
+     {"decision": "rejected", "by": "bo", "by_id": "bo", "at": "2026-11-26T13:00:00Z"}),
 ])
 def test_a_persons_answer_to_the_approval_step(response, said):
     assert records.review(response) == said
+
+
+ASKED = {"snapshot": {"require_approval": True}}
+ANA = {"decision": "approved", "by": "ana", "by_id": "ana", "at": "2026-11-26T12:00:00+00:00"}
+
+
+@pytest.mark.parametrize("record, approvers, outcome", [
+    ({"snapshot": {"require_approval": False}}, (), None),  # not asked: nobody needs to approve
+    ({}, ("ana",), None),
+    ({**ASKED, "review": ANA}, (), "ana"),  # any user Airflow let answer
+    ({**ASKED, "review": ANA}, ("ana", "bo"), "ana"),
+    (ASKED, ("ana",), "none is recorded"),  # the step marked done without an answer
+    ({**ASKED, "review": {**ANA, "decision": "rejected"}}, (), "ana rejected the promotion"),
+    ({**ASKED, "review": {**ANA, "by": "mallory", "by_id": "mallory"}}, ("ana",), "mallory approved, but is not one of"),
+    ({**ASKED, "review": "approved"}, (), "none is recorded"),  # not an answer Airflow gave
+])
+def test_a_promotion_that_asked_for_approval_needs_an_approvers_recorded_answer(record, approvers, outcome):
+    if outcome is None or outcome == "ana":
+        assert records.approved_by(record, approvers) == outcome
+    else:
+        with pytest.raises(CheckFailed, match=outcome):
+            records.approved_by(record, approvers)
 
 
 def test_records_are_read_back_from_the_run_refs(tmp_path):

@@ -226,3 +226,36 @@ def test_a_candidate_that_already_is_champion_is_not_pulled_or_registered_again(
     assert steps._already_champion(store, {"passed": True, "candidate": digest}) == {"version": 1, "changed": False}
     assert steps._already_champion(store, {"passed": True, "candidate": "other"}) is None
     assert steps._already_champion(store, {"passed": False, "candidate": digest}) is None
+
+
+def test_an_answer_to_the_approval_step_is_kept_in_the_runs_git_ref_and_promote_reads_it_there(tmp_path, platform):
+    """`record_review` commits who answered on this run's own ref; `promote` refuses a run that asked for
+    an approval before any is recorded there (what an XCom or a task state set through the API cannot fake),
+    and a pointer to another run's ref."""
+    from pipelines.orchestration import records
+
+    run = run_of(platform, "r1")
+    _git(platform, "update-ref", run_ref_name("m", "r0"), "HEAD")
+    with pytest.raises(CheckFailed, match="not this run's ref"):
+        steps.record_review(shared(tmp_path, platform), run, {"run_id": "r0"}, {"chosen_options": ["Approve"]})
+    with pytest.raises(CheckFailed, match="without an answer"):
+        steps.record_review(shared(tmp_path, platform), run, {"run_id": "r1"}, {"chosen_options": []})
+    answer = {"chosen_options": ["Approve"], "responded_by_user": {"id": "ana", "name": "Ana"},
+              "responded_at": "2026-12-01T10:00:00+00:00"}
+    kept = steps.record_review(shared(tmp_path, platform), run, {"run_id": "r1"}, answer)
+    assert kept["review"] == {"decision": "approved", "by": "Ana", "by_id": "ana", "at": "2026-12-01T10:00:00+00:00"}
+    assert gitops.rev(platform, run.ref) == kept["commit"] != run.commit
+    assert records.read(str(platform), "m", "r1")["review"] == kept["review"]
+    assert gitops.is_ancestor(platform, run.commit, kept["commit"])  # on top of the gate's commit
+    with pytest.raises(CheckFailed, match="not this run's ref"):
+        steps.promote(shared(tmp_path, platform), run, {"run_id": "r0"})
+
+
+def test_a_checkout_that_moved_is_named_not_mistaken_for_a_remote(tmp_path):
+    gone = Shared(git_remote=str(tmp_path / "moved-away"), cache_dir=str(tmp_path / "c"), scratch=str(tmp_path / "s"))
+    with pytest.raises(ConfigError, match="does not exist \\(the checkout moved or was deleted\\?\\)"):
+        gone.resolve("projects/m", "data/raw", "the default dataset")
+    remote = Shared(git_remote="https://git.example.com/platform.git", cache_dir="c", scratch="s")
+    with pytest.raises(ConfigError, match="is relative, but the git remote"):
+        remote.resolve("projects/m", "data/raw", "the default dataset")
+    assert gone.resolve("projects/m", "s3://bucket/raw", "x") == "s3://bucket/raw"

@@ -106,6 +106,10 @@ def test_keys_from_params_sign_only_for_a_writer(tmp_path):
     assert signing.public_key(writer.signer) == public
     (tmp_path / "k.pem").write_bytes(pem)
     from_file = parse_params({"registry": {"trusted_keys": [public], "signing_key_file": str(tmp_path / "k.pem")}})
+    with pytest.raises(ConfigError, match="is readable by others \\(mode 0644\\); a private key must be mode 0600"):
+        signing.keys_for(from_file.registry, {})  # a key others can read is no one's key
+    assert signing.keys_for(from_file.registry) == Keys(trusted=(public,))  # a reader never opens it
+    (tmp_path / "k.pem").chmod(0o600)
     assert signing.public_key(signing.keys_for(from_file.registry, {}).signer) == public
     with pytest.raises(ConfigError, match="not a PEM private key"):
         signing.keys_for(rp, {"PIPELINES_REGISTRY_SIGNING_KEY": "garbage"})
@@ -180,6 +184,8 @@ def test_key_rotation_is_an_entry_signed_by_the_old_key(signed):
     rotated = registry.open_store(str(Path(store.base).parent), MODEL, Keys(signer=new, trusted=keys.trusted))
     registry.move_alias(rotated, MODEL, "champion", 1, reason="rollback signed by the new key")
     assert registry.verify(_reader(store, keys)) == []  # trusted: the old key, which introduced the new one
-    registry.move_alias(store, MODEL, "champion", 2, reason="the retired key signs once more")
-    assert registry.verify(_reader(store, keys)) == [
-        "ledger line 6 (rollback): signed by a key the registry does not trust"]
+    before = Path(store.path(registry.LEDGER)).read_bytes()
+    with pytest.raises(ConfigError, match="is not trusted at the tip of this registry's ledger"):
+        registry.move_alias(store, MODEL, "champion", 2, reason="the retired key signs once more")
+    assert Path(store.path(registry.LEDGER)).read_bytes() == before  # refused before it was written
+    assert registry.verify(_reader(store, keys)) == []
