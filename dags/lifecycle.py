@@ -18,7 +18,9 @@ or a failed check fail at once; other failures retry. Runs of different models, 
 different data, run side by side; promotions of one model are serialised by the registry's lock.
 
 Starts on the model's `lifecycle.schedule` (weekly), when a new drop lands in its default dataset
-(Asset `raw_drops__<model>`, see `data_arrival`), or from the trigger form.
+(Asset `raw_drops__<model>`, see `data_arrival`), or from the trigger form. A weekly slot the scheduler
+missed (the platform was down) is skipped when it comes back more than `lifecycle.missed_slot_grace_h`
+after it (`lifecycle.missed_slot: run` runs it instead): starting the scheduler never retrains every model.
 """
 from __future__ import annotations
 
@@ -144,9 +146,18 @@ def build(model: Model):
     )
     def lifecycle():
         @task
-        def snapshot(params=None) -> dict:
-            from pipelines.orchestration import steps
+        def snapshot(params=None, dag_run=None) -> dict:
+            from datetime import datetime, timezone
 
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            from pipelines.orchestration import steps
+            from pipelines.orchestration.schedule import missed_slot
+
+            skip = missed_slot(run_info()["run_type"], dag_run.logical_date, datetime.now(timezone.utc),
+                               lc.missed_slot, lc.missed_slot_grace_h)
+            if skip:  # a platform back after a missed weekly slot: not every model's retrain at once
+                raise AirflowSkipException(skip)
             conf = {k: params[k] for k in fields}
             return guarded("snapshot", model, steps.start, model.project, model.name, conf, run_info())
 

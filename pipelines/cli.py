@@ -357,15 +357,19 @@ def _serve(args: argparse.Namespace) -> int:
                         allow_unauthenticated=args.allow_unauthenticated or None)
     params = params.model_copy(update={"serve": sp})
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    models, folders = _every_model() if args.all else ({model: params}, {model: folder})
-    app = create_app(params, alias=sp.alias, batching=not args.no_batching, models=models, folders=folders)
-    print(auth_line(app.state.keys, sp.host, sp.allow_unauthenticated), file=sys.stderr, flush=True)
+    models, folders, broken = _every_model() if args.all else ({model: params}, {model: folder}, {})
+    app = create_app(params, alias=sp.alias, batching=not args.no_batching, models=models, folders=folders,
+                     broken=broken)
+    print(auth_line(app.state.model_keys, sp.host, sp.allow_unauthenticated), file=sys.stderr, flush=True)
+    for name, why in app.state.broken.items():
+        print(f"warning: not serving {name}: {why}", file=sys.stderr, flush=True)
     uvicorn.Server(server_config(app, sp, sp.host, sp.port)).run()
     return 0
 
 
-def _every_model() -> tuple[dict, dict]:
-    """name -> params, and name -> folder, of every model folder of the checkout."""
+def _every_model() -> tuple[dict, dict, dict]:
+    """name -> params, name -> folder, and name -> why not, of every model folder of the checkout (one
+    whose params do not load is reported and skipped, the others serve)."""
     from pathlib import Path
 
     from pipelines.core.config import load_params
@@ -373,8 +377,13 @@ def _every_model() -> tuple[dict, dict]:
     projects = find_projects(Path.cwd())
     if projects is None:
         raise ConfigError("serve --all: no projects/ folder with a model here or above")
-    paths = sorted(projects.glob("*/params.yaml"))
-    return ({p.parent.name: load_params(p, must_exist=True) for p in paths}, {p.parent.name: p.parent for p in paths})
+    models, folders, broken = {}, {}, {}
+    for path in sorted(projects.glob("*/params.yaml")):
+        try:
+            models[path.parent.name], folders[path.parent.name] = load_params(path, must_exist=True), path.parent
+        except PipelineError as err:
+            broken[path.parent.name] = str(err)
+    return models, folders, broken
 
 
 def _vllm_promote(args: argparse.Namespace) -> int:

@@ -36,7 +36,8 @@ def ci_sized(repo: Path, model: str, **params_update) -> None:
     params = yaml.safe_load(path.read_text())
     params["train"].update(epochs=2, max_length=32, checkpoint_every=20)
     params["evaluate"].update(latency_samples=5)
-    params["gate"].update(min_accuracy=0.3, min_macro_f1=0.2, min_class_recall=None, max_p95_latency_ms=None)
+    params["gate"].update(min_accuracy=0.3, min_macro_f1=0.2, min_class_recall=None, max_p95_latency_ms=None,
+                          max_latency_ratio=None)
     for section, values in params_update.items():
         params[section].update(values)
     path.write_text(yaml.safe_dump(params, sort_keys=False))

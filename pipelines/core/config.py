@@ -209,6 +209,8 @@ class GateParams(_Section):
     min_macro_f1: float | None = Field(0.6, ge=0.0, le=1.0)
     min_class_recall: float | None = Field(0.3, ge=0.0, le=1.0)
     max_p95_latency_ms: float | None = Field(500.0, gt=0.0)
+    # candidate p95 / champion p95, both measured side by side in the same evaluation (load-independent)
+    max_latency_ratio: float | None = Field(1.5, gt=0.0)
     max_ece: float | None = Field(None, ge=0.0, le=1.0)
     max_perplexity: float | None = Field(None, gt=0.0)
     min_rouge_l: float | None = Field(None, ge=0.0, le=1.0)
@@ -291,9 +293,16 @@ class ServeParams(_Section):
     max_chars: int = Field(4000, ge=1)
     max_input_tokens: int | None = Field(512, ge=1)
     max_tokens: int = Field(256, ge=1)
-    request_timeout_s: float = Field(30.0, gt=0.0)  # reading the body included
+    request_timeout_s: float = Field(30.0, gt=0.0)  # reading the body included; a stream's, until it starts
+    # A streamed answer ends with an error event and [DONE] when its first token takes longer than
+    # stream_first_token_s, two tokens are further apart than stream_idle_s, or it runs past stream_total_s.
+    stream_first_token_s: float = Field(30.0, gt=0.0)
+    stream_idle_s: float = Field(15.0, gt=0.0)
+    stream_total_s: float = Field(300.0, gt=0.0)
     header_timeout_s: float = Field(10.0, gt=0.0)  # a connection must send a request's headers within this
-    max_connections: int = Field(1024, ge=1)  # open connections; more are closed at once
+    max_connections: int = Field(1024, ge=1)  # open connections; at the limit the oldest idle one is closed
+    max_connections_per_client: int = Field(64, ge=1)  # from one address; its oldest idle one makes room
+    stuck_after_s: float = Field(600.0, gt=0.0)  # a model's worker busy on one job this long: /healthz says 503
     max_batch: int = Field(64, ge=1)  # texts per forward pass
     max_wait_ms: float = Field(5.0, ge=0.0)
     max_queue: int = Field(256, ge=1)  # waiting requests before 429
@@ -313,6 +322,10 @@ class LifecycleParams(_Section):
     """What the `model_lifecycle` DAG's params form offers; `pipelines.lifecycle` re-checks a run's values."""
 
     schedule: str | None = "0 3 * * 1"                  # cron (UTC) of the weekly retrain; null: only triggers
+    # A slot the scheduler missed (the platform was down): when it comes back more than missed_slot_grace_h
+    # after the slot, `skip` lets the next slot retrain (never every model at once on start-up); `run` runs it.
+    missed_slot: Literal["skip", "run"] = "skip"
+    missed_slot_grace_h: float = Field(6.0, ge=0.0)
     sample_domain: Literal["banking", "it_helpdesk", "support_assistant"] = "banking"  # `pipelines sample` data for this model's demo
     datasets: dict[str, str] = Field(default_factory=lambda: {"default": "data/raw"})  # name -> raw path
     base_models: tuple[str, ...] = ("minilm",)          # the allowlist a run may choose from

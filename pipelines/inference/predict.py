@@ -127,6 +127,14 @@ def timed_generate(model, tok, messages: list[dict], max_new_tokens: int) -> dic
     return {"ttft_s": ttft, "per_token_s": per_token, "tokens": completion}
 
 
+def failed(streamer: Any, error: BaseException | None = None) -> BaseException | None:
+    """A streamer's failure: given `error`, note that its generation failed (before it is ended, so a
+    reader that sees the end knows at once); without, the failure noted, if any."""
+    if error is not None:
+        streamer.failed = error
+    return getattr(streamer, "failed", None)
+
+
 @dataclass
 class Ask:
     """One request of a batched greedy generation: a chat (or a raw `prompt`), its own token limit,
@@ -172,6 +180,12 @@ class _Rows:
     def end(self) -> None:
         for i in range(len(self.asks)):
             self._close(i)
+
+    def fail(self, error: BaseException) -> None:
+        """Tell each row still streaming why it ends early (see `failed`)."""
+        for i, ask in enumerate(self.asks):
+            if not self.closed[i]:
+                failed(ask.streamer, error)
 
     def _close(self, i: int) -> None:
         if not self.closed[i]:
@@ -242,6 +256,9 @@ def generate_batch(model, tok, asks: list[Ask]) -> list[Answer]:
                                  do_sample=False, pad_token_id=pad, eos_token_id=tok.eos_token_id,
                                  logits_processor=LogitsProcessorList([logprobs]),
                                  stopping_criteria=StoppingCriteriaList([rows]), streamer=rows if streams else None)
+    except BaseException as err:
+        rows.fail(err)
+        raise
     finally:
         rows.end()  # every row's streamer ends, also when generate fails
     answers = []

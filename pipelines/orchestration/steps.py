@@ -79,6 +79,9 @@ def start(shared: Shared, project: str, model: str, raw_conf: dict[str, Any] | N
     """Snapshot: the run's first commit (params applied, dataset DVC-tracked and pushed)."""
     check_model_name(model)
     ref = RunRef(model, project, run["run_id"], run_ref_name(model, run["run_id"]), "")
+    taken = gitops.tip(shared.git_remote, ref.ref)
+    if taken:  # a clear in the run re-runs its setup task: the snapshot is never taken twice, nor rewritten
+        return _snapshot_taken(shared, replace(ref, commit=taken))
     with task_space(shared, ref, start_ref="HEAD") as ws:
         params = _params(ws)
         if params.registry.model_name != model:
@@ -124,6 +127,17 @@ def start(shared: Shared, project: str, model: str, raw_conf: dict[str, Any] | N
                         force=[f"{project}/{rel}.dvc", f"{project}/params.yaml"])
         io = ol.snapshot_io(params, ws.project, project, shared.git_remote)
     return {**new.to_xcom(), "snapshot": snapshot, "require_approval": conf.require_approval, "lineage_io": io}
+
+
+def _snapshot_taken(shared: Shared, run: RunRef) -> dict[str, Any]:
+    """The run's snapshot, taken before: its pointer at the tip of the run's ref (history only grows)."""
+    with task_space(shared, run, dvc=False) as ws:
+        snapshot = records.load(ws.root).get("snapshot") or {}
+        io = ol.snapshot_io(_params(ws), ws.project, run.project, shared.git_remote)
+    print(f"the snapshot of run {run.run_id} was taken before ({snapshot.get('dataset')}, "
+          f"{str(snapshot.get('md5'))[:12]}): kept; the run goes on from {run.commit[:12]}", flush=True)
+    return {**run.to_xcom(), "snapshot": snapshot, "require_approval": bool(snapshot.get("require_approval")),
+            "lineage_io": io}
 
 
 def _writer_store(shared: Shared, ws: TaskSpace, params: Params, model: str) -> registry.Store:
@@ -326,12 +340,14 @@ def notify_serving(shared: Shared, run: RunRef, version: int) -> list[str]:
     with task_space(shared, run, dvc=False) as ws:
         params = _params(ws)
     confirmed = []
+    key = os.environ.get(params.lifecycle.serving_key_env)  # servers name their versions to a caller with a key
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
     for url in params.lifecycle.serving_urls:
         deadline = time.monotonic() + params.lifecycle.serving_timeout_s
         seen = None
         while time.monotonic() < deadline:
             with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
-                seen = httpx.get(f"{url.rstrip('/')}/readyz", timeout=5).headers.get("x-model-version")
+                seen = httpx.get(f"{url.rstrip('/')}/readyz", headers=headers, timeout=5).headers.get("x-model-version")
                 if seen == str(version):
                     confirmed.append(url)
                     break

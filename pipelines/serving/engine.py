@@ -27,6 +27,7 @@ import re
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,37 @@ def generate(loaded: Loaded, messages: list[dict] | None, max_tokens: int, promp
 
     return predict.generate(loaded.model, loaded.tok, messages, max_tokens, prompt=prompt, streamer=streamer,
                             sampling=sampling or predict.GREEDY, cancel=cancel)
+
+
+class Worker(ThreadPoolExecutor):
+    """One model's forward thread: its jobs run one at a time, and it knows how long the current one has
+    been running (`/healthz` says 503 when that is longer than `serve.stuck_after_s`). Each served model
+    has its own, so a slow generation of one model never holds up another."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(max_workers=1, thread_name_prefix=f"forward-{name}")
+        self.since: float | None = None
+
+    def submit(self, fn, /, *args, **kwargs):
+        def timed():
+            self.since = time.monotonic()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.since = None
+        return super().submit(timed)
+
+    def busy_for(self) -> float:
+        since = self.since
+        return 0.0 if since is None else time.monotonic() - since
+
+
+def prompt_tokens(loaded: Loaded, messages: list[dict] | None, prompt: str | None) -> int:
+    """How many tokens a chat (as the model's template renders it) or a raw prompt takes, counted with
+    the version's own copy of the tokenizer (never the forward thread's)."""
+    tok = loaded.count_tok or loaded.tok
+    text = prompt if prompt is not None else tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return len(tok(text, add_special_tokens=False, truncation=False)["input_ids"])
 
 
 class Slots:
@@ -231,7 +263,8 @@ class Metrics:
         self.generation_batch = Histogram("pipelines_generation_batch_size", "Generations per batched generate",
                                           registry=self.registry, buckets=(1, 2, 4, 8, 16, 32, 64))
         self.cancelled = Counter("pipelines_generations_cancelled_total",
-                                 "Streamed generations stopped early because the client went away", registry=self.registry)
+                                 "Generations stopped early: the client went away, or a stream's or request's "
+                                 "time limit passed", registry=self.registry)
 
 
 class QueueFull(Exception):
@@ -400,45 +433,71 @@ def api_keys(env_var: str, keys_file: str | None) -> list[str]:
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
 
-def auth_line(keys: list[str], host: str, allow_unauthenticated: bool) -> str:
-    """The one start-up line about authentication; refuses an open server on a non-loopback address."""
+def auth_line(keys: dict[str, tuple[str, ...]], host: str, allow_unauthenticated: bool) -> str:
+    """The one start-up line about authentication (`keys`: each served model's own API keys); refuses a
+    model without keys on a non-loopback address."""
     from pipelines.core.errors import ConfigError
 
-    if keys:
-        return f"authentication: on ({len(keys)} API key{'s' if len(keys) != 1 else ''})"
+    open_models = sorted(name for name, own in keys.items() if not own)
+    if not open_models:
+        n = len({k for own in keys.values() for k in own})
+        return f"authentication: on ({n} API key{'s' if n != 1 else ''})"
+    which = "" if len(keys) == 1 else f" for {', '.join(open_models)}"
     if host not in LOOPBACK and not host.startswith("127.") and not allow_unauthenticated:
-        raise ConfigError(f"refusing to serve on {host} without API keys: set serve.api_keys_env / api_keys_file, "
-                          "or serve.allow_unauthenticated: true (--allow-unauthenticated)")
-    return f"authentication: OFF (no API keys configured; listening on {host})"
+        raise ConfigError(f"refusing to serve{which} on {host} without API keys: set serve.api_keys_env / "
+                          "api_keys_file, or serve.allow_unauthenticated: true (--allow-unauthenticated)")
+    return f"authentication: OFF{which} (no API keys configured; listening on {host})"
 
 
 def server_config(app, sp, host: str, port: int):
-    """uvicorn's config with the limits a public server needs: at most `max_connections` connections and
+    """uvicorn's config with the limits a public server needs: at most `max_connections` connections (the
+    oldest idle one makes room for a new one), at most `max_connections_per_client` from one address, and
     `header_timeout_s` to send a request's headers (the body is bounded by the app's request timeout)."""
     import uvicorn
 
     return uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                          http=_guarded_protocol(sp.header_timeout_s, sp.max_connections),
-                          limit_concurrency=sp.max_connections, timeout_keep_alive=5)
+                          http=_guarded_protocol(sp.header_timeout_s, sp.max_connections,
+                                                 sp.max_connections_per_client),
+                          limit_concurrency=sp.max_connections + 1, timeout_keep_alive=5)
 
 
-def _guarded_protocol(header_timeout: float, max_connections: int):
+def _guarded_protocol(header_timeout: float, max_connections: int, per_client: int):
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as Base
     except ImportError:  # httptools is optional for uvicorn
         from uvicorn.protocols.http.h11_impl import H11Protocol as Base
 
+    def idle(conn) -> bool:  # no request in progress: never sent one, or its last answer is complete
+        return conn.cycle is None or conn.cycle.response_complete
+
     class Guarded(Base):
-        """Closes connections over the limit at once and those that do not finish their headers in time."""
+        """Makes room for each new connection by closing the oldest idle one (first of its own address,
+        when that address is at its limit; a new connection with no idle one to replace is closed), and
+        closes connections that do not finish their headers in time: idle or slow connections, however
+        many, never lock a client out."""
 
         _timer = None
+        opened = 0.0
 
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
-            if len(self.connections) > max_connections:
-                transport.close()
-                return
+            self.opened = self.loop.time()
+            mine = [c for c in self.connections if c.client and self.client and c.client[0] == self.client[0]]
+            for crowd, limit in ((mine, per_client), (self.connections, max_connections)):
+                if len(crowd) > limit and not self._evict(crowd):
+                    transport.close()
+                    return
             self._arm()
+
+        def _evict(self, crowd) -> bool:
+            """Close the oldest idle connection of `crowd` other than this one; False when there is none."""
+            victims = [c for c in crowd if c is not self and idle(c) and not c.transport.is_closing()]
+            if not victims:
+                return False
+            oldest = min(victims, key=lambda c: c.opened)
+            oldest.connections.discard(oldest)  # counted out now; uvicorn forgets it when the close lands
+            oldest.transport.close()
+            return True
 
         def data_received(self, data: bytes) -> None:
             if self._timer is None and (self.cycle is None or self.cycle.response_complete):

@@ -82,18 +82,37 @@ def _load_holdout(params: Params) -> pd.DataFrame:
     return out
 
 
-def _latency_ms(model, tok, texts: list[str], max_length: int, n: int) -> dict[str, float]:
+def latency_ms(models: list[Path], texts: list[str], max_length: int, n: int, precision: str = "auto",
+               repeats: int = 3) -> tuple[list[dict[str, float]], np.ndarray]:
+    """Single-example latency of one or more models (candidate, champion) measured side by side: each
+    example is timed on every model in turn (which goes first alternates), `repeats` times, and its
+    fastest time kept. Returns each model's p50/p95 and the per-example times (models x examples): a busy
+    neighbour slows some tries, rarely all, and slows the models alike at the same moment, so the
+    per-example ratio of two models (`paired_ratio`) judges the models, not the machine's load."""
     import torch
 
+    hw = select_hardware(precision)
+    loaded = [load_trained(d, hw.device, hw.dtype_name) for d in models]
     sample = texts[: max(1, n)]
-    predict.classify(model, tok, sample[:2], max_length, 1)  # warm-up
-    times = []
+    for model, tok in loaded:
+        predict.classify(model, tok, sample[:2], max_length, 1)  # warm-up
+    times = np.full((len(loaded), len(sample)), math.inf)
     with torch.no_grad():
-        for text in sample:
-            t = time.perf_counter()
-            predict.classify(model, tok, [text], max_length, 1)
-            times.append((time.perf_counter() - t) * 1000)
-    return {"latency_p50_ms": float(np.percentile(times, 50)), "latency_p95_ms": float(np.percentile(times, 95))}
+        for i, text in enumerate(sample):
+            order = list(range(len(loaded)))[:: 1 if i % 2 == 0 else -1]
+            for _ in range(repeats):
+                for k in order:
+                    model, tok = loaded[k]
+                    t = time.perf_counter()
+                    predict.classify(model, tok, [text], max_length, 1)
+                    times[k, i] = min(times[k, i], (time.perf_counter() - t) * 1000)
+    return [{"latency_p50_ms": float(np.percentile(t, 50)), "latency_p95_ms": float(np.percentile(t, 95))}
+            for t in times], times
+
+
+def paired_ratio(times: np.ndarray) -> float:
+    """The median over examples of the first model's time over the second's, each pair timed side by side."""
+    return float(np.median(times[0] / times[1]))
 
 
 def classification_metrics(y: np.ndarray, probs: np.ndarray, labels: list[str], bins: int = 15) -> dict[str, Any]:
@@ -262,8 +281,7 @@ def score(model_dir: Path, frame: pd.DataFrame, params: Params,
     y = frame["label"].map(label_map).to_numpy()
     texts = frame["text"].astype(str).tolist()
     probs = predict.classify(model, tok, texts, params.train.max_length, 64)
-    metrics = classification_metrics(y, probs, labels)
-    metrics.update(_latency_ms(model, tok, texts, params.train.max_length, params.evaluate.latency_samples))
+    metrics = classification_metrics(y, probs, labels)  # latency: measured side by side in `evaluate`
     pred = probs.argmax(1)
     per = pd.DataFrame({"label_id": y, "pred": pred, "correct": (pred == y).astype(float), "confidence": probs.max(1)})
     return metrics, per, probs, None
@@ -288,6 +306,16 @@ def evaluate(params: Params, champion_dir: Path | None = None, champion_version:
         champ_metrics, champ_per = (cand_metrics, cand_per) if champ_hash == cand_hash else score(
             champion_dir, frame, params)[:2]
         per = pd.concat([per, champ_per.drop(columns=asked).add_prefix("champion_")], axis=1)
+    if task_spec(params.data.task).labelled:
+        both = champ_metrics is not None and champ_hash != cand_hash
+        timed, times = latency_ms([cand_dir, *([champion_dir] if both else [])], frame["text"].astype(str).tolist(),
+                                  params.train.max_length, ep.latency_samples, params.train.precision)
+        cand_metrics.update(timed[0])
+        if both:
+            champ_metrics.update(timed[1])
+            cand_metrics["latency_ratio_vs_champion"] = paired_ratio(times)
+        elif champ_metrics is not None:  # the champion is these very bytes
+            cand_metrics["latency_ratio_vs_champion"] = 1.0
     doc = {"task": params.data.task, "test_rows": len(frame), "scored_on": scored_on, "candidate_hash": cand_hash,
            "candidate": cand_metrics, "base": base[0] if base else None,
            "base_rows": len(base[1]) if base else 0, "champion": champ_metrics, "champion_version": champion_version,

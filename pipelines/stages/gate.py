@@ -95,6 +95,21 @@ def regression_rule(task: str, per: pd.DataFrame, gate) -> dict[str, Any]:
     return _rule("no_regression", True, measured, gate.alpha, "not significantly worse than the champion")
 
 
+def latency_rule(metrics: dict[str, Any], gate) -> dict[str, Any] | None:
+    """The candidate's latency against the champion's: the median over examples of their ratio, each
+    example timed on both side by side in this evaluation (a busy machine slows both at once). None
+    for tasks whose evaluation measures no such latency."""
+    cand = metrics.get("candidate") or {}
+    if "latency_p95_ms" not in cand and "latency_ratio_vs_champion" not in cand:
+        return None
+    ratio = cand.get("latency_ratio_vs_champion")
+    if not (_finite(ratio) and ratio > 0):
+        return _rule("max_latency_ratio", False, None, gate.max_latency_ratio,
+                     "latency against the champion missing or not a number")
+    return _rule("max_latency_ratio", ratio <= gate.max_latency_ratio, round(ratio, 4), gate.max_latency_ratio,
+                 "median per-example latency ratio, candidate / champion, timed side by side in this evaluation")
+
+
 def beats_base_rule(task: str, per: pd.DataFrame, gate) -> dict[str, Any]:
     """Paired bootstrap of candidate minus base model on the examples both answered: the lower end of
     the confidence interval must be above zero."""
@@ -131,6 +146,8 @@ def _evaluation_rules(metrics: Any, per: pd.DataFrame, decision: dict[str, Any],
     decision["champion_version"] = metrics.get("champion_version")
     if metrics.get("champion") is not None:
         rules.append(regression_rule(task, per, gate))
+        timed = latency_rule(metrics, gate) if gate.max_latency_ratio is not None else None
+        rules += [timed] if timed else []
     return rules
 
 

@@ -38,7 +38,8 @@ def project(tmp_path):
     params["train"].update(max_steps=3, max_length=32, checkpoint_every=2)  # CI-sized training
     params["evaluate"].update(latency_samples=5)
     # 3 training steps make a weak model: this test is about DVC mechanics, so floors are off
-    params["gate"].update(min_accuracy=None, min_macro_f1=None, min_class_recall=None, max_p95_latency_ms=None)
+    params["gate"].update(min_accuracy=None, min_macro_f1=None, min_class_recall=None, max_p95_latency_ms=None,
+                          max_latency_ratio=None)
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     shutil.copytree(ROOT / "pipelines", repo / "pipelines", ignore=shutil.ignore_patterns("__pycache__"))
     (repo / ".dvc").mkdir()

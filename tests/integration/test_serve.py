@@ -388,14 +388,32 @@ def test_serve_all_serves_every_model_folder(cls_registry, gen_registry, tmp_pat
         folder = tmp_path / "projects" / reg["model"]
         folder.mkdir(parents=True)
         (folder / "params.yaml").write_text(yaml.safe_dump({"registry": {
-            "root": os.path.relpath(reg["root"] / "registry", folder), "model_name": reg["model"]}}))
+            "root": os.path.relpath(reg["root"] / "registry", folder), "model_name": reg["model"]},
+            # each model keeps its own keys: text-gen asks for one, text-classifier for none (loopback)
+            "serve": {"api_keys_file": "keys.txt"} if reg is gen_registry else {}}))
+    (tmp_path / "projects" / "text-gen" / "keys.txt").write_text("gen-key\n")
+    (tmp_path / "projects" / "broken").mkdir()
+    (tmp_path / "projects" / "broken" / "params.yaml").write_text("registry: [unparsable\n")  # skipped, said
     port = free_port()
+    env = {k: v for k, v in cli_env().items() if k != "PIPELINES_API_KEYS"}
     proc = subprocess.Popen([sys.executable, "-m", "pipelines", "serve", "--all", "--port", str(port)], cwd=tmp_path,
-                            env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url, key = f"http://127.0.0.1:{port}", {"Authorization": "Bearer gen-key"}
+    chat = {"model": "text-gen", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}
     try:
-        wait_ready(f"http://127.0.0.1:{port}", timeout=120, proc=proc)
-        listed = httpx.get(f"http://127.0.0.1:{port}/v1/models").json()["data"]
+        wait_ready(url, timeout=120, proc=proc)
+        assert httpx.get(f"{url}/readyz").json() == {"status": "ready"}  # who serves what: for callers with a key
+        ready = httpx.get(f"{url}/readyz", headers=key).json()
+        assert ready["models"] == {"text-classifier": 1, "text-gen": 1} and "params.yaml" in ready["broken"]["broken"]
+        assert [m["id"] for m in httpx.get(f"{url}/v1/models").json()["data"]] == ["text-classifier"]
+        listed = httpx.get(f"{url}/v1/models", headers=key).json()["data"]
         assert sorted(m["id"] for m in listed) == ["text-classifier", "text-gen"]
+        assert httpx.post(f"{url}/v1/chat/completions", json=chat).status_code == 401  # its own key, kept
+        assert httpx.post(f"{url}/v1/chat/completions", json=chat, headers=key).status_code == 200
+        assert httpx.post(f"{url}/v1/classify", json={"model": "text-classifier", "texts": ["card"]}).status_code == 200
+        said = httpx.post(f"{url}/v1/classify", json={"model": "broken", "texts": ["card"]}, headers=key)
+        assert said.status_code == 503 and "'broken' is not served" in said.text
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        _, err = proc.communicate(timeout=30)
+    assert "warning: not serving broken:" in err and "authentication: OFF for text-classifier" in err

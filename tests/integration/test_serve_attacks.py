@@ -3,6 +3,7 @@ property-based fuzz of the API against its own OpenAPI document."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import socket
@@ -389,4 +390,210 @@ def test_a_streaming_client_that_disconnects_mid_answer_stops_the_generation(gen
         assert time.perf_counter() - asked < full / 3, (time.perf_counter() - asked, full)
         assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
     finally:
+        server.should_exit = True
+
+
+# ---------------------------------------------------------------- round two (issue 26 §4): streams, limits, models
+
+def _events(lines) -> list:
+    """The data of a server-sent event stream, decoded (the last is the literal [DONE])."""
+    return [line[6:] if line[6:] == "[DONE]" else json.loads(line[6:]) for line in lines if line.startswith("data: ")]
+
+
+def _hot(seed: int, tokens: int = 2000) -> dict:
+    return {"messages": [{"role": "user", "content": "hello"}], "max_tokens": tokens, "temperature": 2.0, "seed": seed}
+
+
+@pytest.fixture(scope="module")
+def long_ask(gen_reg):
+    """A request whose answer runs past 700 tokens, and how long it takes here: the limits below are set
+    from it, so the tests hold on a slower or faster machine."""
+    import os
+
+    os.environ.pop("PIPELINES_API_KEYS", None)
+    with TestClient(create_app(params_for(gen_reg, max_tokens=2000, request_timeout_s=120), poll=False)) as c:
+        for seed in range(25):
+            started = time.perf_counter()
+            if c.post("/v1/chat/completions", json=_hot(seed)).json()["usage"]["completion_tokens"] >= 700:
+                return _hot(seed), time.perf_counter() - started
+    raise AssertionError("no seed gave a long answer")
+
+
+@contextlib.contextmanager
+def _gen_server(gen_reg, **serve):
+    params = params_for(gen_reg, max_tokens=2000, max_input_tokens=40, **serve)
+    server, port = _serve_thread(create_app(params, poll=False), params.serve)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+
+
+@pytest.fixture(scope="module")
+def gen_server(gen_reg):
+    """The tiny LLM with the usual limits but 40 input tokens."""
+    with _gen_server(gen_reg) as url:
+        yield url
+
+
+def test_a_stream_longer_than_the_request_timeout_ends_honestly_at_its_own_limit(gen_reg, long_ask):
+    """Past request_timeout_s a stream goes on (it is not cut with a bare 200); at stream_total_s it ends with
+    an error event naming the limit, then [DONE], and the generation stops."""
+    ask, full = long_ask
+    with _gen_server(gen_reg, request_timeout_s=full / 4, stream_total_s=full / 2) as url:
+        started = time.perf_counter()
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json={**ask, "stream": True}, timeout=60) as s:
+            events = _events(s.iter_lines())
+        took = time.perf_counter() - started
+        assert events[-1] == "[DONE]" and "error" in events[-2], events[-3:]
+        assert "ran past serve.stream_total_s" in events[-2]["error"]["message"] and events[-2]["error"]["code"] == 504
+        assert sum(1 for e in events if isinstance(e, dict) and e.get("choices")) > 1 and full / 2 <= took < full
+        assert _cancelled(url) == 1
+
+
+def test_a_stream_whose_first_token_does_not_come_says_so(gen_reg, long_ask):
+    """A stream queued behind another generation on the model's worker: no first token within
+    stream_first_token_s is an error event and [DONE], not a silent hang."""
+    import threading
+
+    ask, full = long_ask
+    with _gen_server(gen_reg, request_timeout_s=full * 4, stream_first_token_s=full / 3) as url:
+        busy = threading.Thread(target=lambda: httpx.post(f"{url}/v1/chat/completions", json=ask, timeout=60))
+        busy.start()
+        time.sleep(min(0.2, full / 10))
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json={**ask, "stream": True, "max_tokens": 5},
+                          timeout=60) as s:
+            events = _events(s.iter_lines())
+        busy.join()
+    assert events[-1] == "[DONE]" and "no first token within serve.stream_first_token_s" in \
+        events[-2]["error"]["message"], events
+
+
+def test_a_failing_generation_inside_a_stream_is_reported(gen_server, monkeypatch):
+    from pipelines.serving import app as served_app
+
+    url = gen_server
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("probability tensor contains inf")
+
+    monkeypatch.setattr(served_app, "generate", broken)
+    with httpx.stream("POST", f"{url}/v1/completions", timeout=30,
+                      json={"prompt": "hi", "stream": True, "temperature": 1.0, "max_tokens": 5}) as s:
+        events = _events(s.iter_lines())
+    assert events[-1] == "[DONE]" and events[-2]["error"]["code"] == 500
+    assert "RuntimeError: probability tensor contains inf" in events[-2]["error"]["message"]
+
+
+@pytest.mark.parametrize("body, status, says", [
+    ({"prompt": "", "max_tokens": 3}, 422, "prompt"),  # an empty prompt: a 4xx naming it, never a 500
+    ({"prompt": "hi", "max_tokens": 3, "temperature": 1e-30}, 200, None),  # tiny temperatures are greedy
+    ({"prompt": "hi", "max_tokens": 3, "temperature": 1e-30, "stream": True}, 200, None),
+    ({"prompt": "word " * 40, "max_tokens": 3}, 413, "prompt: "),  # tokens counted on every route
+    ({"prompt": "hi", "n": 2}, 400, "n: this server returns one choice"),  # fields it cannot honour
+    ({"prompt": "hi", "logprobs": 5}, 400, "logprobs: log-probabilities are not returned"),
+    ({"prompt": "hi", "max_tokens": 2, "user": "u-1", "n": 1}, 200, None),  # harmless ones are fine
+])
+def test_completions_edge_cases_are_answered_or_a_4xx(gen_server, body, status, says):
+    url = gen_server
+    r = httpx.post(f"{url}/v1/completions", json=body, timeout=60)
+    assert r.status_code == status, r.text
+    if says:
+        assert says in r.json()["error"]["message"]
+    if body.get("stream"):
+        assert r.text.rstrip().endswith("data: [DONE]") and '"error"' not in r.text
+
+
+@pytest.mark.parametrize("extra, says", [
+    ({"messages": [{"role": "user", "content": "word " * 40}]}, "messages: "),
+    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools: tool calls are not supported"),
+    ({"tool_choice": "auto"}, "tool_choice: tool calls are not supported"),
+])
+def test_chat_input_tokens_and_unhonoured_fields_are_refused(gen_server, extra, says):
+    url = gen_server
+    r = httpx.post(f"{url}/v1/chat/completions", timeout=60,
+                   json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, **extra})
+    assert r.status_code in (400, 413) and says in r.json()["error"]["message"], r.text
+    assert "tokens, over 40" in r.text if "messages" in extra else True
+
+
+def test_the_generation_a_504_gives_up_on_is_stopped_and_health_says_when_a_worker_is_stuck(gen_reg, long_ask):
+    """The 504 stops its generation (the worker is free at once after); while one job runs longer than
+    stuck_after_s, /healthz is 503."""
+    import threading
+
+    ask, full = long_ask
+    with _gen_server(gen_reg, request_timeout_s=full / 2, stuck_after_s=full / 6) as url:
+        seen = []
+
+        def watch():
+            for _ in range(10):
+                seen.append(httpx.get(f"{url}/healthz", timeout=10).status_code)
+                time.sleep(full / 20)
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        r = httpx.post(f"{url}/v1/chat/completions", json=ask, timeout=60)
+        watcher.join()
+        assert r.status_code == 504, r.text
+        assert 503 in seen  # the worker was busy on one job past stuck_after_s: said while it lasted
+        deadline = time.time() + 10
+        while _cancelled(url) < 1 and time.time() < deadline:
+            time.sleep(0.05)
+        assert _cancelled(url) == 1
+        asked = time.perf_counter()
+        small = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+        assert httpx.post(f"{url}/v1/chat/completions", json=small, timeout=30).status_code == 200
+        assert time.perf_counter() - asked < full / 2  # not behind the abandoned answer
+        assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
+
+
+def test_one_model_is_never_held_up_by_another(reg, gen_reg, long_ask, monkeypatch):
+    """serve --all: each model has its own worker: a classifier answers while a long generation runs."""
+    import threading
+
+    monkeypatch.delenv("PIPELINES_API_KEYS", raising=False)
+    ask, full = long_ask
+    server_params = params_for(reg, request_timeout_s=60, max_tokens=2000)
+    app = create_app(server_params, poll=False, models={reg["model"]: params_for(reg), gen_reg["model"]: params_for(gen_reg)})
+    server, port = _serve_thread(app, server_params.serve)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        busy = threading.Thread(target=lambda: httpx.post(f"{url}/v1/chat/completions",
+                                                          json={"model": gen_reg["model"], **ask}, timeout=120))
+        busy.start()
+        time.sleep(min(0.2, full / 10))
+        asked = time.perf_counter()
+        r = httpx.post(f"{url}/v1/classify", json={"model": reg["model"], "texts": ["my card"]}, timeout=60)
+        answered = time.perf_counter() - asked
+        busy.join()
+        assert r.status_code == 200 and answered < full / 3, (answered, full)
+    finally:
+        server.should_exit = True
+
+
+def test_idle_connections_never_lock_a_client_out(reg, monkeypatch):
+    """max_connections 40, all taken by connections that never send a request: a real client still gets
+    in (the oldest idle one makes room), and one address cannot hold more than its share."""
+    monkeypatch.delenv("PIPELINES_API_KEYS", raising=False)
+    params = params_for(reg, header_timeout_s=30.0, max_connections=40, max_connections_per_client=30)
+    server, port = _serve_thread(create_app(params, poll=False), params.serve)
+    socks = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(60)]
+    try:
+        time.sleep(0.5)
+        for _ in range(3):  # each new client's connection takes an idle one's place
+            r = httpx.post(f"http://127.0.0.1:{port}/v1/classify", json={"texts": ["card"]}, timeout=10)
+            assert r.status_code == 200, r.text
+        alive = 0
+        for s in socks:
+            s.settimeout(0.2)
+            try:
+                alive += s.recv(1) != b""
+            except (socket.timeout, TimeoutError):
+                alive += 1  # still open
+            except ConnectionResetError:
+                pass
+        assert alive <= 30  # one address: at most its share, the oldest idle ones closed
+    finally:
+        for s in socks:
+            s.close()
         server.should_exit = True

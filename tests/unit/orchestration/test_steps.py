@@ -259,3 +259,14 @@ def test_a_checkout_that_moved_is_named_not_mistaken_for_a_remote(tmp_path):
     with pytest.raises(ConfigError, match="is relative, but the git remote"):
         remote.resolve("projects/m", "data/raw", "the default dataset")
     assert gone.resolve("projects/m", "s3://bucket/raw", "x") == "s3://bucket/raw"
+
+
+def test_a_snapshot_is_never_taken_twice_in_one_run(tmp_path, platform):
+    """Clearing a task of a run re-runs its setup (`snapshot`): the run's ref is kept, never rewritten."""
+    (platform / "projects" / "m" / "data" / "raw").mkdir(parents=True)
+    (platform / "projects" / "m" / "data" / "raw" / "drop.csv").write_text("text,label\nhello there,a\n")
+    first = steps.start(shared(tmp_path, platform), "projects/m", "m", {}, {"run_id": "r"})
+    later = steps.run_stage(shared(tmp_path, platform), RunRef.of(first), "validate")
+    again = steps.start(shared(tmp_path, platform), "projects/m", "m", {}, {"run_id": "r"})
+    assert again["commit"] == later["commit"] == gitops.rev(platform, run_ref_name("m", "r"))
+    assert again["snapshot"] == first["snapshot"] and again["require_approval"] is False

@@ -7,7 +7,7 @@ import pytest
 
 from pipelines.core.config import GateParams, parse_params
 from pipelines.stages.evaluate import classification_metrics, rouge_l
-from pipelines.stages.gate import beats_base_rule, decide, floor_rules, mcnemar_p, regression_rule
+from pipelines.stages.gate import beats_base_rule, decide, floor_rules, latency_rule, mcnemar_p, regression_rule
 from pipelines.training.modeling import candidate_hash
 
 
@@ -48,6 +48,20 @@ GATE = GateParams()
 def test_floor_rules_fail_closed(metrics, failing):
     rules = floor_rules("classification", metrics, GATE)
     assert [r["rule"] for r in rules if not r["passed"]] == failing
+
+
+@pytest.mark.parametrize("candidate, passed, measured", [
+    ({"latency_p95_ms": 12.0, "latency_ratio_vs_champion": 1.2}, True, 1.2),
+    ({"latency_p95_ms": 16.0, "latency_ratio_vs_champion": 1.6}, False, 1.6),  # half as slow again
+    ({"latency_p95_ms": 900.0, "latency_ratio_vs_champion": 1.05}, True, 1.05),  # a busy machine slowed both
+    ({"latency_p95_ms": 10.0}, False, None),  # not measured side by side: fail closed
+    ({"latency_p95_ms": 10.0, "latency_ratio_vs_champion": math.nan}, False, None),
+])
+def test_latency_is_judged_against_the_champion_measured_side_by_side(candidate, passed, measured):
+    rule = latency_rule({"candidate": candidate, "champion": {"latency_p95_ms": 10.0}}, GATE)
+    assert (rule["rule"], rule["passed"], rule["measured"], rule["threshold"]) == (
+        "max_latency_ratio", passed, measured, 1.5)
+    assert latency_rule({"candidate": {"rouge_l": .5}, "champion": {"rouge_l": .4}}, GATE) is None  # no such latency
 
 
 CAUSAL = {"perplexity": 3.0, "rouge_l": .6, "exact_match": .2, "json_valid": 1.0, "field_match": .8,
