@@ -31,13 +31,21 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DAG = "lifecycle__text-classifier"
 
 
+def _missed_weekly() -> str:
+    """A weekly cron whose last slot was 8 hours ago: unpausing the DAG makes Airflow create its run at
+    once (within a tenth of the period), 2 hours past lifecycle.missed_slot_grace_h (6)."""
+    from datetime import datetime, timedelta, timezone
+
+    slot = datetime.now(timezone.utc) - timedelta(hours=8)
+    return f"{slot.minute} {slot.hour} * * {(slot.weekday() + 1) % 7}"
+
+
 @pytest.fixture(scope="module")
 def airflow(tmp_path_factory):
     # run_deadline_h 0.005 (18 s): every run here takes longer, so each one's deadline alert fires
     repo = make_project(tmp_path_factory.mktemp("standalone"), train={"epochs": 2, "max_length": 32,
                                                                       "checkpoint_every": 20},
-                        lifecycle={"run_deadline_h": 0.005, "approvers": ["admin"],
-                                   "schedule": "0 0 1 1 *"})  # yearly: its last slot, Jan 1, was missed
+                        lifecycle={"run_deadline_h": 0.005, "approvers": ["admin"], "schedule": _missed_weekly()})
     alerts, hook = [], FastAPI()  # the team's chat webhook, on loopback
 
     @hook.post("/alerts")
@@ -139,8 +147,8 @@ def test_trigger_from_the_rest_api_like_the_ui_form(airflow):
                      "the listener's note")
     assert note == record["note"] and note.startswith("promoted text-classifier v1")
     af["run_id"] = run_id
-    # Unpausing made Airflow create a run for the slot missed while the DAG was off (Jan 1): it trains
-    # nothing (lifecycle.missed_slot: skip), so starting a scheduler never retrains every model at once.
+    # Unpausing made Airflow create a run for the weekly slot missed 8 hours ago, while the DAG was off: it
+    # trains nothing (lifecycle.missed_slot: skip), so starting a scheduler never retrains every model at once.
     missed = _wait_for(lambda: [r for r in _api(af, "GET", f"/dags/{DAG}/dagRuns").json()["dag_runs"]
                                 if r["run_type"] == "scheduled"], 120, "the missed slot's run")
     _wait_run(af, DAG, missed[0]["dag_run_id"], seconds=180)

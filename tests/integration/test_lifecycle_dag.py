@@ -387,3 +387,21 @@ def test_keygen_and_key_rotation_from_the_command_line(repo, tmp_path):
     last = json.loads(ledger(repo).splitlines()[-1])
     assert (last["action"], last["new_key"], last["signature"]["key"]) == ("rotate_key", public, PUBLIC)
     assert model_cli(repo, "registry", "verify").returncode == 0
+
+
+def test_a_version_promoted_again_keeps_the_lineage_of_the_run_that_trained_it(repo):
+    """After the rollback to v1, a run whose candidate is byte-identical to v2 (the same data and training,
+    restored from DVC's run-cache) but judged under another gate threshold promotes v2 again: v2's lineage
+    still points at the run that trained it, and verifies."""
+    assert champion(repo) == 1
+    anchors = [e for e in map(json.loads, ledger(repo).splitlines()) if e["action"] == "lineage"]
+    proc = dags_test(repo, DAG, {"epochs": 3, "lora_rank": 8, "learning_rate": 0.003, "min_accuracy": 0.35})
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    record = last_record(repo)
+    assert record["promotion"] == {"model": "text-classifier", "version": 2, "changed": True, "registered": False,
+                                   "approved_by": None}
+    last = [json.loads(line) for line in ledger(repo).splitlines()]
+    assert last[-1]["action"] == "promote" and last[-1]["registered"] is None and champion(repo) == 2
+    assert [e for e in last if e["action"] == "lineage"] == anchors  # no anchor for a version it did not train
+    chain = json.loads(model_cli(repo, "lineage", "--version", "2", "--json").stdout)
+    assert chain["verified"] is True, [link for link in chain["links"] if link["status"] != "ok"]
