@@ -71,7 +71,8 @@ def _models(args: argparse.Namespace) -> int:
         name = path.parent.name
         try:
             params = load_params(path, must_exist=True)
-            champ = registry.aliases(registry.read_ledger(access.model_store(params, name, path.parent))).get("champion")
+            store = access.model_store(params, name, path.parent)
+            champ = registry.aliases(registry.read_ledger(store)).get("champion")
             runs = records.list_runs(str(projects.parent), name, limit=1)
             rows.append({"model": name, "dag_id": f"lifecycle__{name}", "task": params.data.task,
                          "champion": champ, "last_run": runs[0].get("run_id") if runs else None,
@@ -237,15 +238,16 @@ def _airflow_task() -> dict[str, str | None]:
 def _promote(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from pipelines.registry import access
     from pipelines.registry import audit as lineage
     from pipelines.registry import store as registry
 
-    params, model, store = _store(args)
-    folder = Path(args.params or "params.yaml").resolve().parent
+    params, model, folder = _model_params(args)
+    store = access.model_store(params, model, folder, dict(os.environ))
     registry.init(store)
-    result = registry.promote(store, model, Path(args.candidate or params.train.output_dir),
-                              Path(args.decision or params.gate.decision_path),
-                              Path(params.evaluate.report_dir) / "metrics.json",
+    candidate = Path(args.candidate) if args.candidate else folder / params.train.output_dir
+    decision = Path(args.decision) if args.decision else folder / params.gate.decision_path
+    result = registry.promote(store, model, candidate, decision, folder / params.evaluate.report_dir / "metrics.json",
                               approved_by=args.approved_by, reason=args.reason or "",
                               evidence=lineage.evidence(params, folder), root=folder, run=_airflow_task())
     _mirror(params, model, result["version"] if result["changed"] else None, args.reason or "promoted")

@@ -17,6 +17,7 @@ def missed_slot(run_type: str, slot: datetime | None, now: datetime, policy: str
     late = now - slot
     if late <= timedelta(hours=grace_h):
         return None
-    return (f"the weekly slot of {slot.isoformat(timespec='minutes')} was missed by {late.total_seconds() / 3600:.1f} h "
+    hours = late.total_seconds() / 3600
+    return (f"the weekly slot of {slot.isoformat(timespec='minutes')} was missed by {hours:.1f} h "
             f"(over lifecycle.missed_slot_grace_h {grace_h:g} h): skipped, the next slot retrains "
             "(lifecycle.missed_slot: run to run missed slots; or trigger a run)")

@@ -83,7 +83,8 @@ class GitAnchor:
         for _ in range(5):
             self.fetch(model, location)
             parent = _out(_git(self.repo, "rev-parse", "--verify", "--quiet", ref)) or None
-            commit = self._commit(head, parent, f"registry {model}: {action} (ledger entry {head['seq']})\n\n{location}")
+            message = f"registry {model}: {action} (ledger entry {head['seq']})\n\n{location}"
+            commit = self._commit(head, parent, message)
             if commit is None:
                 return f"could not write the registry head to git in {self.repo}"
             moved = _git(self.repo, "update-ref", ref, commit, parent or "0" * 40)

@@ -221,9 +221,8 @@ def _check_chain(entries: list[dict[str, Any]]) -> None:
     prev = GENESIS
     for number, entry in enumerate(entries, start=1):
         if entry["prev_hash"] != prev:
-            raise CheckFailed(f"registry ledger line {number}: chain broken (its prev_hash is not the hash of line "
-                              f"{number - 1})" if number > 1 else f"registry ledger line 1: chain broken (its prev_hash "
-                              "is not the genesis hash)")
+            before = f"the hash of line {number - 1}" if number > 1 else "the genesis hash"
+            raise CheckFailed(f"registry ledger line {number}: chain broken (its prev_hash is not {before})")
         if entry_hash(entry) != entry["hash"]:
             raise CheckFailed(f"registry ledger line {number}: altered (its content does not hash to its hash)")
         prev = entry["hash"]

@@ -324,7 +324,8 @@ def install_routes(app, sp, models: dict[str, ServedModel], metrics, checker=Non
         else:
             m = models[requested]
         if m.keys and not check_key(list(m.keys), request.headers.get("authorization")):
-            raise HTTPException(401, f"model {m.name}: missing or invalid API key", headers={"WWW-Authenticate": "Bearer"})
+            raise HTTPException(401, f"model {m.name}: missing or invalid API key",
+                                headers={"WWW-Authenticate": "Bearer"})
         return m
 
     def authenticated(request: Request) -> bool:
@@ -643,7 +644,8 @@ def install_routes(app, sp, models: dict[str, ServedModel], metrics, checker=Non
                     piece = await loop.run_in_executor(None, next, iterator, None)
                 except queue.Empty:
                     if wait > left:
-                        raise TimeoutError(f"the stream ran past serve.stream_total_s ({sp.stream_total_s:g} s)") from None
+                        raise TimeoutError(f"the stream ran past serve.stream_total_s ({sp.stream_total_s:g} s)") \
+                            from None
                     raise TimeoutError(f"no first token within serve.stream_first_token_s ({wait:g} s)" if first
                                        else f"no token for serve.stream_idle_s ({wait:g} s)") from None
                 if piece is None:

@@ -151,7 +151,8 @@ def prompt_tokens(loaded: Loaded, messages: list[dict] | None, prompt: str | Non
     """How many tokens a chat (as the model's template renders it) or a raw prompt takes, counted with
     the version's own copy of the tokenizer (never the forward thread's)."""
     tok = loaded.count_tok or loaded.tok
-    text = prompt if prompt is not None else tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    text = prompt if prompt is not None else tok.apply_chat_template(messages, tokenize=False,
+                                                                     add_generation_prompt=True)
     return len(tok(text, add_special_tokens=False, truncation=False)["input_ids"])
 
 

@@ -330,6 +330,12 @@ def test_a_person_approves_in_the_airflow_ui_and_rejects_through_the_api(airflow
         assert json.loads(kept)["review"] == {**record["review"], "decision": decision}
 
 
+# Airflow 3.3 races an answer given within about a second of the step pausing for it: the scheduler
+# then reads the executor's report of the pause as a state changed behind its back and fails the step.
+# People take longer than that; the test waits as long.
+ASKED_SETTLES = 5.0
+
+
 def _ti_state(af, run_id: str, task_id: str) -> str | None:
     return _api(af, "GET", f"/dags/{DAG}/dagRuns/{run_id}/taskInstances/{task_id}").json().get("state")
 
@@ -352,6 +358,7 @@ def test_an_approval_cannot_be_skipped_by_a_state_change_or_a_forged_answer(airf
     ti = f"/dags/{DAG}/dagRuns/{run_id}/taskInstances/approve"
     for who in ("mallory", "admin"):  # a state change by a non-approver, then by an approver: no answer either way
         _wait_for(lambda: _awaiting(af, run_id), 900, f"{run_id} to ask for approval", every=5)
+        time.sleep(ASKED_SETTLES)
         before = ledger()
         if who == "mallory":
             refused = _api(af, "PATCH", hitl, headers=af["mallory"], json={"chosen_options": ["Approve"]})
@@ -374,6 +381,7 @@ def test_an_approval_cannot_be_skipped_by_a_state_change_or_a_forged_answer(airf
             "only_failed": False})
         assert cleared.status_code == 200, cleared.text
     _wait_for(lambda: _awaiting(af, run_id), 300, f"{run_id} to ask again after the clear", every=3)
+    time.sleep(ASKED_SETTLES)
     answered = _api(af, "PATCH", hitl, json={"chosen_options": ["Approve"]})
     assert answered.status_code == 200, answered.text
     _wait_run(af, DAG, run_id)

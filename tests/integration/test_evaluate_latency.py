@@ -1,5 +1,5 @@
 """Latency as the gate sees it: the same model measured side by side with itself gives a ratio near 1,
-on an idle machine and on one where another process keeps a core busy."""
+even while another process keeps a core busy."""
 from __future__ import annotations
 
 import multiprocessing
@@ -24,10 +24,9 @@ def model(tmp_path_factory):
     return build_registry(tmp_path_factory.mktemp("latency"), "classification", versions=1)["candidates"][0][0]
 
 
-@pytest.mark.parametrize("busy", [0, 1])
-def test_a_model_against_itself_is_within_the_ratio_whatever_the_neighbours_do(model, busy):
+def test_a_model_against_itself_is_within_the_ratio_while_a_neighbour_keeps_a_core_busy(model):
     texts = [f"my card number {i} has not arrived yet, what can I do" for i in range(12)]
-    neighbours = [multiprocessing.Process(target=_spin, args=(40.0,)) for _ in range(busy)]
+    neighbours = [multiprocessing.Process(target=_spin, args=(40.0,))]
     for p in neighbours:
         p.start()
     try:

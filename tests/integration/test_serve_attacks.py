@@ -332,21 +332,6 @@ def _cancelled(url: str) -> float:
     return 0.0
 
 
-def _long_answer(url: str) -> tuple[dict, float]:
-    """A request whose answer runs to >= 600 tokens: hot sampling with the first seed that gives one
-    (seeded sampling is exact within a process; the tiny model's greedy answer ends in a few tokens,
-    and across seeds ~30% of answers pass 600 tokens)."""
-    for seed in range(25):
-        ask = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 2000, "temperature": 2.0,
-               "seed": seed}
-        started = time.perf_counter()
-        whole = httpx.post(f"{url}/v1/chat/completions", json=ask, timeout=120)
-        assert whole.status_code == 200, whole.text
-        if whole.json()["usage"]["completion_tokens"] >= 600:
-            return ask, time.perf_counter() - started
-    raise AssertionError("no seed gave a long answer")
-
-
 def test_a_base_model_that_is_not_the_one_trained_on_is_never_served(gen_reg, tmp_path, monkeypatch):
     monkeypatch.delenv("PIPELINES_API_KEYS", raising=False)
     config = json.loads((gen_reg["candidates"][0][0] / "train_config.json").read_text())
@@ -366,7 +351,26 @@ def test_a_base_model_that_is_not_the_one_trained_on_is_never_served(gen_reg, tm
                                                     "max_tokens": 2}).status_code == 200
 
 
-def test_a_streaming_client_that_disconnects_mid_answer_stops_the_generation(gen_reg, monkeypatch):
+def _hot(seed: int, tokens: int = 2000) -> dict:
+    return {"messages": [{"role": "user", "content": "hello"}], "max_tokens": tokens, "temperature": 2.0, "seed": seed}
+
+
+@pytest.fixture(scope="module")
+def long_ask(gen_reg):
+    """A request whose answer runs past 700 tokens, and how long it takes here: the limits below are set
+    from it, so the tests hold on a slower or faster machine."""
+    import os
+
+    os.environ.pop("PIPELINES_API_KEYS", None)
+    with TestClient(create_app(params_for(gen_reg, max_tokens=2000, request_timeout_s=120), poll=False)) as c:
+        for seed in range(25):
+            started = time.perf_counter()
+            if c.post("/v1/chat/completions", json=_hot(seed)).json()["usage"]["completion_tokens"] >= 700:
+                return _hot(seed), time.perf_counter() - started
+    raise AssertionError("no seed gave a long answer")
+
+
+def test_a_streaming_client_that_disconnects_mid_answer_stops_the_generation(gen_reg, long_ask, monkeypatch):
     """The model stops at its next token when the client goes away (no compute for nobody), the
     generation slot is free again and the server keeps answering."""
     monkeypatch.delenv("PIPELINES_API_KEYS", raising=False)
@@ -374,7 +378,7 @@ def test_a_streaming_client_that_disconnects_mid_answer_stops_the_generation(gen
     server, port = _serve_thread(create_app(params, poll=False), params.serve)
     url = f"http://127.0.0.1:{port}"
     try:
-        ask, full = _long_answer(url)
+        ask, full = long_ask
         started = time.perf_counter()
         with httpx.stream("POST", f"{url}/v1/chat/completions", json={**ask, "stream": True}, timeout=30) as s:
             first = next(line for line in s.iter_lines() if line.startswith("data: "))
@@ -398,25 +402,6 @@ def test_a_streaming_client_that_disconnects_mid_answer_stops_the_generation(gen
 def _events(lines) -> list:
     """The data of a server-sent event stream, decoded (the last is the literal [DONE])."""
     return [line[6:] if line[6:] == "[DONE]" else json.loads(line[6:]) for line in lines if line.startswith("data: ")]
-
-
-def _hot(seed: int, tokens: int = 2000) -> dict:
-    return {"messages": [{"role": "user", "content": "hello"}], "max_tokens": tokens, "temperature": 2.0, "seed": seed}
-
-
-@pytest.fixture(scope="module")
-def long_ask(gen_reg):
-    """A request whose answer runs past 700 tokens, and how long it takes here: the limits below are set
-    from it, so the tests hold on a slower or faster machine."""
-    import os
-
-    os.environ.pop("PIPELINES_API_KEYS", None)
-    with TestClient(create_app(params_for(gen_reg, max_tokens=2000, request_timeout_s=120), poll=False)) as c:
-        for seed in range(25):
-            started = time.perf_counter()
-            if c.post("/v1/chat/completions", json=_hot(seed)).json()["usage"]["completion_tokens"] >= 700:
-                return _hot(seed), time.perf_counter() - started
-    raise AssertionError("no seed gave a long answer")
 
 
 @contextlib.contextmanager
