@@ -130,9 +130,14 @@ def start(shared: Shared, project: str, model: str, raw_conf: dict[str, Any] | N
 
 
 def _snapshot_taken(shared: Shared, run: RunRef) -> dict[str, Any]:
-    """The run's snapshot, taken before: its pointer at the tip of the run's ref (history only grows)."""
+    """The run's snapshot, taken before: its pointer at the tip of the run's ref (history only grows). The
+    run goes on: where it stopped before is history (in the ref), no longer the record's outcome."""
     with task_space(shared, run, dvc=False) as ws:
-        snapshot = records.load(ws.root).get("snapshot") or {}
+        rec = records.load(ws.root)
+        snapshot = rec.get("snapshot") or {}
+        if rec.get("failed") or rec.get("finished"):
+            records.update(ws.root, failed=None, finished=None)
+            run = ws.commit(f"{run.model} run {run.run_id}: resumed (tasks cleared)")
         io = ol.snapshot_io(_params(ws), ws.project, run.project, shared.git_remote)
     print(f"the snapshot of run {run.run_id} was taken before ({snapshot.get('dataset')}, "
           f"{str(snapshot.get('md5'))[:12]}): kept; the run goes on from {run.commit[:12]}", flush=True)

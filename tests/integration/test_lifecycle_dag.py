@@ -342,8 +342,13 @@ def test_the_audit_report_names_every_decision_and_rejection_and_reverifies_what
 def test_audit_bad_input_is_one_line(repo, args, says):
     out = pipelines(repo, *args, check=False)
     assert out.returncode == 2 and says in out.stderr and "Traceback" not in out.stderr
+
+
+def test_the_rollback_form_refuses_a_missing_reason_and_an_unknown_model(repo):
+    before = ledger(repo)
     assert dags_test(repo, "rollback", {"model": "text-classifier"}).returncode != 0  # the reason is required
     assert dags_test(repo, "rollback", {"model": "nope", "reason": "no such model"}).returncode != 0
+    assert ledger(repo) == before
 
 
 @pytest.mark.parametrize("args, message", [(["--alias", "staging"], "alias 'staging' is not set"),

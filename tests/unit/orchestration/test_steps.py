@@ -270,3 +270,9 @@ def test_a_snapshot_is_never_taken_twice_in_one_run(tmp_path, platform):
     again = steps.start(shared(tmp_path, platform), "projects/m", "m", {}, {"run_id": "r"})
     assert again["commit"] == later["commit"] == gitops.rev(platform, run_ref_name("m", "r"))
     assert again["snapshot"] == first["snapshot"] and again["require_approval"] is False
+    steps.fail(shared(tmp_path, platform), "m", "projects/m", "r", "promote", CheckFailed("no approval recorded"))
+    resumed = steps.start(shared(tmp_path, platform), "projects/m", "m", {}, {"run_id": "r"})
+    from pipelines.orchestration import records
+
+    assert gitops.is_ancestor(platform, again["commit"], resumed["commit"])  # on top: history kept
+    assert not records.read(str(platform), "m", "r").get("failed")  # the run goes on
