@@ -65,6 +65,10 @@ shift || true
 case "$cmd" in
   setup) setup ;;
   demo)  setup; PATH="$VENV/bin:$PATH" exec "$VENV/bin/python" -m pipelines demo "$@" ;;
-  test)  setup; browser; services; PATH="$VENV/bin:$PATH" exec "$VENV/bin/python" -m pytest "$@" ;;
+  # Two pytest-xdist workers, one test file each at a time (a file's servers and module fixtures stay
+  # in one process): the Airflow and Celery tests mostly wait, so the other worker trains meanwhile.
+  # PYTEST_WORKERS=0 runs in one process; a later -n in the arguments wins.
+  test)  setup; browser; services
+         PATH="$VENV/bin:$PATH" exec "$VENV/bin/python" -m pytest -n "${PYTEST_WORKERS:-2}" --dist loadfile "$@" ;;
   *) echo "usage: ./dev.sh {demo|test|setup}" >&2; exit 2 ;;
 esac

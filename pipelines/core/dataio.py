@@ -220,6 +220,20 @@ _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
+@contextmanager
+def file_lock(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (created when missing) against other processes of this machine."""
+    import fcntl
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def spreadsheet_safe(value: object) -> object:
     """A CSV cell a spreadsheet will not run as a formula (OWASP's CSV injection advice): a text
     starting with = + - @ (or a tab or CR), unless it is a plain number, gets a leading apostrophe."""

@@ -46,7 +46,7 @@ from typing import Any, Iterator
 from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, ValidationError
 
 from pipelines.core.config import check_model_name
-from pipelines.core.dataio import atomic_write_bytes, current_umask
+from pipelines.core.dataio import atomic_write_bytes, current_umask, file_lock
 from pipelines.core.errors import CheckFailed, ConfigError, InputError
 from pipelines.core.hashing import content_hash, copy_tree_hashed, tree_sha256
 from pipelines.core.hashing import sha256_bytes as _sha
@@ -111,15 +111,8 @@ def _locked(store: Store) -> Iterator[None]:
     if not store.local:
         yield
         return
-    import fcntl
-
-    Path(store.base).mkdir(parents=True, exist_ok=True)
-    with open(Path(store.base) / ".lock", "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with file_lock(Path(store.base) / ".lock"):
+        yield
 
 
 # ---------------------------------------------------------------- ledger

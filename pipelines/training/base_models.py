@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
-from pipelines.core.dataio import atomic_dir
+from pipelines.core.dataio import atomic_dir, file_lock
 from pipelines.core.errors import InputError
 from pipelines.core.hashing import sha256_file
 
@@ -130,7 +130,10 @@ def packaged_gguf(name: str, cache: Path | None = None) -> Path:
     target = (cache or default_cache()) / f"{name}-{pkg.sha256[:12]}"
     if (target / "provenance.json").is_file():
         return target
-    return convert_gguf(pkg, gguf_file(pkg), target)
+    with file_lock(target.with_name(target.name + ".lock")):  # workers of one machine convert it once
+        if (target / "provenance.json").is_file():
+            return target
+        return convert_gguf(pkg, gguf_file(pkg), target)
 
 
 def packaged(name: str, cache: Path | None = None) -> Path | None:
