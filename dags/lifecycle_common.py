@@ -43,7 +43,7 @@ def discover(repo: Path = REPO) -> list[Model]:
         if not re.fullmatch(MODEL_NAME_PATTERN, name):
             continue
         try:
-            found.append(Model(name, project, load_params(path, must_exist=True), None))
+            found.append(Model(name, project, load_params(path), None))
         except PipelineError as err:
             found.append(Model(name, project, None, str(err)))
     return found

@@ -48,7 +48,7 @@ def _enter_project(args: argparse.Namespace) -> None:
     if folder is None or not (folder / "params.yaml").is_file():
         if explicit:
             raise ConfigError(f"no model folder projects/{name}/ with a params.yaml here or above "
-                              f"(models: {', '.join(sorted(p.parent.name for p in projects.glob('*/params.yaml'))) if projects else 'none'})")
+                              f"(models: {_model_names(projects)})")
         return
     os.chdir(folder)
 
@@ -70,7 +70,7 @@ def _models(args: argparse.Namespace) -> int:
     for path in sorted(projects.glob("*/params.yaml")):
         name = path.parent.name
         try:
-            params = load_params(path, must_exist=True)
+            params = load_params(path)
             store = access.model_store(params, name, path.parent)
             champ = registry.aliases(registry.read_ledger(store)).get("champion")
             runs = records.list_runs(str(projects.parent), name, limit=1)
@@ -90,11 +90,24 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_names(projects) -> str:
+    return ", ".join(sorted(p.parent.name for p in projects.glob("*/params.yaml"))) if projects else "none"
+
+
+def _no_model_selected(args: argparse.Namespace) -> ConfigError:
+    """The one answer of a one-model command run where no model is selected: never the defaults."""
+    return ConfigError(f"{args.command}: no model selected (no params.yaml in {Path.cwd()}): run it in a model's "
+                       f"folder or name one: pipelines --model NAME {args.command} ... "
+                       f"(models: {_model_names(find_projects(Path.cwd()))})")
+
+
 def _params(args: argparse.Namespace):
-    """params.yaml, or the file `--params` names (which must then exist)."""
+    """./params.yaml, or the file `--params` names; either must exist (a command never runs on defaults)."""
     from pipelines.core.config import load_params
 
-    return load_params(args.params or "params.yaml", must_exist=args.params is not None)
+    if args.params is None and not Path("params.yaml").is_file():
+        raise _no_model_selected(args)
+    return load_params(args.params or "params.yaml")
 
 
 def _workspace(args: argparse.Namespace, params, inputs=()):
@@ -107,6 +120,15 @@ def _workspace(args: argparse.Namespace, params, inputs=()):
     params_file = Path(args.params or "params.yaml").resolve()
     return Workspace.of(params, params_file.parent, inputs=[params_file, *inputs],
                         allow_outside=args.allow_outside_project)
+
+
+def _report_file(args: argparse.Namespace, params, path: str) -> Path:
+    """A report the user asked for (`--html FILE`) goes wherever they name, outside the project too,
+    but never onto what the output policy protects (params, raw data, the registry, DVC, `.git`)."""
+    from pipelines.core.paths import Workspace
+
+    return Workspace.of(params, Path(args.params or "params.yaml").resolve().parent,
+                        inputs=[Path(args.params or "params.yaml").resolve()], allow_outside=True).check_file(path)
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -205,9 +227,6 @@ def _model_params(args: argparse.Namespace):
     other than the params' is read with its own folder's params, never with another model's."""
     from pipelines.core.config import check_model_name, load_params
 
-    if args.params is None and not Path("params.yaml").exists():
-        raise ConfigError("no params.yaml here: run in a model's folder, or name the model "
-                          "(pipelines --model NAME ...)")
     params = _params(args)
     folder = Path(args.params or "params.yaml").resolve().parent
     model = check_model_name(getattr(args, "model", None) or params.registry.model_name)
@@ -217,7 +236,7 @@ def _model_params(args: argparse.Namespace):
         if own is None or not own.is_file():
             raise ConfigError(f"--model {model}: these params are {params.registry.model_name}'s and there is no "
                               f"model folder projects/{model}/ (run `pipelines --model {model} ...`)")
-        params, folder = load_params(own, must_exist=True), own.parent
+        params, folder = load_params(own), own.parent
     return params, model, folder
 
 
@@ -354,6 +373,9 @@ def _serve(args: argparse.Namespace) -> int:
     from pipelines.serving.app import create_app
     from pipelines.serving.engine import auth_line, server_config
 
+    if args.all and args.params is None and not Path("params.yaml").is_file():
+        raise ConfigError("serve --all: the server's own settings (host, port, limits) come from a params file: "
+                          "run it in a model's folder or pass --params FILE")
     params, model, folder = _model_params(args) if not args.all else (_params(args), None, None)
     sp = with_overrides(params.serve, host=args.host, port=args.port, alias=args.alias,
                         allow_unauthenticated=args.allow_unauthenticated or None)
@@ -382,7 +404,7 @@ def _every_model() -> tuple[dict, dict, dict]:
     models, folders, broken = {}, {}, {}
     for path in sorted(projects.glob("*/params.yaml")):
         try:
-            models[path.parent.name], folders[path.parent.name] = load_params(path, must_exist=True), path.parent
+            models[path.parent.name], folders[path.parent.name] = load_params(path), path.parent
         except PipelineError as err:
             broken[path.parent.name] = str(err)
     return models, folders, broken
@@ -464,7 +486,7 @@ def _cost_folders(args: argparse.Namespace) -> list:
     projects = find_projects(Path.cwd())
     if projects is None:
         raise ConfigError("cost: no params.yaml here and no projects/ folder with a model here or above")
-    return [(p.parent.name, p.parent, load_params(p, must_exist=True)) for p in sorted(projects.glob("*/params.yaml"))]
+    return [(p.parent.name, p.parent, load_params(p)) for p in sorted(projects.glob("*/params.yaml"))]
 
 
 def _git_remote() -> str:
@@ -551,7 +573,7 @@ def _lineage(args: argparse.Namespace) -> int:
     from pipelines.registry import audit as lineage
 
     params, model, folder = _model_params(args)
-    html_path = _workspace(args, params).check_file(args.html) if args.html else None
+    html_path = _report_file(args, params, args.html) if args.html else None
     chain = lineage.trace(params, model, alias=None if args.version else args.alias, version=args.version, root=folder)
     if html_path:
         from pipelines.core.dataio import atomic_write_text
@@ -586,7 +608,7 @@ def _audit(args: argparse.Namespace) -> int:
     if len(folders) != 1:
         raise ConfigError(f"audit: name the model: --model NAME (models: {known})")
     name, folder, params = folders[0]
-    html_path = _workspace(args, params).check_file(args.html) if args.html else None
+    html_path = _report_file(args, params, args.html) if args.html else None
     report = audit_report.build(params, name, folder, records.list_runs(_git_remote(), name, limit=10_000),
                                 args.since)
     if html_path:

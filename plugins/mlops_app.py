@@ -84,7 +84,7 @@ def _folder(model: str) -> Path:
 def _params(model: str):
     from pipelines.core.config import load_params
 
-    return load_params(_folder(model) / "params.yaml", must_exist=True)
+    return load_params(_folder(model) / "params.yaml")
 
 
 def _store(model: str):

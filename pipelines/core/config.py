@@ -1,6 +1,6 @@
 """Typed view of `params.yaml`, the single source of truth for stage configuration.
 
-Inputs: a YAML file (default `params.yaml` in the working directory) and optional overrides.
+Inputs: a YAML file (a model folder's `params.yaml`; it must exist) and optional overrides.
 Outputs: frozen pydantic models, one per `params.yaml` section. Unknown keys, wrong types
 and inconsistent values raise `ConfigError` with a one-line message naming the key.
 """
@@ -523,14 +523,12 @@ def read_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
 
 
-def load_params(path: str | Path = "params.yaml", must_exist: bool = False) -> Params:
-    """Read and validate params.yaml. A missing file means all defaults, unless `must_exist`
-    (a file the user named): then it is an error, never a silent fall-back to defaults."""
+def load_params(path: str | Path) -> Params:
+    """Read and validate a params file. A missing file is an error wherever it is read: no command
+    ever runs on defaults because it was started in the wrong folder."""
     path = Path(path)
     if not path.is_file():
-        if must_exist or path.exists():
-            raise ConfigError(f"params file {path} not found" if not path.exists() else f"params file {path} is not a file")
-        return Params()
+        raise ConfigError(f"params file {path} not found" if not path.exists() else f"params file {path} is not a file")
     try:
         raw = read_yaml(path.read_text(encoding="utf-8")) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as err:

@@ -75,7 +75,7 @@ def lifecycle_run(root: Path, model: str, title: str, verbose: bool) -> tuple[di
 
 
 def _models(root: Path) -> dict[str, Params]:
-    return {p.parent.name: load_params(p, must_exist=True) for p in sorted((root / "projects").glob("*/params.yaml"))}
+    return {p.parent.name: load_params(p) for p in sorted((root / "projects").glob("*/params.yaml"))}
 
 
 def _rounds(params: Params, faulty_drop: bool, second_run: bool) -> list[Round]:

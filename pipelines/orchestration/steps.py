@@ -45,7 +45,7 @@ STAGES = ("validate", "prepare", "train", "evaluate", "gate")
 
 
 def _params(ws: TaskSpace) -> Params:
-    return load_params(ws.project / "params.yaml", must_exist=True)
+    return load_params(ws.project / "params.yaml")
 
 
 def _dataset_files(path: Path) -> list[Path]:

@@ -28,13 +28,40 @@ def test_a_model_named_in_another_models_folder_is_read_with_its_own_params(chec
     assert not (checkout / "registry-alpha").exists()
 
 
+# Every command that works on one model, run where none is selected: at the checkout's root (the models
+# are listed) and in a folder outside any checkout (there are none). It never runs on default params.
+ONE_MODEL = [["validate"], ["prepare"], ["train"], ["evaluate"], ["gate"], ["promote"], ["rollback", "--reason", "r"],
+             ["registry", "list"], ["registry", "verify"], ["registry", "keygen", "--out", "k.pem"], ["serve"],
+             ["vllm-promote", "--url", "http://127.0.0.1:9"], ["lineage", "--alias", "champion"],
+             ["sample", "--out", "drop.csv"]]
+
+
+@pytest.mark.parametrize("argv", ONE_MODEL, ids=lambda a: " ".join(a[:2]))
+@pytest.mark.parametrize("where, models", [("", "alpha, beta"), ("../outside", "none")], ids=["root", "outside"])
+def test_a_one_model_command_with_no_model_selected_lists_the_models(checkout, monkeypatch, capsys, argv, where,
+                                                                   models):
+    (checkout / where).mkdir(exist_ok=True)
+    monkeypatch.chdir(checkout / where)
+    before = sorted(p.relative_to(checkout.parent) for p in checkout.parent.rglob("*"))
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {argv[0]}: no model selected") and f"(models: {models})" in err, err
+    assert err.count("\n") == 1
+    assert sorted(p.relative_to(checkout.parent) for p in checkout.parent.rglob("*")) == before  # nothing written
+
+
 @pytest.mark.parametrize("where, argv, says", [
-    ("", ["lineage"], "no params.yaml here: run in a model's folder, or name the model"),
-    ("", ["registry", "list"], "no params.yaml here"),
+    ("", ["--params", "nope.yaml", "lineage"], "params file nope.yaml not found"),
+    ("projects/alpha", ["--params", "nope.yaml", "validate"], "params file nope.yaml not found"),
+    ("", ["--model", "gamma", "lineage"], "no model folder projects/gamma/ with a params.yaml here or above "
+                                          "(models: alpha, beta)"),
+    ("", ["serve", "--all"], "serve --all: the server's own settings (host, port, limits) come from a params file"),
     ("projects/alpha", ["registry", "list", "--model", "gamma"],
      "--model gamma: these params are alpha's and there is no model folder projects/gamma/"),
     ("projects/alpha", ["sample", "--rows", "-5"], "error: pipelines sample: argument --rows: must be a whole number"),
     ("projects/alpha", ["cost", "--measure", "--seconds", "inf"], "must be a finite number > 0, not inf"),
+    ("projects/beta", ["lineage", "--html", "params.yaml"], "params.yaml is the platform's configuration"),
+    ("projects/beta", ["lineage", "--html", "../../registry-beta/beta/x.html"], "registry"),
 ])
 def test_a_command_without_its_model_says_so_in_one_line(checkout, monkeypatch, capsys, where, argv, says):
     monkeypatch.chdir(checkout / where)
@@ -50,3 +77,10 @@ class _no_raise:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_a_report_goes_wherever_its_user_names_outside_the_project_too(checkout, monkeypatch, capsys):
+    monkeypatch.chdir(checkout / "projects" / "beta")
+    assert main(["lineage", "--html", str(checkout.parent / "elsewhere" / "chain.html")]) == 2
+    err = capsys.readouterr().err
+    assert "alias 'champion' is not set" in err and "outside the project" not in err  # past the output policy

@@ -6,14 +6,17 @@ from tests.conftest import ROOT
 
 
 def test_repo_params_yaml_parses():
-    params = load_params(ROOT / "projects" / "text-classifier" / "params.yaml", must_exist=True)
+    params = load_params(ROOT / "projects" / "text-classifier" / "params.yaml")
     assert params.data.task == "classification"
     assert params.validate_.quarantine_tolerance == 0.01
     assert params.prepare.split.train == 0.8
 
 
-def test_missing_file_means_defaults(tmp_path):
-    assert load_params(tmp_path / "nope.yaml") == Params()
+def test_a_missing_params_file_is_an_error_never_the_defaults(tmp_path):
+    with pytest.raises(ConfigError, match="params file .*nope.yaml not found"):
+        load_params(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="is not a file"):
+        load_params(tmp_path)
 
 
 @pytest.mark.parametrize("raw, fragment", [

@@ -14,7 +14,7 @@ PARAMS = ROOT / "projects" / "text-classifier" / "params.yaml"
 
 @pytest.fixture
 def params():
-    return load_params(PARAMS, must_exist=True)
+    return load_params(PARAMS)
 
 
 @pytest.mark.parametrize("conf, message", [
