@@ -651,6 +651,26 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _init(args: argparse.Namespace) -> int:
+    """A model folder from the user's own data file: checked, columns stated (and confirmed on a terminal),
+    written in one rename, then the next commands."""
+    from pipelines.devtools.onboarding import scaffold
+
+    projects = find_projects(Path.cwd())
+    if projects is None:
+        raise ConfigError("init: no projects/ folder with a model here or above (run it in the platform's checkout)")
+    named = {"text": args.text_column, "label": args.label_column, "prompt": args.prompt_column,
+             "response": args.response_column}
+    plan = scaffold.plan(projects, args.name, Path(args.data), args.task, named, args.like, args.holdout_share)
+    print(f"{plan.name}: {plan.columns.task}; {plan.columns.describe()}", file=sys.stderr)
+    if sys.stdin.isatty() and not args.yes and input("write projects/{}/ with these columns? [Y/n] ".format(
+            plan.name)).strip().lower() not in ("", "y", "yes"):
+        raise ConfigError("init: not confirmed; nothing written (name the columns with --text-column/--label-column)")
+    folder = scaffold.write(plan)
+    print(scaffold.summary(plan, folder.relative_to(projects.parent)))
+    return 0
+
+
 def _step(args: argparse.Namespace) -> int:
     """One lifecycle step outside Airflow's Python workers (a Kubernetes pod): the shared locations
     from this process' environment, the run pointer from --run; the result as JSON."""
@@ -841,6 +861,21 @@ def build_parser() -> argparse.ArgumentParser:
                    default="banking", help="which generated data (each model of the platform has its own; "
                    "support_assistant: prompt/response rows for a generative model)")
     s.set_defaults(handler=_sample)
+
+    it = sub.add_parser("init", help="a new model folder from your own data file (checked, columns inferred)")
+    it.add_argument("name", help="the model's name: its folder projects/NAME and its DAG lifecycle__NAME")
+    it.add_argument("--data", required=True, help="a CSV, JSONL or Parquet file")
+    it.add_argument("--task", choices=["classification", "causal_lm"], help="default: inferred from the columns")
+    it.add_argument("--text-column", help="classification: the input text (default: inferred)")
+    it.add_argument("--label-column", help="classification: the target (default: inferred)")
+    it.add_argument("--prompt-column", help="causal_lm: the prompt (default: inferred)")
+    it.add_argument("--response-column", help="causal_lm: the answer (default: inferred)")
+    it.add_argument("--like", help="the model folder whose params to start from (default: text-classifier or "
+                                   "support-assistant, by task)")
+    it.add_argument("--holdout-share", type=float, default=0.1,
+                    help="share of each label carved out as the holdout a person reviews (default 0.1)")
+    it.add_argument("--yes", action="store_true", help="do not ask to confirm the columns on a terminal")
+    it.set_defaults(handler=_init)
 
     st = sub.add_parser("step", help="run one stage task of a lifecycle run (what a Kubernetes pod runs)")
     st.add_argument("stage", choices=["validate", "prepare", "train", "evaluate"])

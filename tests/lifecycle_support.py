@@ -69,9 +69,9 @@ def make_project(tmp: Path, rows: int = 600, models: tuple[str, ...] = ("text-cl
 
 def drop(repo: Path, model: str, rows: int, seed: int, faulty: bool = False) -> Path:
     """A new sample drop in the model's default dataset directory (in the user's checkout)."""
-    args = ["sample", "--out", f"projects/{model}/data/raw", "--rows", rows, "--seed", seed, "--domain", MODELS[model]]
+    args = ["--model", model, "sample", "--out", "data/raw", "--rows", rows, "--seed", seed, "--domain", MODELS[model]]
     out = pipelines(repo, *args, *(["--faulty"] if faulty else [])).stderr.strip().split()[-1]
-    return repo / out
+    return repo / "projects" / model / out
 
 
 def airflow_env(repo: Path, **extra: str) -> dict[str, str]:

@@ -1,0 +1,1 @@
+"""`pipelines init`: a model folder from a user's own data file in one command."""
