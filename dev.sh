@@ -2,6 +2,7 @@
 # One entry point for a fresh machine (Python 3.11, pip, git):
 #   ./dev.sh demo   set up .venv, then run the main job on the embedded default
 #   ./dev.sh test   set up .venv, then run the whole test suite
+#   ./dev.sh docs   set up .venv, then build the documentation site into site/ (strict: a broken link fails)
 #   ./dev.sh setup  only (re)create .venv from requirements.lock
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -70,5 +71,6 @@ case "$cmd" in
   # PYTEST_WORKERS=0 runs in one process; a later -n in the arguments wins.
   test)  setup; browser; services
          PATH="$VENV/bin:$PATH" exec "$VENV/bin/python" -m pytest -n "${PYTEST_WORKERS:-2}" --dist loadfile "$@" ;;
-  *) echo "usage: ./dev.sh {demo|test|setup}" >&2; exit 2 ;;
+  docs)  setup; NO_MKDOCS_2_WARNING=1 exec "$VENV/bin/mkdocs" build --strict --site-dir site "$@" ;;
+  *) echo "usage: ./dev.sh {demo|test|docs|setup}" >&2; exit 2 ;;
 esac

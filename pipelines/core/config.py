@@ -63,21 +63,22 @@ class _Section(BaseModel):
 class DataParams(_Section):
     """The data contract shared by every stage."""
 
-    raw: str = "data/raw"
+    raw: str = "data/raw"  # the raw data: a CSV/JSONL/Parquet file or a directory of weekly drops
     task: Annotated[str, AfterValidator(_known_task)] = "classification"  # a registered task (pipelines.tasks)
-    text_column: str = "text"
-    label_column: str = "label"
-    prompt_column: str = "prompt"
-    response_column: str = "response"
-    messages_column: str = "messages"
+    text_column: str = "text"  # classification: the input text
+    label_column: str = "label"  # classification: the target
+    prompt_column: str = "prompt"  # causal_lm: the prompt of a prompt/response pair
+    response_column: str = "response"  # causal_lm: the answer of a prompt/response pair
+    messages_column: str = "messages"  # causal_lm: or a chat `messages` list (role, content)
     response_format: Literal["text", "json_object"] = "text"  # causal_lm: json_object = every answer is one JSON object
     pii_policy: Literal["fail", "redact"] = "redact"  # prompts and texts; PII in a response is always a row failure
+    # which kinds of PII the contract looks for
     pii_detectors: tuple[Literal["email", "phone", "card", "iban"], ...] = PII_KINDS
 
 
 class LengthBounds(_Section):
-    min: int = Field(1, ge=0)
-    max: int = Field(10_000, ge=1)
+    min: int = Field(1, ge=0)  # fewest characters
+    max: int = Field(10_000, ge=1)  # most characters
 
     @model_validator(mode="after")
     def _ordered(self) -> "LengthBounds":
@@ -89,20 +90,21 @@ class LengthBounds(_Section):
 class ValidateParams(_Section):
     """Rules of the `validate` stage (a Great Expectations suite is built from them)."""
 
-    report_dir: str = "reports/validate"
-    quarantine_path: str = "data/quarantine.jsonl"
-    text_length: LengthBounds = LengthBounds()
-    allowed_labels: tuple[str, ...] | None = None
-    min_examples_per_label: int = Field(3, ge=1)
-    max_imbalance_ratio: float | None = Field(100.0, ge=1.0)
-    max_duplicate_rate: float = Field(0.2, ge=0.0, le=1.0)
+    report_dir: str = "reports/validate"  # result.json and data_docs/ (GX Data Docs)
+    quarantine_path: str = "data/quarantine.jsonl"  # rows that failed a row-level check, with the reasons (JSONL)
+    text_length: LengthBounds = LengthBounds()  # bounds on each text's length in characters
+    allowed_labels: tuple[str, ...] | None = None  # a list to restrict labels; null: any well-formed label
+    min_examples_per_label: int = Field(3, ge=1)  # fewer cannot be stratified into train/validation/test
+    max_imbalance_ratio: float | None = Field(100.0, ge=1.0)  # largest class / smallest class; null: no limit
+    max_duplicate_rate: float = Field(0.2, ge=0.0, le=1.0)  # share of rows whose text repeats an earlier row
+    # row-level failures up to this share are quarantined, not fatal
     quarantine_tolerance: float = Field(0.01, ge=0.0, le=1.0)
 
 
 class SplitFractions(_Section):
-    train: float = Field(0.8, gt=0.0, le=1.0)
-    validation: float = Field(0.1, ge=0.0, lt=1.0)
-    test: float = Field(0.1, ge=0.0, lt=1.0)
+    train: float = Field(0.8, gt=0.0, le=1.0)  # share trained on
+    validation: float = Field(0.1, ge=0.0, lt=1.0)  # share for early checks and routing's threshold
+    test: float = Field(0.1, ge=0.0, lt=1.0)  # share scored when no holdout is set
 
     @model_validator(mode="after")
     def _sums_to_one(self) -> "SplitFractions":
@@ -115,12 +117,12 @@ class SplitFractions(_Section):
 class PrepareParams(_Section):
     """Options of the `prepare` stage."""
 
-    output_dir: str = "data/prepared"
-    seed: int = Field(42, ge=0)
-    split: SplitFractions = SplitFractions()
-    unicode_form: Literal["NFC", "NFKC"] = "NFKC"
-    lowercase: bool = False
-    drop_duplicates: bool = True
+    output_dir: str = "data/prepared"  # train/validation/test Parquet, label_map.json and the data card
+    seed: int = Field(42, ge=0)  # seed of the stratified split
+    split: SplitFractions = SplitFractions()  # shares of the train, validation and test splits (sum 1)
+    unicode_form: Literal["NFC", "NFKC"] = "NFKC"  # Unicode normalisation of every text
+    lowercase: bool = False  # lower-case every text
+    drop_duplicates: bool = True  # drop rows whose normalised text repeats an earlier one
     # generative tasks: unique random secrets planted in the train split (canaries.json beside it);
     # evaluate asks for them and the gate's max_canary_leaks rejects a model that gives one back
     canaries: int = Field(0, ge=0, le=100)
@@ -128,8 +130,8 @@ class PrepareParams(_Section):
 
 
 class LoraParams(_Section):
-    r: int = Field(16, ge=1, le=1024)
-    alpha: int = Field(32, ge=1)
+    r: int = Field(16, ge=1, le=1024)  # rank of the low-rank update
+    alpha: int = Field(32, ge=1)  # scaling of the update (alpha / r)
     dropout: float | None = Field(None, ge=0.0, lt=1.0)  # None: the task's default (classification 0.05, causal_lm 0)
     target_modules: tuple[str, ...] | None = None  # None: chosen per architecture
 
@@ -138,27 +140,27 @@ class TrainParams(_Section):
     """Options of the `train` stage (LoRA / QLoRA fine-tuning)."""
 
     base_model: str = "minilm"  # "minilm" (packaged all-MiniLM-L6-v2), a local dir, or a cached hub id
-    output_dir: str = "models/candidate"
-    checkpoint_dir: str = "checkpoints/train"
-    report_dir: str = "reports/train"
-    max_length: int = Field(128, ge=8, le=131072)
-    epochs: int = Field(3, ge=1, le=1000)
+    output_dir: str = "models/candidate"  # the candidate: adapter, tokenizer, label map, config, metrics, model card
+    checkpoint_dir: str = "checkpoints/train"  # atomic checkpoints; a re-run with the same config and data resumes
+    report_dir: str = "reports/train"  # DVCLive's metrics.json and plots
+    max_length: int = Field(128, ge=8, le=131072)  # tokens per example; longer ones are cut
+    epochs: int = Field(3, ge=1, le=1000)  # passes over the training split (max_steps wins when set)
     max_steps: int | None = Field(None, ge=1)  # caps the run (CI-sized runs)
     batch_size: int = Field(32, ge=1)  # examples (causal_lm with packing: packed rows) per optimiser step
     gradient_accumulation_steps: int = Field(1, ge=1)  # micro-batches each step's batch is split into
     micro_batch_tokens: int | None = Field(None, ge=8)  # also split any micro-batch over this many (padded) tokens
-    eval_batch_size: int = Field(64, ge=1)
-    learning_rate: float = Field(1e-3, gt=0.0, lt=1.0)
-    weight_decay: float = Field(0.0, ge=0.0)
-    warmup_ratio: float = Field(0.06, ge=0.0, lt=1.0)
-    max_grad_norm: float = Field(1.0, gt=0.0)
-    seed: int = Field(42, ge=0)
-    lora: LoraParams = LoraParams()
-    checkpoint_every: int = Field(50, ge=1)
-    keep_checkpoints: int = Field(2, ge=1)
+    eval_batch_size: int = Field(64, ge=1)  # examples per forward pass when scoring the validation split
+    learning_rate: float = Field(1e-3, gt=0.0, lt=1.0)  # peak learning rate (AdamW, linear warm-up then decay)
+    weight_decay: float = Field(0.0, ge=0.0)  # AdamW weight decay
+    warmup_ratio: float = Field(0.06, ge=0.0, lt=1.0)  # share of the steps spent warming the learning rate up
+    max_grad_norm: float = Field(1.0, gt=0.0)  # gradients are clipped to this norm
+    seed: int = Field(42, ge=0)  # seed of initialisation, shuffling and dropout
+    lora: LoraParams = LoraParams()  # the LoRA adapter
+    checkpoint_every: int = Field(50, ge=1)  # steps between checkpoints
+    keep_checkpoints: int = Field(2, ge=1)  # newest checkpoints kept
     group_by_length: bool = True  # classification: batches of similar length, padded per batch
     packing: bool = True  # causal_lm: several examples per row, attention kept within each
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, more time
     quantization: Literal["none", "4bit"] = "none"  # 4bit = QLoRA (CUDA + bitsandbytes only)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16/fp16 on CUDA, fp32 on CPU
     # auto: sdpa (measured fastest on an H200 and on CPU); flex_attention: CUDA only (no CPU backward)
@@ -171,7 +173,7 @@ class TrainParams(_Section):
     # under torchrun: none = every rank holds the whole model (gradients summed, as DDP); fsdp = the base
     # model's blocks sharded across ranks (FSDP2), for a model that does not fit one GPU
     sharding: Literal["none", "fsdp"] = "none"
-    log_every: int = Field(10, ge=1)
+    log_every: int = Field(10, ge=1)  # steps between logged loss and learning rate
 
     @model_validator(mode="after")
     def _one_example_fits(self) -> "TrainParams":
@@ -182,7 +184,7 @@ class TrainParams(_Section):
 
 
 class EvaluateParams(_Section):
-    report_dir: str = "reports/evaluate"
+    report_dir: str = "reports/evaluate"  # metrics.json, predictions, routing.json, confusion matrix
     max_examples: int | None = Field(None, ge=1)  # cap the test rows scored (None: all)
     latency_samples: int = Field(100, ge=1)  # single-example forward passes timed for p50/p95
     max_new_tokens: int = Field(64, ge=1)  # causal_lm greedy answers
@@ -204,17 +206,19 @@ class EvaluateParams(_Section):
 class GateParams(_Section):
     """The promotion policy; a null threshold disables that rule."""
 
+    # the decision: passed, and each rule with its measured value and threshold
     decision_path: str = "reports/gate/decision.json"
-    min_accuracy: float | None = Field(0.7, ge=0.0, le=1.0)
-    min_macro_f1: float | None = Field(0.6, ge=0.0, le=1.0)
-    min_class_recall: float | None = Field(0.3, ge=0.0, le=1.0)
-    max_p95_latency_ms: float | None = Field(500.0, gt=0.0)
+    min_accuracy: float | None = Field(0.7, ge=0.0, le=1.0)  # classification floor on the scored rows; null: rule off
+    min_macro_f1: float | None = Field(0.6, ge=0.0, le=1.0)  # classification floor; null: rule off
+    min_class_recall: float | None = Field(0.3, ge=0.0, le=1.0)  # floor on every class's recall; null: rule off
+    max_p95_latency_ms: float | None = Field(500.0, gt=0.0)  # ceiling on single-example p95 latency; null: rule off
     # candidate p95 / champion p95, both measured side by side in the same evaluation (load-independent)
     max_latency_ratio: float | None = Field(1.5, gt=0.0)
-    max_ece: float | None = Field(None, ge=0.0, le=1.0)
-    max_perplexity: float | None = Field(None, gt=0.0)
-    min_rouge_l: float | None = Field(None, ge=0.0, le=1.0)
-    min_exact_match: float | None = Field(None, ge=0.0, le=1.0)
+    max_ece: float | None = Field(None, ge=0.0, le=1.0)  # ceiling on expected calibration error; null: rule off
+    max_perplexity: float | None = Field(None, gt=0.0)  # causal_lm ceiling; null: rule off
+    min_rouge_l: float | None = Field(None, ge=0.0, le=1.0)  # causal_lm floor; null: rule off
+    min_exact_match: float | None = Field(None, ge=0.0, le=1.0)  # causal_lm floor; null: rule off
+    # causal_lm floor on evaluate.golden_prompts; null: rule off
     min_golden_pass_rate: float | None = Field(None, ge=0.0, le=1.0)
     min_json_valid: float | None = Field(None, ge=0.0, le=1.0)  # data.response_format: json_object
     min_field_match: float | None = Field(None, ge=0.0, le=1.0)  # ... share of the reference's fields matched
@@ -223,15 +227,17 @@ class GateParams(_Section):
     require_beats_base: bool = True  # causal_lm: significantly better than the base model (paired bootstrap)
     max_canary_leaks: float | None = Field(None, ge=0.0, le=1.0)  # share of planted canaries said back
     max_canary_exposure: float | None = Field(None, ge=0.0)  # bits (log2 rank among evaluate.canary_alternatives)
+    # paired test against the champion: mcnemar (classification) or bootstrap
     significance: Literal["mcnemar", "bootstrap"] = "mcnemar"
-    alpha: float = Field(0.05, gt=0.0, lt=1.0)
-    require_improvement: bool = False
-    bootstrap_resamples: int = Field(2000, ge=100)
-    seed: int = Field(0, ge=0)
+    alpha: float = Field(0.05, gt=0.0, lt=1.0)  # significance level of the paired test
+    require_improvement: bool = False  # true: a challenger must be significantly better, not only not worse
+    bootstrap_resamples: int = Field(2000, ge=100)  # resamples of the bootstrap test
+    seed: int = Field(0, ge=0)  # seed of the bootstrap test
 
 
 class RegistryParams(_Section):
     root: str = "registry"  # a local directory or any fsspec URL (s3://, gs://)
+    # the model's name in the registry (its folder's name)
     model_name: str = Field("text-classifier", pattern=MODEL_NAME_PATTERN)
     gto_tags: bool = False  # also create GTO git tags on promotion (needs a git repo with commits)
     # Signed ledger (pipelines.registry.signing): the public keys (base64 of the raw 32-byte Ed25519 key)
@@ -260,14 +266,14 @@ class RegistryParams(_Section):
 
 class FallbackParams(_Section):
     url: str | None = None  # an OpenAI-compatible base URL; None disables hybrid routing
-    api_key_env: str = "FALLBACK_API_KEY"
-    model: str = "gpt-4o-mini"
+    api_key_env: str = "FALLBACK_API_KEY"  # env var holding the upstream's API key
+    model: str = "gpt-4o-mini"  # the upstream model asked
     # below this top score, ask the upstream; "tuned": the served version's own threshold, chosen on the
     # cost-quality frontier by its evaluation (`route` params, `pipelines route tune`), 0.5 if it has none
     classify_threshold: float | Literal["tuned"] = "tuned"
     ood_patterns: tuple[str, ...] = ()  # regexes over user messages that send a chat upstream
     min_mean_logprob: float | None = Field(None, le=0.0)  # greedy chat answers less sure than this go upstream
-    timeout_s: float = Field(10.0, gt=0.0)
+    timeout_s: float = Field(10.0, gt=0.0)  # per upstream request
 
 
 class RouteParams(_Section):
@@ -281,41 +287,42 @@ class RouteParams(_Section):
 
 
 class ServeParams(_Section):
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
-    alias: str = "champion"
-    poll_seconds: float = Field(2.0, gt=0.0)
+    host: str = "127.0.0.1"  # address the server listens on
+    port: int = Field(8000, ge=1, le=65535)  # port the server listens on
+    alias: str = "champion"  # the registry alias the server follows
+    poll_seconds: float = Field(2.0, gt=0.0)  # how often the alias is checked
     api_keys_env: str = "PIPELINES_API_KEYS"  # comma-separated keys
     api_keys_file: str | None = None  # one key per line; when set, the file must exist
     allow_unauthenticated: bool = False  # no keys on a non-loopback address: refused unless true
-    max_body_bytes: int = Field(1_000_000, ge=1024)
-    max_texts: int = Field(64, ge=1)
-    max_chars: int = Field(4000, ge=1)
+    max_body_bytes: int = Field(1_000_000, ge=1024)  # largest request body
+    max_texts: int = Field(64, ge=1)  # texts per /v1/classify request
+    max_chars: int = Field(4000, ge=1)  # characters per text or prompt
+    # tokens per input (chat as its template renders it); null: the model's limit
     max_input_tokens: int | None = Field(512, ge=1)
-    max_tokens: int = Field(256, ge=1)
+    max_tokens: int = Field(256, ge=1)  # most tokens generated per request
     request_timeout_s: float = Field(30.0, gt=0.0)  # reading the body included; a stream's, until it starts
     # A streamed answer ends with an error event and [DONE] when its first token takes longer than
     # stream_first_token_s, two tokens are further apart than stream_idle_s, or it runs past stream_total_s.
     stream_first_token_s: float = Field(30.0, gt=0.0)
-    stream_idle_s: float = Field(15.0, gt=0.0)
-    stream_total_s: float = Field(300.0, gt=0.0)
+    stream_idle_s: float = Field(15.0, gt=0.0)  # a stream ends with an error event when two tokens are further apart
+    stream_total_s: float = Field(300.0, gt=0.0)  # a stream ends with an error event when it runs longer
     header_timeout_s: float = Field(10.0, gt=0.0)  # a connection must send a request's headers within this
     max_connections: int = Field(1024, ge=1)  # open connections; at the limit the oldest idle one is closed
     max_connections_per_client: int = Field(64, ge=1)  # from one address; its oldest idle one makes room
     stuck_after_s: float = Field(600.0, gt=0.0)  # a model's worker busy on one job this long: /healthz says 503
     max_batch: int = Field(64, ge=1)  # texts per forward pass
-    max_wait_ms: float = Field(5.0, ge=0.0)
+    max_wait_ms: float = Field(5.0, ge=0.0)  # micro-batching: how long texts are gathered for one forward pass
     max_queue: int = Field(256, ge=1)  # waiting requests before 429
     max_generation_batch: int = Field(16, ge=1)  # greedy generations answered together in one generate
     generation_wait_ms: float = Field(50.0, ge=0.0)  # under load, gather a generation batch for at most this long
-    fallback: FallbackParams = FallbackParams()
+    fallback: FallbackParams = FallbackParams()  # hybrid routing to a stronger OpenAI-compatible model; url null: off
 
 
 class GateBounds(_Section):
     """How far a UI-triggered run may move a gate threshold: never below `floor`."""
 
-    min_accuracy: float = Field(0.5, ge=0.0, le=1.0)
-    min_macro_f1: float = Field(0.4, ge=0.0, le=1.0)
+    min_accuracy: float = Field(0.5, ge=0.0, le=1.0)  # a run may loosen gate.min_accuracy down to this, no lower
+    min_macro_f1: float = Field(0.4, ge=0.0, le=1.0)  # a run may loosen gate.min_macro_f1 down to this, no lower
 
 
 class LifecycleParams(_Section):
@@ -325,15 +332,17 @@ class LifecycleParams(_Section):
     # A slot the scheduler missed (the platform was down): when it comes back more than missed_slot_grace_h
     # after the slot, `skip` lets the next slot retrain (never every model at once on start-up); `run` runs it.
     missed_slot: Literal["skip", "run"] = "skip"
+    # a missed slot still runs when the scheduler is back within this many hours
     missed_slot_grace_h: float = Field(6.0, ge=0.0)
     sample_domain: Literal["banking", "it_helpdesk", "support_assistant"] = "banking"  # `pipelines sample` data for this model's demo
     datasets: dict[str, str] = Field(default_factory=lambda: {"default": "data/raw"})  # name -> raw path
     base_models: tuple[str, ...] = ("minilm",)          # the allowlist a run may choose from
-    max_epochs: int = Field(20, ge=1)
-    learning_rate_range: tuple[float, float] = (1e-6, 0.05)
-    lora_ranks: tuple[int, ...] = (4, 8, 16, 32, 64)
+    max_epochs: int = Field(20, ge=1)  # most epochs the run form accepts
+    learning_rate_range: tuple[float, float] = (1e-6, 0.05)  # learning rates the run form accepts [low, high]
+    lora_ranks: tuple[int, ...] = (4, 8, 16, 32, 64)  # LoRA ranks the run form accepts
     gate_floor: GateBounds = GateBounds()               # overrides may tighten freely, loosen only to here
     serving_urls: tuple[str, ...] = ()                  # servers to confirm the swap with after promotion
+    # how long promotion waits for serving_urls to report the new champion
     serving_timeout_s: float = Field(120.0, gt=0.0)
     serving_key_env: str = "PIPELINES_SERVING_KEY"     # env var with an API key of those servers (their /metrics)
     approvers: tuple[str, ...] = ()                     # Airflow user ids who may answer a run's approval step; empty: any user allowed to edit the DAG
@@ -358,8 +367,10 @@ class LifecycleParams(_Section):
 class LineageParams(_Section):
     """Where each lifecycle run's evidence goes: a git branch of its own and the DVC remote."""
 
+    # a branch of its own: the user's working branch is never touched
     branch: str = Field("lineage", pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,99}$")
     push: bool = True                                   # `dvc push` data and models after each run
+    # reports committed beside dvc.lock, params.yaml and the raw data's .dvc file
     evidence: tuple[str, ...] = ("reports/validate/result.json", "reports/train/metrics.json",
                                  "reports/train/plots/metrics/loss.tsv", "reports/evaluate/metrics.json",
                                  "reports/evaluate/routing.json",
@@ -369,19 +380,19 @@ class LineageParams(_Section):
 class HardwarePrice(_Section):
     """What one machine of a kind costs to keep up, per hour, and where that figure comes from."""
 
-    usd_per_hour: float = Field(gt=0.0)
+    usd_per_hour: float = Field(gt=0.0)  # what an hour of this machine costs
     as_of: date                                        # when the price was read from its source
     source: str = Field(min_length=1)                  # where (a price page); the user checks it before relying on it
-    note: str = ""
+    note: str = ""  # anything else a reader of the price should know
 
 
 class ApiPrice(_Section):
     """A hosted model's list price per 1M tokens, and where that figure comes from."""
 
-    usd_per_1m_input: float = Field(ge=0.0)
-    usd_per_1m_output: float = Field(ge=0.0)
-    as_of: date
-    source: str = Field(min_length=1)
+    usd_per_1m_input: float = Field(ge=0.0)  # price of a million input tokens
+    usd_per_1m_output: float = Field(ge=0.0)  # price of a million output tokens
+    as_of: date  # the date the price was read
+    source: str = Field(min_length=1)  # where the price was read
 
 
 # The defaults a `cost` section starts from; a params file adds kinds and models or overrides one by name.
