@@ -374,9 +374,15 @@ def _serve(args: argparse.Namespace) -> int:
     from pipelines.serving.engine import auth_line, server_config
 
     if args.all and args.params is None and not Path("params.yaml").is_file():
-        raise ConfigError("serve --all: the server's own settings (host, port, limits) come from a params file: "
-                          "run it in a model's folder or pass --params FILE")
-    params, model, folder = _model_params(args) if not args.all else (_params(args), None, None)
+        # every model brings its own params (registry, keys, fallback); the server's own settings (address,
+        # limits) are the `serve` section's documented defaults and the flags, and it says so
+        from pipelines.core.config import Params
+
+        params, model, folder = Params(), None, None
+        print("serve --all: no params file here: the server's own settings are the serve section's defaults "
+              "and the flags (--params FILE to choose them)", file=sys.stderr, flush=True)
+    else:
+        params, model, folder = _model_params(args) if not args.all else (_params(args), None, None)
     sp = with_overrides(params.serve, host=args.host, port=args.port, alias=args.alias,
                         allow_unauthenticated=args.allow_unauthenticated or None)
     params = params.model_copy(update={"serve": sp})

@@ -4,8 +4,10 @@ import json
 from pipelines.cli import main
 
 
-def test_banking77_passes_validation(banking77, tmp_path, capsys):
+def test_banking77_passes_validation(banking77, tmp_path, monkeypatch, capsys):
     before = banking77.read_bytes()
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("# the data contract's defaults\n{}\n")
     rc = main(["--allow-outside-project", "validate", str(banking77), "--text-column", "text", "--label-column", "category",
                "--report-dir", str(tmp_path / "rep"), "--quarantine", str(tmp_path / "q.jsonl")])
     assert rc == 0, capsys.readouterr().err

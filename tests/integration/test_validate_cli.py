@@ -34,6 +34,12 @@ BAD_INPUTS = [
 ]
 
 
+def contract_here(folder: Path) -> None:
+    """A model folder's params: every section at its documented defaults, chosen explicitly (a command
+    never falls back to defaults when no params file is there)."""
+    (folder / "params.yaml").write_text("# the data contract's defaults\n{}\n")
+
+
 def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -41,6 +47,7 @@ def sha(path: Path) -> str:
 @pytest.mark.parametrize("case, name, content, code, fragment", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
 def test_bad_input(case, name, content, code, fragment, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
+    contract_here(tmp_path)
     raw = tmp_path / "raw" / name
     raw.parent.mkdir()
     if content is not None:
@@ -69,7 +76,9 @@ def test_bad_input(case, name, content, code, fragment, tmp_path, monkeypatch, c
         assert result["status"] == "failed" and result["failed_checks"]
 
 
-def test_empty_directory(tmp_path, capsys):
+def test_empty_directory(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    contract_here(tmp_path)
     (tmp_path / "drops").mkdir()
     assert main(["validate", str(tmp_path / "drops")]) == 2
     assert "holds no .csv, .jsonl or .parquet files" in capsys.readouterr().err
@@ -86,6 +95,7 @@ def test_bad_params_file(tmp_path, monkeypatch, capsys):
 
 def test_column_overrides_and_all_outputs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
+    contract_here(tmp_path)
     rows = [(f"message {i} for {lab}", lab) for lab in ("x", "y") for i in range(5)]
     pd.DataFrame(rows, columns=["body", "intent"]).to_csv(tmp_path / "d.csv", index=False)
     rc = main(["validate", "d.csv", "--text-column", "body", "--label-column", "intent",
@@ -100,9 +110,11 @@ def test_column_overrides_and_all_outputs(tmp_path, monkeypatch, capsys):
 
 
 def test_console_script_exit_codes(tmp_path, run_cli):
+    contract_here(tmp_path)
     (tmp_path / "semi.csv").write_bytes(b"text;label\nhello;a\n")
     proc = run_cli("validate", "semi.csv", cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+    assert "';' as delimiter" in proc.stderr
 
 
 def test_html_in_the_data_never_reaches_data_docs_as_markup_and_labels_must_be_text(tmp_path, monkeypatch, capsys):

@@ -55,7 +55,6 @@ def test_a_one_model_command_with_no_model_selected_lists_the_models(checkout, m
     ("projects/alpha", ["--params", "nope.yaml", "validate"], "params file nope.yaml not found"),
     ("", ["--model", "gamma", "lineage"], "no model folder projects/gamma/ with a params.yaml here or above "
                                           "(models: alpha, beta)"),
-    ("", ["serve", "--all"], "serve --all: the server's own settings (host, port, limits) come from a params file"),
     ("projects/alpha", ["registry", "list", "--model", "gamma"],
      "--model gamma: these params are alpha's and there is no model folder projects/gamma/"),
     ("projects/alpha", ["sample", "--rows", "-5"], "error: pipelines sample: argument --rows: must be a whole number"),
