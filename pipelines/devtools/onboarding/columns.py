@@ -1,7 +1,8 @@
 """Which columns of a user's data file the model reads: text and label, or prompt and response.
 
 Inputs: the frame `dataio.read_dataset` read, the task (None: inferred from the columns) and the columns
-the user named (None: inferred). Outputs: `Columns`, each role with the column chosen and how it was
+the user named (None: inferred). A causal-LM file may instead hold a chat `messages` column (a list of
+role/content turns). Outputs: `Columns`, each role with the column chosen and how it was
 chosen ("named", or "inferred: <why>"), for `pipelines init` to state and the user to confirm.
 A file whose columns cannot be told apart raises InputError naming the flag that settles it.
 """
@@ -65,6 +66,9 @@ def choose(frame: pd.DataFrame, task: str | None, named: dict[str, str | None], 
         raise InputError(f"--task {task!r}: init knows classification and causal_lm")
     columns = [c for c in frame.columns if not str(c).startswith("_")]
     texts = _text_columns(frame)
+    chat = next((c for c in columns if str(c).lower() == "messages"), None)
+    if task == "causal_lm" and chat is not None and not any(named.get(r) for r in ROLES[task]):
+        return Columns(task, {"messages": chat}, {"messages": "inferred: a chat `messages` column"})
     chosen, how = {}, {}
     for role in ROLES[task]:
         given = named.get(role)

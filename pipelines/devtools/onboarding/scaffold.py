@@ -109,11 +109,21 @@ def _updates(name: str, columns: Columns, frame: pd.DataFrame) -> dict[str, dict
     if columns.task == "classification":
         updates["evaluate"] = {"holdout": HOLDOUT}
     else:
-        answers = frame[columns.chosen["response"]].dropna()
-        data["response_format"] = "json_object" if answers.map(_is_json_object).all() else "text"
+        data["response_format"] = "json_object" if _answers(frame, columns).map(_is_json_object).all() else "text"
         updates["evaluate"] = {"holdout": None, "golden_prompts": None}
         updates["gate"] = {"min_golden_pass_rate": None}
     return updates
+
+
+def _answers(frame: pd.DataFrame, columns: Columns) -> pd.Series:
+    """Every answer of a causal-LM file: the response column, or each chat's assistant turns."""
+    if "response" in columns.chosen:
+        return frame[columns.chosen["response"]].dropna()
+    from pipelines.core.contract import parse_messages
+
+    turns = frame[columns.chosen["messages"]].map(parse_messages)
+    return pd.Series([t.get("content", "") for chat in turns if isinstance(chat, list) for t in chat
+                      if isinstance(t, dict) and t.get("role") == "assistant"], dtype=object)
 
 
 def _is_json_object(text: str) -> bool:

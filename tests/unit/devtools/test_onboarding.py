@@ -69,6 +69,16 @@ def test_a_generative_file_starts_from_the_assistant_and_keeps_its_answer_format
     assert not (checkout / "projects" / "helper" / "golden").exists()
 
 
+def test_a_chat_file_keeps_its_messages_column(checkout):
+    chats = [{"messages": [{"role": "user", "content": f"where is parcel {i}?"},
+                           {"role": "assistant", "content": f"Parcel {i} arrives tomorrow."}]} for i in range(40)]
+    pd.DataFrame(chats).to_json(checkout / "chats.jsonl", orient="records", lines=True)
+    assert main(["init", "chat", "--data", "chats.jsonl"]) == 0
+    params = load_params(checkout / "projects" / "chat" / "params.yaml")
+    assert (params.data.task, params.data.messages_column, params.data.response_format) == \
+        ("causal_lm", "messages", "text")  # plain answers: not the assistant's JSON format
+
+
 @pytest.mark.parametrize("columns, task, named, chosen", [
     (["text", "label"], None, {}, {"text": "text", "label": "label"}),
     (["Query", "Category", "note"], None, {}, {"text": "Query", "label": "Category"}),
