@@ -16,18 +16,6 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 
-# The longest test files (minutes each, measured with --durations), started first: under
-# `pytest -n 2 --dist loadfile` (what ./dev.sh test runs) each worker takes one of them at once and the
-# short files fill in around them, instead of one worker finishing alone on a long file at the end.
-LONGEST_FIRST = ("test_airflow_standalone.py", "test_celery.py", "test_lifecycle_dag.py", "test_dvc_repro.py",
-                 "test_train_throughput.py", "test_init_lifecycle.py", "test_train.py", "test_distributed_train.py")
-
-
-def pytest_collection_modifyitems(items):
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
-
-
 @pytest.fixture(scope="session")
 def banking77() -> Path:
     if not BANKING77.exists():

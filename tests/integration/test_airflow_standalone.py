@@ -218,7 +218,7 @@ def test_models_page_in_a_real_browser(airflow, tmp_path):
         assert "promoted v1" in page.inner_text("#decisions")  # each run's outcome
         page.screenshot(path=str(tmp_path / "mlops-model.png"), full_page=True)
         page.click("#cost-link")  # what it costs: served against API prices, routed, trained
-        page.wait_for_selector("#volume-plot")
+        page.wait_for_selector("#volume-plot", timeout=120_000)  # drawn by the server: slow beside a training
         for plot in ("#volume-plot", "#frontier-plot"):  # both pictures drew (an <img> that failed has no width)
             assert page.evaluate(f"document.querySelector('{plot}').naturalWidth") > 0, plot
         assert "gpt-4o-mini" in page.inner_text("#comparison") and "x" in page.inner_text("#comparison")
