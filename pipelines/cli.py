@@ -39,7 +39,7 @@ def _enter_project(args: argparse.Namespace) -> None:
     from pipelines.core.config import check_model_name
 
     explicit = args.project_model
-    name = explicit or (getattr(args, "model", None) if args.params is None and not Path("params.yaml").exists() else None)
+    name = explicit or (getattr(args, "model", None) if _no_params_file(args) else None)
     if not name:
         return
     check_model_name(name)
@@ -101,34 +101,39 @@ def _no_model_selected(args: argparse.Namespace) -> ConfigError:
                        f"(models: {_model_names(find_projects(Path.cwd()))})")
 
 
+def _params_file(args: argparse.Namespace) -> Path:
+    return Path(args.params or "params.yaml").resolve()
+
+
+def _no_params_file(args: argparse.Namespace) -> bool:
+    """No `--params` and no ./params.yaml: no model is selected here."""
+    return args.params is None and not Path("params.yaml").exists()
+
+
 def _params(args: argparse.Namespace):
     """./params.yaml, or the file `--params` names; either must exist (a command never runs on defaults)."""
     from pipelines.core.config import load_params
 
-    if args.params is None and not Path("params.yaml").is_file():
+    if _no_params_file(args):
         raise _no_model_selected(args)
     return load_params(args.params or "params.yaml")
 
 
-def _workspace(args: argparse.Namespace, params, inputs=()):
+def _workspace(args: argparse.Namespace, params, inputs=(), allow_outside: bool | None = None):
     """The output-path policy of this project (the params file's directory); see pipelines.core.paths.
-    The params file in use is an input of every command."""
-    from pathlib import Path
-
+    The params file in use is an input of every command. Outside the project only with
+    --allow-outside-project, unless the caller allows it (a report or a key the user names)."""
     from pipelines.core.paths import Workspace
 
-    params_file = Path(args.params or "params.yaml").resolve()
+    params_file = _params_file(args)
     return Workspace.of(params, params_file.parent, inputs=[params_file, *inputs],
-                        allow_outside=args.allow_outside_project)
+                        allow_outside=args.allow_outside_project if allow_outside is None else allow_outside)
 
 
 def _report_file(args: argparse.Namespace, params, path: str) -> Path:
     """A report the user asked for (`--html FILE`) goes wherever they name, outside the project too,
     but never onto what the output policy protects (params, raw data, the registry, DVC, `.git`)."""
-    from pipelines.core.paths import Workspace
-
-    return Workspace.of(params, Path(args.params or "params.yaml").resolve().parent,
-                        inputs=[Path(args.params or "params.yaml").resolve()], allow_outside=True).check_file(path)
+    return _workspace(args, params, allow_outside=True).check_file(path)
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -191,7 +196,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     _workspace(args, params, inputs=[params.train.output_dir, params.prepare.output_dir]).check_dir(
         params.evaluate.report_dir)
     # inside `dvc exp run --queue/--temp` the git-ignored registry (and its keys) are the origin repository's
-    folder = Path(args.params or "params.yaml").resolve().parent
+    folder = _params_file(args).parent
     rp = params.registry
     moved = {key: outside_experiment(value, folder)
              for key in ("root", "trusted_keys_file", "signing_key_file") if (value := getattr(rp, key))}
@@ -228,7 +233,7 @@ def _model_params(args: argparse.Namespace):
     from pipelines.core.config import check_model_name, load_params
 
     params = _params(args)
-    folder = Path(args.params or "params.yaml").resolve().parent
+    folder = _params_file(args).parent
     model = check_model_name(getattr(args, "model", None) or params.registry.model_name)
     if model != params.registry.model_name:
         projects = find_projects(folder)
@@ -295,14 +300,11 @@ def _keygen(args: argparse.Namespace) -> int:
     """A new Ed25519 signing key: the private key to a new file only its owner reads (where the output
     policy allows a file; outside the project too: a key belongs outside the repository), the public key
     (for `registry.trusted_keys`) on stdout."""
-    from pipelines.core.paths import Workspace
     from pipelines.registry import signing
 
     if not args.out:
         raise ConfigError("registry keygen needs --out FILE (the new private key; keep it out of the registry)")
-    params = _params(args)
-    path = Workspace.of(params, Path(args.params or "params.yaml").resolve().parent,
-                        allow_outside=True).check_file(args.out)
+    path = _workspace(args, _params(args), allow_outside=True).check_file(args.out)
     pem = signing.new_key_pem()
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never replaces a key
@@ -373,7 +375,7 @@ def _serve(args: argparse.Namespace) -> int:
     from pipelines.serving.app import create_app
     from pipelines.serving.engine import auth_line, server_config
 
-    if args.all and args.params is None and not Path("params.yaml").is_file():
+    if args.all and _no_params_file(args):
         # every model brings its own params (registry, keys, fallback); the server's own settings (address,
         # limits) are the `serve` section's documented defaults and the flags, and it says so
         from pipelines.core.config import Params
@@ -482,7 +484,7 @@ def _cost_folders(args: argparse.Namespace) -> list:
 
     from pipelines.core.config import check_model_name, load_params
 
-    if args.params or Path("params.yaml").exists():
+    if not _no_params_file(args):
         params = _params(args)
         if args.model and args.model != params.registry.model_name:
             check_model_name(args.model)

@@ -14,7 +14,6 @@ written when the name is bad, the folder exists, or the data is unreadable or fa
 from __future__ import annotations
 
 import io
-import json
 import os
 import shutil
 import tempfile
@@ -23,7 +22,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipelines.core.config import Params, check_model_name, load_params, parse_params
+from pipelines.core.config import Params, check_model_name, load_params, parse_params, read_yaml
+from pipelines.core.contract import is_json_object, parse_messages
 from pipelines.core.dataio import read_dataset
 from pipelines.core.errors import ConfigError, InputError
 from pipelines.core.hashing import sha256_file
@@ -76,7 +76,7 @@ def plan(projects: Path, name: str, data: Path, task: str | None = None, named: 
     like_params = like_params or _like_params(projects, like)
     updates = _updates(name, columns, frame)
     text = edit_params(like_params.read_text(encoding="utf-8"), updates, _header(name, data, like))
-    params = parse_params(_plain(text), f"projects/{name}/params.yaml")
+    params = parse_params(read_yaml(text) or {}, f"projects/{name}/params.yaml")
     quarantined = _contract(frame, params, data)
     holdout = _holdout(frame, params, holdout_share, seed) if columns.task == "classification" else None
     drop = frame.drop(index=holdout.index) if holdout is not None else frame
@@ -109,7 +109,7 @@ def _updates(name: str, columns: Columns, frame: pd.DataFrame) -> dict[str, dict
     if columns.task == "classification":
         updates["evaluate"] = {"holdout": HOLDOUT}
     else:
-        data["response_format"] = "json_object" if _answers(frame, columns).map(_is_json_object).all() else "text"
+        data["response_format"] = "json_object" if _answers(frame, columns).map(is_json_object).all() else "text"
         updates["evaluate"] = {"holdout": None, "golden_prompts": None}
         updates["gate"] = {"min_golden_pass_rate": None}
     return updates
@@ -119,18 +119,9 @@ def _answers(frame: pd.DataFrame, columns: Columns) -> pd.Series:
     """Every answer of a causal-LM file: the response column, or each chat's assistant turns."""
     if "response" in columns.chosen:
         return frame[columns.chosen["response"]].dropna()
-    from pipelines.core.contract import parse_messages
-
     turns = frame[columns.chosen["messages"]].map(parse_messages)
     return pd.Series([t.get("content", "") for chat in turns if isinstance(chat, list) for t in chat
                       if isinstance(t, dict) and t.get("role") == "assistant"], dtype=object)
-
-
-def _is_json_object(text: str) -> bool:
-    try:
-        return isinstance(json.loads(text), dict)
-    except ValueError:
-        return False
 
 
 def _header(name: str, data: Path, like: str) -> str:
@@ -166,12 +157,6 @@ def edit_params(text: str, updates: dict[str, dict], header: str) -> str:
     return header + out.getvalue()
 
 
-def _plain(text: str) -> dict:
-    from pipelines.core.config import read_yaml
-
-    return read_yaml(text) or {}
-
-
 def _contract(frame: pd.DataFrame, params: Params, data: Path) -> int:
     """The data contract on the file; its failure is one line naming the failed checks."""
     from pipelines.stages.validate import run_suite
@@ -191,9 +176,9 @@ def _holdout(frame: pd.DataFrame, params: Params, share: float, seed: int) -> pd
     text = frame[data.text_column].astype("string")
     clean = frame[~pd.concat([pii.detect(text, kind) for kind in data.pii_detectors], axis=1).any(axis=1)
                   & text.str.strip().ne("") & frame[data.label_column].notna()]
-    picked = []
-    for _, rows in clean.groupby(data.label_column, sort=True):
-        total = int((frame[data.label_column] == rows[data.label_column].iloc[0]).sum())
+    totals, picked = frame[data.label_column].value_counts(), []
+    for label, rows in clean.groupby(data.label_column, sort=True):
+        total = int(totals[label])
         n = min(max(1, round(share * total)), len(rows), total - keep)
         if n > 0:
             picked.append(rows.sample(n=n, random_state=seed))
